@@ -1,0 +1,1 @@
+"""Transparent DNS proxy, DNS name matching and the FQDN cache."""

@@ -1,0 +1,166 @@
+"""The policy schema: CiliumNetworkPolicy-shaped rules as immutable pydantic models.
+
+Field names are Python-style; the documents use the Cilium (camelCase) spelling as aliases.
+Absent list fields are ``None``; an explicitly empty list stays ``()`` — Cilium gives the two
+different meanings (``toEntities: []`` selects nothing, a missing ``toEntities`` selects nothing
+*of that kind*), and resolution needs to tell them apart.
+
+Every model forbids unknown fields, so an unsupported Cilium feature (``toServices``,
+``rules.kafka``, ...) is an error naming the field instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        alias_generator=to_camel,
+        loc_by_alias=True,
+    )
+
+
+class Operator(enum.StrEnum):
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+class LabelSelectorRequirement(_Model):
+    key: str
+    operator: Operator
+    values: tuple[str, ...] | None = None
+
+
+class EndpointSelector(_Model):
+    """A Kubernetes label selector; keys may carry a source prefix (``k8s:``, ``any:``, ``reserved:``)."""
+
+    match_labels: dict[str, str] | None = None
+    match_expressions: tuple[LabelSelectorRequirement, ...] | None = None
+
+    def __hash__(self) -> int:
+        labels = tuple(sorted((self.match_labels or {}).items()))
+        return hash((labels, self.match_expressions))
+
+
+class CIDRRule(_Model):
+    cidr: str
+    except_: tuple[str, ...] | None = Field(default=None, alias="except")
+
+
+class Protocol(enum.StrEnum):
+    TCP = "TCP"
+    UDP = "UDP"
+    SCTP = "SCTP"
+    ANY = "ANY"
+
+
+class PortProtocol(_Model):
+    """``port`` is a number (as a string, like Cilium) or a named port; ``endPort`` makes a range."""
+
+    port: str | None = None
+    end_port: int | None = None
+    protocol: Protocol = Protocol.ANY
+
+
+class Mismatch(enum.StrEnum):
+    LOG = "LOG"
+    ADD = "ADD"
+    DELETE = "DELETE"
+    REPLACE = "REPLACE"
+
+
+class Secret(_Model):
+    namespace: str | None = None
+    name: str
+
+
+class HeaderMatch(_Model):
+    name: str
+    value: str | None = None
+    secret: Secret | None = None
+    mismatch: Mismatch | None = None
+
+
+class HTTPRule(_Model):
+    """Method, path and host are RE2 regexes matched against the whole value."""
+
+    method: str | None = None
+    path: str | None = None
+    host: str | None = None
+    headers: tuple[str, ...] | None = None
+    header_matches: tuple[HeaderMatch, ...] | None = None
+
+
+class DNSRule(_Model):
+    match_name: str | None = None
+    match_pattern: str | None = None
+
+
+class FQDNSelector(_Model):
+    match_name: str | None = None
+    match_pattern: str | None = None
+
+
+class L7Rules(_Model):
+    http: tuple[HTTPRule, ...] | None = None
+    dns: tuple[DNSRule, ...] | None = None
+
+
+class PortRule(_Model):
+    ports: tuple[PortProtocol, ...] | None = None
+    rules: L7Rules | None = None
+
+
+class ICMPField(_Model):
+    family: str = "IPv4"
+    type: int | str
+
+
+class ICMPRule(_Model):
+    fields: tuple[ICMPField, ...]
+
+
+class IngressRule(_Model):
+    from_endpoints: tuple[EndpointSelector, ...] | None = None
+    from_entities: tuple[str, ...] | None = None
+    from_cidr: tuple[str, ...] | None = Field(default=None, alias="fromCIDR")
+    from_cidr_set: tuple[CIDRRule, ...] | None = Field(default=None, alias="fromCIDRSet")
+    to_ports: tuple[PortRule, ...] | None = None
+    icmps: tuple[ICMPRule, ...] | None = None
+
+
+class EgressRule(_Model):
+    to_endpoints: tuple[EndpointSelector, ...] | None = None
+    to_entities: tuple[str, ...] | None = None
+    to_cidr: tuple[str, ...] | None = Field(default=None, alias="toCIDR")
+    to_cidr_set: tuple[CIDRRule, ...] | None = Field(default=None, alias="toCIDRSet")
+    to_fqdns: tuple[FQDNSelector, ...] | None = Field(default=None, alias="toFQDNs")
+    to_ports: tuple[PortRule, ...] | None = None
+    icmps: tuple[ICMPRule, ...] | None = None
+
+
+class DefaultDeny(_Model):
+    ingress: bool | None = None
+    egress: bool | None = None
+
+
+class Rule(_Model):
+    """One entry of ``spec`` / ``specs``."""
+
+    endpoint_selector: EndpointSelector | None = None
+    node_selector: EndpointSelector | None = None
+    ingress: tuple[IngressRule, ...] | None = None
+    ingress_deny: tuple[IngressRule, ...] | None = None
+    egress: tuple[EgressRule, ...] | None = None
+    egress_deny: tuple[EgressRule, ...] | None = None
+    description: str | None = None
+    enable_default_deny: DefaultDeny | None = None
