@@ -1,16 +1,33 @@
 """Policy documents: YAML files and directories → :class:`Policy` values plus every error found.
 
-STUB: the loader is being written; the value types below are the stable interface.
+::
+
+    files / text ──► YAML documents ──► envelope (apiVersion, kind, metadata) ──► spec/specs
+                         │ syntax errors        │ kind, name, namespace             │ schema (model)
+                         ▼                      ▼                                   ▼ semantics (validate)
+                                     PolicyError(source, index, path, message)
+
+Nothing stops at the first error: each document, each rule and each list entry is checked on its own,
+and :class:`LoadResult` carries the valid policies and all errors of the invalid ones.
 """
 
 from __future__ import annotations
 
+import copy
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
+import yaml
+from pydantic import ValidationError
+
+from l7.errors import L7GateError
+from l7.policy import labels
+from l7.policy.fieldpath import field, from_loc, index
 from l7.policy.model import Rule
+from l7.policy.validate import Problem, validate_rule
 
 
 class Kind(enum.StrEnum):
@@ -73,12 +90,394 @@ class LoadResult:
     policies: tuple[Policy, ...]
     errors: tuple[PolicyError, ...]
 
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class PolicySourceError(L7GateError):
+    """A policy path does not exist."""
+
+
+API_VERSIONS: Mapping[Kind, str] = {
+    Kind.L7_NETWORK_POLICY: "l7gate.io/v1alpha1",
+    Kind.L7_CLUSTERWIDE_NETWORK_POLICY: "l7gate.io/v1alpha1",
+    Kind.CILIUM_NETWORK_POLICY: "cilium.io/v2",
+    Kind.CILIUM_CLUSTERWIDE_NETWORK_POLICY: "cilium.io/v2",
+}
+SUFFIXES = (".yaml", ".yml")
+_TOP_LEVEL = frozenset({"apiVersion", "kind", "metadata", "spec", "specs", "status"})
+# ObjectMeta fields set by the API server (or kubectl): accepted and ignored.
+_SERVER_METADATA = frozenset(
+    {
+        "uid",
+        "resourceVersion",
+        "generation",
+        "creationTimestamp",
+        "managedFields",
+        "selfLink",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "finalizers",
+        "ownerReferences",
+        "generateName",
+    }
+)
+# Cilium fields l7gate knows of but does not implement (the schema rejects every unknown field; these
+# get a message saying so). ``labels`` only at the rule level.
+_CILIUM_UNSUPPORTED = frozenset(
+    {
+        "toServices",
+        "toRequires",
+        "fromRequires",
+        "toGroups",
+        "fromGroups",
+        "toNodes",
+        "fromNodes",
+        "authentication",
+        "kafka",
+        "l7proto",
+        "l7",
+        "listener",
+        "terminatingTLS",
+        "originatingTLS",
+        "serverNames",
+        "log",
+        "cidrGroupRef",
+        "cidrGroupSelector",
+    }
+)
+
 
 def load_paths(paths: Sequence[Path]) -> LoadResult:
-    """Load every ``*.yaml``/``*.yml`` file (directories recursively, sorted) and validate it."""
-    raise NotImplementedError
+    """Load every ``*.yaml``/``*.yml`` file (directories recursively, sorted) and validate it.
+
+    Raises :class:`PolicySourceError` when a path does not exist; everything else is a
+    :class:`PolicyError` in the result.
+    """
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        raise PolicySourceError(f"no such file or directory: {', '.join(missing)}")
+    loader = _Loader()
+    for path in paths:
+        for file in _files(path):
+            try:
+                text = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                loader.errors.append(PolicyError(str(file), 0, "", f"cannot read: {exc}"))
+                continue
+            loader.add_text(text, str(file))
+    return loader.result()
 
 
 def load_text(text: str, source: str = "<memory>") -> LoadResult:
     """Load and validate a (multi-document) YAML string."""
-    raise NotImplementedError
+    loader = _Loader()
+    loader.add_text(text, source)
+    return loader.result()
+
+
+def _files(path: Path) -> Iterator[Path]:
+    if path.is_dir():
+        yield from sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+    else:
+        yield path
+
+
+class _StrictSafeLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys (kubectl does too)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if isinstance(key_node, yaml.ScalarNode):
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictSafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _yaml_message(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"YAML error at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    return f"YAML error: {exc}"
+
+
+class _Loader:
+    def __init__(self) -> None:
+        self.policies: list[Policy] = []
+        self.errors: list[PolicyError] = []
+        self._seen: dict[str, Policy] = {}
+
+    def result(self) -> LoadResult:
+        return LoadResult(tuple(self.policies), tuple(self.errors))
+
+    def add_text(self, text: str, source: str) -> None:
+        position = 0
+        documents = yaml.load_all(text, Loader=_StrictSafeLoader)
+        while True:
+            try:
+                document = next(documents)
+            except StopIteration:
+                return
+            except yaml.YAMLError as exc:
+                self.errors.append(PolicyError(source, position, "", _yaml_message(exc)))
+                return
+            if document is not None:
+                self._add_document(document, source, position)
+            position += 1
+
+    def _add_document(self, document: object, source: str, position: int) -> None:
+        errors: list[PolicyError] = []
+
+        def error(path: str, message: str, policy: str | None = None) -> None:
+            errors.append(PolicyError(source, position, path, message, policy))
+
+        if not isinstance(document, dict):
+            error("", f"a policy document must be a mapping, not {type(document).__name__}")
+            self.errors += errors
+            return
+        kind = _kind(document, error)
+        metadata = document.get("metadata")
+        name, namespace = _metadata(metadata, kind, error)
+        label = None
+        if kind is not None and name is not None:
+            label = f"{kind} {namespace}/{name}" if namespace is not None else f"{kind} {name}"
+            errors[:] = [PolicyError(e.source, e.index, e.path, e.message, label) for e in errors]
+        for unknown in sorted(set(map(str, document)) - _TOP_LEVEL):
+            error(unknown, "unsupported field", label)
+        if kind is None:  # not a policy kind (or unknown): its spec means nothing to check
+            self.errors += errors
+            return
+        rules, rule_paths = _rules(document, kind, error, label)
+        if errors or name is None:
+            self.errors += errors
+            return
+        policy = Policy(
+            kind, document["apiVersion"], name, namespace, tuple(rules), tuple(rule_paths), source, position
+        )
+        previous = self._seen.get(policy.key)
+        if previous is not None:
+            error(
+                "metadata.name",
+                f"duplicate policy: {label} is already defined in {previous.source}[{previous.index}]",
+                label,
+            )
+            self.errors += errors
+            return
+        self._seen[policy.key] = policy
+        self.policies.append(policy)
+
+
+class _Report(Protocol):
+    """The ``error(path, message, policy=None)`` callback of one document."""
+
+    def __call__(self, path: str, message: str, policy: str | None = None) -> None: ...
+
+
+def _kind(document: dict[Any, Any], error: _Report) -> Kind | None:
+    api_version = document.get("apiVersion")
+    kind_text = document.get("kind")
+    if api_version is None:
+        error("apiVersion", "required field missing")
+    if kind_text is None:
+        error("kind", "required field missing")
+    if api_version is None or kind_text is None:
+        return None
+    try:
+        kind = Kind(kind_text)
+    except ValueError:
+        supported = ", ".join(f"{v} {k}" for k, v in API_VERSIONS.items())
+        error("kind", f"unsupported kind {api_version} {kind_text} (supported: {supported})")
+        return None
+    if api_version != API_VERSIONS[kind]:
+        error("apiVersion", f"{kind} belongs to apiVersion {API_VERSIONS[kind]}, not {api_version}")
+        return None
+    return kind
+
+
+def _metadata(metadata: object, kind: Kind | None, error: _Report) -> tuple[str | None, str | None]:
+    if metadata is None:
+        error("metadata", "required field missing")
+        return None, None
+    if not isinstance(metadata, dict):
+        error("metadata", "must be a mapping")
+        return None, None
+    name = metadata.get("name")
+    valid_name: str | None = None
+    if name is None:
+        error("metadata.name", "required field missing")
+    elif not isinstance(name, str) or not labels.is_dns_subdomain(name):
+        error(
+            "metadata.name", f"{name!r} is not a valid name (lower-case RFC 1123 subdomain, ≤253 characters)"
+        )
+    else:
+        valid_name = name
+    namespace = metadata.get("namespace")
+    valid_namespace: str | None = None
+    if namespace is not None:
+        if kind is not None and not kind.namespaced:
+            error("metadata.namespace", f"{kind} is cluster-wide and cannot have a namespace")
+        elif not isinstance(namespace, str) or not labels.is_dns_label(namespace):
+            error(
+                "metadata.namespace",
+                f"{namespace!r} is not a valid namespace (lower-case RFC 1123 label, ≤63 characters)",
+            )
+        else:
+            valid_namespace = namespace
+    elif kind is not None and kind.namespaced:
+        valid_namespace = "default"
+    for map_name in ("labels", "annotations"):
+        value = metadata.get(map_name)
+        if value is not None and not (
+            isinstance(value, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        ):
+            error(f"metadata.{map_name}", "must be a mapping of strings to strings")
+    allowed = _SERVER_METADATA | {"name", "namespace", "labels", "annotations"}
+    for unknown in sorted(set(map(str, metadata)) - allowed):
+        error(field("metadata", unknown), "unsupported field")
+    return valid_name, valid_namespace
+
+
+def _rules(
+    document: dict[Any, Any], kind: Kind | None, error: _Report, label: str | None
+) -> tuple[list[Rule], list[str]]:
+    entries: list[tuple[str, object]] = []
+    if "spec" in document:
+        entries.append(("spec", document["spec"]))
+    if "specs" in document:
+        specs = document["specs"]
+        if isinstance(specs, list):
+            entries += [(index("specs", i), spec) for i, spec in enumerate(specs)]
+        else:
+            error("specs", "must be a list of rules", label)
+    if not entries and "specs" not in document:
+        error("spec", "required field missing (a policy needs spec and/or specs)", label)
+    namespaced = kind.namespaced if kind is not None else True
+    rules: list[Rule] = []
+    paths: list[str] = []
+    for path, raw in entries:
+        if not isinstance(raw, dict):
+            error(path, "must be a mapping (a rule)", label)
+            continue
+        problems: list[Problem] = []
+        try:
+            rule = Rule.model_validate(raw)
+        except ValidationError as exc:
+            _schema_errors(exc, path, error, label)
+            problems = _partial_problems(raw, exc, path, namespaced)
+        else:
+            problems = validate_rule(rule, path, namespaced=namespaced)
+            rules.append(rule)
+            paths.append(path)
+        for problem in problems:
+            error(problem.path, problem.message, label)
+    return rules, paths
+
+
+def _partial_problems(
+    raw: dict[Any, Any], exc: ValidationError, path: str, namespaced: bool
+) -> list[Problem]:
+    """Semantic problems of the rest of a rule whose schema errors were reported already.
+
+    The map keys the schema rejected are removed (only map keys, so list positions do not shift) until
+    the rule parses; problems reported at an ancestor of a removed field are dropped as consequences.
+    """
+    pruned = copy.deepcopy(raw)
+    removed: list[str] = []
+    for _ in range(_MAX_PRUNE_ROUNDS):
+        for item in exc.errors():
+            loc = _existing_key_loc(pruned, tuple(item["loc"]), missing=item["type"] == "missing")
+            if loc:
+                _delete(pruned, loc)
+                removed.append(from_loc(path, loc))
+        try:
+            rule = Rule.model_validate(pruned)
+        except ValidationError as again:
+            exc = again
+            continue
+        return [
+            problem
+            for problem in validate_rule(rule, path, namespaced=namespaced)
+            if not any(_is_ancestor(problem.path, gone) for gone in removed)
+        ]
+    return []
+
+
+_MAX_PRUNE_ROUNDS = 8
+
+
+def _is_ancestor(path: str, descendant: str) -> bool:
+    return descendant == path or descendant.startswith((path + ".", path + "["))
+
+
+def _existing_key_loc(raw: object, loc: tuple[int | str, ...], *, missing: bool) -> tuple[int | str, ...]:
+    """The prefix of ``loc`` that ends at its deepest existing map key (for a missing field, the key
+    holding the object that lacks it)."""
+    best: tuple[int | str, ...] = ()
+    node = raw
+    for depth, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            best = loc[: depth + 1]
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif missing:
+            break
+        else:
+            break
+    return best
+
+
+def _delete(raw: object, loc: tuple[int | str, ...]) -> None:
+    node: Any = raw
+    for part in loc[:-1]:
+        node = node[part]
+    if isinstance(node, dict):
+        node.pop(loc[-1], None)
+
+
+def _schema_errors(exc: ValidationError, prefix: str, error: _Report, label: str | None) -> None:
+    merged: dict[str, list[str]] = {}
+    for item in exc.errors():
+        loc = item["loc"]
+        path = from_loc(prefix, loc)
+        last = loc[-1] if loc else ""
+        if item["type"] == "extra_forbidden":
+            known = last in _CILIUM_UNSUPPORTED or (last == "labels" and len(loc) == 1)
+            message = (
+                "unsupported by l7gate (a Cilium feature l7gate does not implement)"
+                if known
+                else "unsupported field"
+            )
+        elif item["type"] == "missing":
+            message = "required field missing"
+        else:
+            message = str(item["msg"])
+        merged.setdefault(path, [])
+        if message not in merged[path]:
+            merged[path].append(message)
+    for path, messages in merged.items():
+        error(path, _join(messages), label)
+
+
+def _join(messages: list[str]) -> str:
+    """One message for the alternatives of a union (``int | str``): "... a valid integer or string"."""
+    if len(messages) == 1:
+        return messages[0]
+    lead = "Input should be a valid "
+    if all(m.startswith(lead) for m in messages):
+        return lead + " or ".join(m.removeprefix(lead) for m in messages)
+    return "; ".join(messages)

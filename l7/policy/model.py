@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -69,6 +69,16 @@ class PortProtocol(_Model):
     port: str | None = None
     end_port: int | None = None
     protocol: Protocol = Protocol.ANY
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port_text(cls, value: object) -> object:
+        """YAML ``port: 80`` is an int; Cilium's schema says string. Names compare in lower case."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, str):
+            return value.lower()
+        return value
 
 
 class Mismatch(enum.StrEnum):
