@@ -1,0 +1,73 @@
+"""``l7gate policy trace``: which rule allows or denies one flow or request, offline.
+
+Exit status: 0 when the flow is allowed, 1 when it is denied, 2 on usage or input errors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from l7.cli import policy_app
+from l7.endpoints import EndpointsError, load_endpoints
+from l7.policy.documents import PolicySourceError, load_paths
+from l7.trace import HTTPRequest, TraceError, parse_header_option, parse_port, trace
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+@policy_app.command("trace")
+def trace_command(  # noqa: PLR0917
+    policies: Annotated[list[Path], typer.Option("--policies", help="Policy files or directories.")],
+    endpoints: Annotated[Path, typer.Option("--endpoints", help="The endpoints file (YAML).")],
+    source: Annotated[str, typer.Option("--from", help="Source endpoint: NAME or NAMESPACE/NAME.")],
+    destination: Annotated[
+        str, typer.Option("--to", help="Destination: endpoint (NAME or NS/NAME), node name, IP or DNS name.")
+    ],
+    port: Annotated[str, typer.Option("--port", help="N/PROTO, e.g. 80/TCP or 53/UDP.")],
+    http: Annotated[
+        tuple[str, str] | None, typer.Option("--http", help="Evaluate an HTTP request: METHOD PATH.")
+    ] = None,
+    header: Annotated[
+        list[str] | None, typer.Option("-H", "--header", help="Request header 'Name: value' (repeatable).")
+    ] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Host header of the HTTP request.")] = None,
+    dns: Annotated[str | None, typer.Option("--dns", help="Evaluate a DNS query for NAME.")] = None,
+    node: Annotated[
+        str | None, typer.Option("--node", help="The node whose view to take (default: the source's).")
+    ] = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="text or json.")] = "text",
+) -> None:
+    """Trace a flow from an endpoint: the source's egress verdict, the destination's ingress verdict
+    (when it is an endpoint) and, for redirected flows, the HTTP request or DNS query."""
+    if output not in ("text", "json"):
+        raise _fail("--output must be text or json")
+    try:
+        number, protocol = parse_port(port)
+        headers = tuple(parse_header_option(h) for h in header or ())
+        request = None
+        if http is not None:
+            host_header = host or next((v for n, v in headers if n.lower() == "host"), None)
+            request = HTTPRequest(http[0], http[1], host_header or destination, headers)
+        loaded = load_paths(policies)
+        if loaded.errors:
+            for error in loaded.errors:
+                typer.echo(str(error), err=True)
+            raise _fail(f"{len(loaded.errors)} policy error(s)")
+        topology = load_endpoints(endpoints)
+        result = trace(
+            loaded.policies, topology, source, destination, number, protocol, http=request, dns=dns, node=node
+        )
+    except (TraceError, EndpointsError, PolicySourceError) as exc:
+        raise _fail(str(exc)) from exc
+    if output == "json":
+        typer.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        typer.echo(result.to_text())
+    raise typer.Exit(0 if result.allowed else 1)

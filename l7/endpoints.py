@@ -1,0 +1,238 @@
+"""The endpoints file: the workloads, namespaces, nodes and world hosts that policies are resolved for.
+
+::
+
+    endpoints:                      # pods
+      - name: service-pod
+        namespace: default          # default "default"
+        labels: {app: service}
+        ips: [10.0.1.10, fd00::10]
+        node: k8s-w1                # optional
+        serviceAccount: default     # optional
+        ports: {http: 80}           # named container ports, optional
+    namespaces:   {kube-system: {labels: {team: infra}}}
+    nodes:        [{name: k8s-w1, ips: [192.168.10.101], labels: {...}}]
+    fqdns:        {api.github.com: [140.82.112.5]}      # world hosts: what DNS answers
+
+Validation reports every problem with its field path (``endpoints[2].ips[0]``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from l7.errors import L7GateError
+from l7.identity import Identity, IdentityAllocator
+from l7.labels import LabelSet, k8s_labels
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class EndpointsError(L7GateError):
+    """The endpoints file is invalid: ``problems`` holds ``(field path, message)`` pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {p}: {m}" if p else f"{source}: {m}" for p, m in problems))
+
+
+def _ip(value: str) -> str:
+    return str(ipaddress.ip_address(value))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class EndpointSpec(_Model):
+    name: str = Field(min_length=1)
+    namespace: str = "default"
+    labels: dict[str, str] = Field(default_factory=dict)
+    ips: tuple[str, ...] = ()
+    node: str | None = None
+    service_account: str = Field(default="default", alias="serviceAccount")
+    ports: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("ips")
+    @classmethod
+    def _ips(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_ip(v) for v in value)
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, number in value.items():
+            if not 1 <= number <= 65535:
+                raise ValueError(f"port {name}: {number} is out of range 1-65535")
+        return {name.lower(): number for name, number in value.items()}
+
+
+class NamespaceSpec(_Model):
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class NodeSpec(_Model):
+    name: str = Field(min_length=1)
+    ips: tuple[str, ...] = ()
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("ips")
+    @classmethod
+    def _ips(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_ip(v) for v in value)
+
+
+class EndpointsFile(_Model):
+    endpoints: tuple[EndpointSpec, ...] = ()
+    namespaces: dict[str, NamespaceSpec] = Field(default_factory=dict)
+    nodes: tuple[NodeSpec, ...] = ()
+    fqdns: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+
+    @field_validator("fqdns")
+    @classmethod
+    def _fqdns(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        return {name.lower().rstrip("."): tuple(_ip(v) for v in ips) for name, ips in value.items()}
+
+    @model_validator(mode="after")
+    def _unique(self) -> EndpointsFile:
+        seen: set[tuple[str, str]] = set()
+        ips: set[str] = set()
+        for ep in self.endpoints:
+            if (ep.namespace, ep.name) in seen:
+                raise ValueError(f"duplicate endpoint {ep.namespace}/{ep.name}")
+            seen.add((ep.namespace, ep.name))
+            for ip in ep.ips:
+                if ip in ips:
+                    raise ValueError(f"endpoint {ep.namespace}/{ep.name}: IP {ip} is used twice")
+                ips.add(ip)
+        nodes = [n.name for n in self.nodes]
+        if len(set(nodes)) != len(nodes):
+            raise ValueError("duplicate node name")
+        return self
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One workload as resolution sees it: its identity labels and identity number."""
+
+    name: str
+    namespace: str
+    labels: LabelSet
+    ips: tuple[str, ...]
+    identity: int
+    node: str | None = None
+    ports: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def named_port(self, name: str) -> int | None:
+        return dict(self.ports).get(name.lower())
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    ips: tuple[str, ...]
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The loaded endpoints file: endpoints with identities, nodes and known world hosts."""
+
+    endpoints: tuple[Endpoint, ...]
+    nodes: tuple[Node, ...]
+    fqdns: tuple[tuple[str, tuple[str, ...]], ...]
+
+    def find(self, ref: str) -> Endpoint | None:
+        """``name`` or ``namespace/name``; a bare name must be unique across namespaces."""
+        if "/" in ref:
+            namespace, _, name = ref.partition("/")
+            return next((e for e in self.endpoints if e.namespace == namespace and e.name == name), None)
+        matches = [e for e in self.endpoints if e.name == ref]
+        return matches[0] if len(matches) == 1 else None
+
+    def by_ip(self, ip: str) -> Endpoint | None:
+        return next((e for e in self.endpoints if ip in e.ips), None)
+
+    def node(self, name: str) -> Node | None:
+        return next((n for n in self.nodes if n.name == name), None)
+
+    def fqdn_ips(self, name: str) -> tuple[str, ...]:
+        return dict(self.fqdns).get(name.lower().rstrip("."), ())
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def parse_endpoints(data: Any, source: str = "<memory>") -> EndpointsFile:
+    if data is None:
+        data = {}
+    try:
+        return EndpointsFile.model_validate(data)
+    except ValidationError as exc:
+        problems = [(_loc(tuple(e["loc"])), str(e["msg"])) for e in exc.errors()]
+        raise EndpointsError(source, problems) from None
+
+
+def load_endpoints_text(text: str, source: str = "<memory>") -> EndpointsFile:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise EndpointsError(source, [("", f"YAML error: {exc}")]) from None
+    return parse_endpoints(data, source)
+
+
+def load_endpoints(path: Path) -> EndpointsFile:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise EndpointsError(str(path), [("", f"cannot read: {exc}")]) from None
+    return load_endpoints_text(text, str(path))
+
+
+def endpoint_labels(spec: EndpointSpec, namespaces: dict[str, NamespaceSpec]) -> LabelSet:
+    ns = namespaces.get(spec.namespace)
+    return k8s_labels(
+        spec.labels,
+        namespace=spec.namespace,
+        namespace_labels=ns.labels if ns else None,
+        service_account=spec.service_account,
+    )
+
+
+def build_topology(file: EndpointsFile, allocator: IdentityAllocator) -> Topology:
+    """Endpoints with identities allocated (in file order) from ``allocator``."""
+    endpoints = []
+    for spec in file.endpoints:
+        identity: Identity = allocator.allocate(endpoint_labels(spec, file.namespaces))
+        endpoints.append(
+            Endpoint(
+                spec.name,
+                spec.namespace,
+                identity.labels,
+                spec.ips,
+                identity.id,
+                spec.node,
+                tuple(sorted(spec.ports.items())),
+            )
+        )
+    nodes = tuple(Node(n.name, n.ips, tuple(sorted(n.labels.items()))) for n in file.nodes)
+    fqdns = tuple(sorted(file.fqdns.items()))
+    return Topology(tuple(endpoints), nodes, fqdns)

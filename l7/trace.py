@@ -1,0 +1,442 @@
+"""``policy trace``: which rule allows or denies one flow or request, offline.
+
+::
+
+    policies + endpoints file ──► identities (endpoints, policy CIDRs, the destination's FQDN set)
+                              ──► Resolver ──► decide(source, egress) ─┬─► L7: HTTP request / DNS name
+                                           ──► decide(dest, ingress) ──┘    against the merged rules
+
+HTTP rules are evaluated the way Envoy does: method, path (query string included) and host are RE2
+regexes matched against the whole value; host ignores case, port and a trailing dot; ``headers``
+entries are an exact value or presence, names case-insensitive; a ``headerMatches`` mismatch passes
+when the entry has a ``mismatch`` action and fails without one. Secrets cannot be read offline: a
+``headerMatches`` entry with a secret and no ``mismatch`` action cannot match (the trace says so).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import re2
+
+from l7.endpoints import Endpoint, EndpointsFile, Topology, build_topology
+from l7.errors import L7GateError
+from l7.identity import IdentityAllocator, ReservedIdentity
+from l7.policy import model
+from l7.policy.documents import Policy
+from l7.policy.fqdn import NameMatcher
+from l7.policy.headers import parse_header
+from l7.resolve import (
+    Decision,
+    Direction,
+    Entry,
+    Reason,
+    ResolvedNode,
+    Resolver,
+    Verdict,
+    decide,
+    fqdn_selectors,
+    lookup_identity,
+    policy_prefixes,
+)
+
+
+class TraceError(L7GateError):
+    """The trace cannot be run: an unknown endpoint, a malformed port or request."""
+
+
+@dataclass(frozen=True)
+class HTTPRequest:
+    method: str
+    path: str
+    host: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class L7Result:
+    allowed: bool
+    rule: str | None  # field path of the rule that allowed it
+    policy: str | None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Step:
+    """The verdict of one direction: the source's egress or the destination's ingress."""
+
+    direction: str
+    endpoint: str
+    peer: str
+    peer_identity: int
+    verdict: str  # "allowed" | "denied"
+    layer: str  # "l3l4" | "http" | "dns"
+    reason: str
+    policy: str | None
+    rule: str | None
+    detail: str
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    verdict: str
+    layer: str
+    policy: str | None
+    rule: str | None
+    source: str
+    destination: str
+    port: int
+    protocol: str
+    steps: tuple[Step, ...]
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict == "allowed"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "verdict": self.verdict,
+            "layer": self.layer,
+            "policy": self.policy,
+            "rule": self.rule,
+            "source": self.source,
+            "destination": self.destination,
+            "port": self.port,
+            "protocol": self.protocol,
+            "notes": list(self.notes),
+            "directions": {
+                s.direction: {
+                    "endpoint": s.endpoint,
+                    "peer": s.peer,
+                    "peer_identity": s.peer_identity,
+                    "verdict": s.verdict,
+                    "layer": s.layer,
+                    "reason": s.reason,
+                    "policy": s.policy,
+                    "rule": s.rule,
+                    "detail": s.detail,
+                    "notes": list(s.notes),
+                }
+                for s in self.steps
+            },
+        }
+
+    def to_text(self) -> str:
+        lines = [f"{self.source} → {self.destination} {self.port}/{self.protocol}"]
+        for s in self.steps:
+            lines.append(f"  {s.direction:<7} {s.endpoint} (peer {s.peer}, identity {s.peer_identity})")
+            lines.append(f"          {s.verdict} at {s.layer}: {s.detail}")
+            lines += [f"          note: {n}" for n in s.notes]
+        lines += [f"note: {n}" for n in self.notes]
+        by = f" by {self.policy} {self.rule}" if self.policy and self.rule else ""
+        lines.append(f"verdict: {self.verdict.upper()} ({self.layer}){by}")
+        return "\n".join(lines)
+
+
+# -- L7 evaluation -----------------------------------------------------------------------------------
+
+
+def _full(pattern: str, value: str, *, ignore_case: bool = False) -> bool:
+    try:
+        return re2.fullmatch(("(?i)" if ignore_case else "") + pattern, value) is not None
+    except re2.error:
+        return False
+
+
+def normalize_host(host: str) -> str:
+    """Lower case, without port and trailing dot (``Example.COM.:8080`` → ``example.com``)."""
+    text = host.strip().lower()
+    if text.startswith("[") and "]" in text:
+        text = text[1 : text.find("]")]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    return text.rstrip(".")
+
+
+def http_rule_matches(rule: model.HTTPRule, request: HTTPRequest) -> tuple[bool, tuple[str, ...]]:
+    """Whether one HTTP rule allows ``request``, with notes on what could not be evaluated."""
+    notes: list[str] = []
+    if rule.method and not _full(rule.method, request.method):
+        return False, ()
+    if rule.path and not _full(rule.path, request.path):
+        return False, ()
+    if rule.host and not _full(rule.host, normalize_host(request.host or ""), ignore_case=True):
+        return False, ()
+    headers: dict[str, list[str]] = {}
+    for name, value in request.headers:
+        headers.setdefault(name.lower(), []).append(value)
+    for entry in rule.headers or ():
+        wanted, expected = parse_header(entry)
+        present = headers.get(wanted.lower())
+        if present is None or (expected is not None and expected not in present):
+            return False, ()
+    for match in rule.header_matches or ():
+        present = headers.get(match.name.lower())
+        if match.secret is not None:
+            secret = f"{match.secret.namespace or 'default'}/{match.secret.name}"
+            if match.mismatch is None:
+                notes.append(
+                    f"header {match.name}: secret {secret} cannot be read offline; the rule cannot match"
+                )
+                return False, tuple(notes)
+            notes.append(
+                f"header {match.name}: secret {secret} not checked offline; mismatch {match.mismatch}"
+            )
+            continue
+        ok = present is not None and (match.value is None or match.value in present)
+        if not ok:
+            if match.mismatch is None:
+                return False, ()
+            notes.append(f"header {match.name} mismatch: action {match.mismatch} (request passes)")
+    return True, tuple(notes)
+
+
+def dns_rule_matches(rule: model.DNSRule, name: str) -> bool:
+    if rule.match_name is not None:
+        return NameMatcher(match_name=rule.match_name).matches(name)
+    if rule.match_pattern is not None:
+        return NameMatcher(match_pattern=rule.match_pattern).matches(name)
+    return False
+
+
+def evaluate_http(entries: Sequence[Entry], request: HTTPRequest) -> L7Result:
+    notes: list[str] = []
+    for entry in entries:
+        assert entry.l7 is not None
+        for k, rule in enumerate(entry.l7.http):
+            ok, why = http_rule_matches(rule, request)
+            notes += why
+            if ok:
+                return L7Result(
+                    True, f"{entry.origin.path}.rules.http[{k}]", entry.origin.policy, tuple(notes)
+                )
+    return L7Result(False, None, None, tuple(notes))
+
+
+def evaluate_dns(entries: Sequence[Entry], name: str) -> L7Result:
+    for entry in entries:
+        assert entry.l7 is not None
+        for k, rule in enumerate(entry.l7.dns):
+            if dns_rule_matches(rule, name):
+                return L7Result(True, f"{entry.origin.path}.rules.dns[{k}]", entry.origin.policy)
+    return L7Result(False, None, None)
+
+
+# -- the trace ---------------------------------------------------------------------------------------
+
+
+def parse_port(text: str) -> tuple[int, str]:
+    """``80/TCP`` → ``(80, "TCP")``; ``53`` → ``(53, "TCP")``."""
+    number, _, protocol = text.partition("/")
+    protocol = (protocol or "TCP").upper()
+    if protocol not in ("TCP", "UDP", "SCTP", "ICMP", "ICMPV6"):
+        raise TraceError(f"--port {text!r}: protocol must be TCP, UDP, SCTP, ICMP or ICMPv6")
+    if not number.isdigit() or not 0 <= int(number) <= 65535:
+        raise TraceError(f"--port {text!r}: expected N/PROTO with N in 0-65535")
+    return int(number), protocol
+
+
+def parse_header_option(text: str) -> tuple[str, str]:
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip():
+        raise TraceError(f"-H {text!r}: expected 'Name: value'")
+    return name.strip(), value.strip()
+
+
+@dataclass(frozen=True)
+class _Peer:
+    text: str
+    identity: int
+    endpoint: Endpoint | None
+    learned: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+def _describe(decision: Decision, endpoint: str, direction: Direction) -> str:
+    where = f"{endpoint} {direction}"
+    if decision.reason is Reason.NO_POLICY:
+        return f"no policy selects {where}: allowed by default"
+    if decision.reason is Reason.DEFAULT_ALLOW:
+        return (
+            f"policies select {where} but disable default deny (enableDefaultDeny: false); nothing denies it"
+        )
+    if decision.reason is Reason.DEFAULT_DENY:
+        return f"default deny: policies select {where} and no rule allows this flow"
+    first = decision.origins[0] if decision.origins else None
+    if decision.reason is Reason.DENY_RULE:
+        return f"denied by {first}"
+    if decision.reason is Reason.ALLOW_RULE:
+        return f"allowed by {first}"
+    kinds = sorted({s.kind.upper() for s in decision.l7})
+    return f"redirected to the {'/'.join(kinds)} proxy by {first}"
+
+
+def _step(  # noqa: PLR0917
+    resolved: ResolvedNode,
+    endpoint: Endpoint,
+    direction: Direction,
+    peer: _Peer,
+    flow: tuple[int, str],
+    request: tuple[HTTPRequest | None, str | None],
+) -> Step:
+    port, protocol = flow
+    http, dns = request
+    decision = decide(resolved, endpoint.key, direction, peer.identity, protocol, port)
+    detail = _describe(decision, endpoint.key, direction)
+    origin = decision.origins[0] if decision.origins else None
+    policy, rule = (origin.policy, origin.path) if origin else (None, None)
+
+    def make(  # noqa: PLR0917
+        verdict: str,
+        layer: str,
+        reason: str,
+        policy: str | None,
+        rule: str | None,
+        detail: str,
+        notes: tuple[str, ...] = (),
+    ) -> Step:
+        return Step(
+            str(direction),
+            endpoint.key,
+            peer.text,
+            peer.identity,
+            verdict,
+            layer,
+            reason,
+            policy,
+            rule,
+            detail,
+            notes,
+        )
+
+    if decision.verdict is not Verdict.REDIRECT:
+        verdict = "allowed" if decision.verdict is Verdict.ALLOW else "denied"
+        return make(verdict, "l3l4", str(decision.reason), policy, rule, detail)
+    policy_dir = resolved.endpoint(endpoint.key).direction(direction)
+    entries = [e for e in policy_dir.allows if e.l7 is not None and e.matches(peer.identity, protocol, port)]
+    kinds = {e.l7.kind for e in entries if e.l7 is not None}
+    if "dns" in kinds and dns is not None:
+        result = evaluate_dns([e for e in entries if e.l7 is not None and e.l7.kind == "dns"], dns)
+        if result.allowed:
+            detail += f"; DNS query {dns} allowed by {result.policy} {result.rule}"
+            return make("allowed", "dns", "l7", result.policy, result.rule, detail)
+        detail += f"; DNS query {dns} matches no DNS rule: REFUSED"
+        return make("denied", "dns", "l7", policy, rule, detail)
+    if "http" in kinds and http is not None:
+        result = evaluate_http([e for e in entries if e.l7 is not None and e.l7.kind == "http"], http)
+        text = f"{http.method} {http.path}"
+        if result.allowed:
+            detail += f"; {text} allowed by {result.policy} {result.rule}"
+            return make("allowed", "http", "l7", result.policy, result.rule, detail, result.notes)
+        detail += f"; {text} matches no HTTP rule: 403 Access denied"
+        return make("denied", "http", "l7", policy, rule, detail, result.notes)
+    layer = "dns" if "dns" in kinds else "http"
+    hint = "--dns NAME" if layer == "dns" else "--http METHOD PATH"
+    note = f"L4 allowed; {layer.upper()} rules apply to the content: pass {hint} to evaluate them"
+    return make("allowed", "l3l4", "l7", policy, rule, detail, (note,))
+
+
+def trace(  # noqa: PLR0917  (the CLI's arguments)
+    policies: Sequence[Policy],
+    endpoints: EndpointsFile,
+    source: str,
+    destination: str,
+    port: int,
+    protocol: str,
+    *,
+    http: HTTPRequest | None = None,
+    dns: str | None = None,
+    node: str | None = None,
+    allocator: IdentityAllocator | None = None,
+) -> TraceResult:
+    allocator = allocator or IdentityAllocator()
+    topology = build_topology(endpoints, allocator)
+    src = topology.find(source)
+    if src is None:
+        raise TraceError(f"--from {source!r}: no such endpoint (use NAME or NAMESPACE/NAME)")
+    perspective = node or src.node
+    if perspective is not None and topology.node(perspective) is None and topology.nodes:
+        raise TraceError(f"--node {perspective!r}: no such node in the endpoints file")
+    peer = _destination(policies, topology, allocator, destination, perspective)
+    resolver = Resolver(allocator, perspective, all_endpoints=True)
+    resolved = resolver.resolve(policies, topology, dict(peer.learned))
+    if peer.endpoint is None and not peer.learned:
+        peer = _Peer(peer.text, _ip_identity(resolved, topology, peer), None)
+    flow, request = (port, protocol), (http, dns)
+    steps = [_step(resolved, src, Direction.EGRESS, peer, flow, request)]
+    if peer.endpoint is not None and steps[0].verdict == "allowed":
+        src_peer = _Peer(src.key, src.identity, src)
+        steps.append(_step(resolved, peer.endpoint, Direction.INGRESS, src_peer, flow, request))
+    deciding = next((s for s in steps if s.verdict == "denied"), None)
+    if deciding is None:
+        deciding = next((s for s in reversed(steps) if s.layer != "l3l4"), None) or next(
+            (s for s in reversed(steps) if s.policy), steps[-1]
+        )
+    notes: list[str] = []
+    if peer.endpoint is not None and steps[0].verdict == "denied":
+        notes.append("the source's egress denies the flow; the destination's ingress was not evaluated")
+    return TraceResult(
+        verdict=deciding.verdict,
+        layer=deciding.layer,
+        policy=deciding.policy,
+        rule=deciding.rule,
+        source=src.key,
+        destination=peer.text,
+        port=port,
+        protocol=protocol,
+        steps=tuple(steps),
+        notes=tuple(notes),
+    )
+
+
+def _ip_identity(resolved: ResolvedNode, topology: Topology, peer: _Peer) -> int:
+    return lookup_identity(resolved, peer.text) if peer.identity < 0 else peer.identity
+
+
+def _destination(
+    policies: Sequence[Policy],
+    topology: Topology,
+    allocator: IdentityAllocator,
+    text: str,
+    perspective: str | None,
+) -> _Peer:
+    endpoint = topology.find(text)
+    if endpoint is not None:
+        return _Peer(endpoint.key, endpoint.identity, endpoint)
+    known = topology.node(text)
+    if known is not None:
+        local = perspective is not None and known.name == perspective
+        reserved = ReservedIdentity.HOST if local else ReservedIdentity.REMOTE_NODE
+        return _Peer(f"node {known.name} ({reserved.label})", int(reserved), None)
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        address = None
+    if address is not None:
+        ip = str(address)
+        by_ip = topology.by_ip(ip)
+        if by_ip is not None:
+            return _Peer(by_ip.key, by_ip.identity, by_ip)
+        names = tuple(name for name, ips in topology.fqdns if ip in ips)
+        if names:
+            return _Peer(ip, _fqdn_identity(policies, allocator, names, ip), None, ((ip, names),))
+        return _Peer(ip, -1, None)  # resolved through the ipcache (nodes, CIDRs, world)
+    if "/" in text:
+        raise TraceError(f"--to {text!r}: no such endpoint")
+    ips = topology.fqdn_ips(text)
+    first = ips[0] if ips else None
+    identity = _fqdn_identity(policies, allocator, (text,), first)
+    if first is None:
+        return _Peer(text, identity, None)
+    return _Peer(f"{text} ({first})", identity, None, ((first, (text,)),))
+
+
+def _fqdn_identity(
+    policies: Sequence[Policy], allocator: IdentityAllocator, names: Sequence[str], ip: str | None
+) -> int:
+    chosen = [s.text for s in fqdn_selectors(policies) if any(s.matches_name(n) for n in names)]
+    address = ipaddress.ip_address(ip) if ip else None
+    return allocator.fqdn_identity(chosen, address, policy_prefixes(policies)).id
