@@ -127,13 +127,10 @@ _SERVER_METADATA = frozenset(
 # get a message saying so). ``labels`` only at the rule level.
 _CILIUM_UNSUPPORTED = frozenset(
     {
-        "toServices",
         "toRequires",
         "fromRequires",
         "toGroups",
         "fromGroups",
-        "toNodes",
-        "fromNodes",
         "authentication",
         "kafka",
         "l7proto",

@@ -10,6 +10,7 @@ SOURCES = frozenset({"k8s", "any", "reserved", "container", "unspec"})
 _NAME = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*")
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?")
+_DNS_1035_LABEL = re.compile(r"[a-z](?:[-a-z0-9]*[a-z0-9])?")
 
 
 def split_source(key: str) -> tuple[str | None, str]:
@@ -52,3 +53,8 @@ def is_dns_subdomain(name: str) -> bool:
 def is_dns_label(name: str) -> bool:
     """A Kubernetes namespace name (RFC 1123 label, ≤63 characters)."""
     return len(name) <= 63 and _DNS_LABEL.fullmatch(name) is not None
+
+
+def is_dns_1035_label(name: str) -> bool:
+    """A Kubernetes Service name (RFC 1035 label: starts with a letter, ≤63 characters)."""
+    return len(name) <= 63 and _DNS_1035_LABEL.fullmatch(name) is not None

@@ -5,7 +5,7 @@ Absent list fields are ``None``; an explicitly empty list stays ``()`` — Ciliu
 different meanings (``toEntities: []`` selects nothing, a missing ``toEntities`` selects nothing
 *of that kind*), and resolution needs to tell them apart.
 
-Every model forbids unknown fields, so an unsupported Cilium feature (``toServices``,
+Every model forbids unknown fields, so an unsupported Cilium feature (``toRequires``,
 ``rules.kafka``, ...) is an error naming the field instead of being silently ignored.
 """
 
@@ -139,8 +139,30 @@ class ICMPRule(_Model):
     fields: tuple[ICMPField, ...]
 
 
+class K8sServiceNamespace(_Model):
+    """A Kubernetes Service by name; no ``namespace`` means the name in *every* namespace (as in Cilium)."""
+
+    service_name: str
+    namespace: str | None = None
+
+
+class K8sServiceSelectorNamespace(_Model):
+    """Kubernetes Services by their (Service object's) labels; no ``namespace`` means every namespace."""
+
+    selector: EndpointSelector
+    namespace: str | None = None
+
+
+class Service(_Model):
+    """One ``toServices`` entry: exactly one of ``k8sService`` and ``k8sServiceSelector`` (validate.py)."""
+
+    k8s_service: K8sServiceNamespace | None = Field(default=None, alias="k8sService")
+    k8s_service_selector: K8sServiceSelectorNamespace | None = Field(default=None, alias="k8sServiceSelector")
+
+
 class IngressRule(_Model):
     from_endpoints: tuple[EndpointSelector, ...] | None = None
+    from_nodes: tuple[EndpointSelector, ...] | None = None
     from_entities: tuple[str, ...] | None = None
     from_cidr: tuple[str, ...] | None = Field(default=None, alias="fromCIDR")
     from_cidr_set: tuple[CIDRRule, ...] | None = Field(default=None, alias="fromCIDRSet")
@@ -154,6 +176,8 @@ class EgressRule(_Model):
     to_cidr: tuple[str, ...] | None = Field(default=None, alias="toCIDR")
     to_cidr_set: tuple[CIDRRule, ...] | None = Field(default=None, alias="toCIDRSet")
     to_fqdns: tuple[FQDNSelector, ...] | None = Field(default=None, alias="toFQDNs")
+    to_services: tuple[Service, ...] | None = None
+    to_nodes: tuple[EndpointSelector, ...] | None = None
     to_ports: tuple[PortRule, ...] | None = None
     icmps: tuple[ICMPRule, ...] | None = None
 

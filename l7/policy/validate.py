@@ -29,6 +29,7 @@ from l7.policy.model import (
     PortRule,
     Protocol,
     Rule,
+    Service,
 )
 from l7.policy.ports import MAX_PORT, parse_port
 from l7.policy.regex import re2_error
@@ -44,13 +45,15 @@ class Problem:
 
 Problems = list[Problem]
 
-# L3 peer selectors of one rule: Cilium refuses to combine two kinds in one rule ("Combining X and Y
-# is not supported yet").
+# L3 peer selectors of one rule: Cilium refuses to combine two kinds in one rule ("combining X and Y
+# is not supported yet"), in allow and deny rules alike. Every one of them may be combined with toPorts:
+# toServices too, as in the Cilium of the reference CRDs (older releases refused toServices + toPorts).
 _INGRESS_L3 = (
     ("fromEndpoints", "from_endpoints"),
     ("fromCIDR", "from_cidr"),
     ("fromCIDRSet", "from_cidr_set"),
     ("fromEntities", "from_entities"),
+    ("fromNodes", "from_nodes"),
 )
 _EGRESS_L3 = (
     ("toEndpoints", "to_endpoints"),
@@ -58,6 +61,8 @@ _EGRESS_L3 = (
     ("toCIDRSet", "to_cidr_set"),
     ("toEntities", "to_entities"),
     ("toFQDNs", "to_fqdns"),
+    ("toServices", "to_services"),
+    ("toNodes", "to_nodes"),
 )
 
 
@@ -96,6 +101,8 @@ def validate_ingress(rule: IngressRule, path: str, *, deny: bool, host: bool = F
     problems = _exclusive_l3(rule, path, _INGRESS_L3)
     for i, selector in enumerate(rule.from_endpoints or ()):
         problems += validate_selector(selector, index(field(path, "fromEndpoints"), i))
+    for i, selector in enumerate(rule.from_nodes or ()):
+        problems += validate_selector(selector, index(field(path, "fromNodes"), i))
     problems += _entities(rule.from_entities, field(path, "fromEntities"))
     problems += _cidrs(rule.from_cidr, field(path, "fromCIDR"))
     problems += _cidr_set(rule.from_cidr_set, field(path, "fromCIDRSet"))
@@ -108,6 +115,10 @@ def validate_egress(rule: EgressRule, path: str, *, deny: bool, host: bool = Fal
     problems = _exclusive_l3(rule, path, _EGRESS_L3)
     for i, selector in enumerate(rule.to_endpoints or ()):
         problems += validate_selector(selector, index(field(path, "toEndpoints"), i))
+    for i, selector in enumerate(rule.to_nodes or ()):
+        problems += validate_selector(selector, index(field(path, "toNodes"), i))
+    for i, service in enumerate(rule.to_services or ()):
+        problems += _service(service, index(field(path, "toServices"), i))
     problems += _entities(rule.to_entities, field(path, "toEntities"))
     problems += _cidrs(rule.to_cidr, field(path, "toCIDR"))
     problems += _cidr_set(rule.to_cidr_set, field(path, "toCIDRSet"))
@@ -157,6 +168,43 @@ def validate_selector(selector: EndpointSelector, path: str) -> Problems:
             problem = labels.validate_value(value)
             if problem:
                 problems.append(Problem(index(field(where, "values"), j), problem))
+    return problems
+
+
+def _service(service: Service, path: str) -> Problems:
+    """One ``toServices`` entry: a Service by name or Services by label selector, namespace optional."""
+    by_name, by_labels = service.k8s_service, service.k8s_service_selector
+    problems: Problems = []
+    if by_name is not None and by_labels is not None:
+        return [
+            Problem(
+                field(path, "k8sServiceSelector"), "only one of k8sService and k8sServiceSelector may be set"
+            )
+        ]
+    if by_name is not None:
+        where = field(path, "k8sService")
+        if not labels.is_dns_1035_label(by_name.service_name):
+            problems.append(
+                Problem(
+                    field(where, "serviceName"),
+                    f"{by_name.service_name!r} is not a valid Service name "
+                    "(lower-case RFC 1035 label: a letter first, ≤63 characters)",
+                )
+            )
+        namespace = by_name.namespace
+    elif by_labels is not None:
+        where = field(path, "k8sServiceSelector")
+        problems += validate_selector(by_labels.selector, field(where, "selector"))
+        namespace = by_labels.namespace
+    else:
+        return [Problem(path, "one of k8sService and k8sServiceSelector is required")]
+    if namespace is not None and not labels.is_dns_label(namespace):
+        problems.append(
+            Problem(
+                field(where, "namespace"),
+                f"{namespace!r} is not a valid namespace (lower-case RFC 1123 label, ≤63 characters)",
+            )
+        )
     return problems
 
 

@@ -87,9 +87,9 @@ def test_spec_and_specs() -> None:
 
 
 def test_error_format() -> None:
-    (error,) = load(doc(body="spec:\n  endpointSelector: {}\n  egress:\n  - toServices: []\n")).errors
+    (error,) = load(doc(body="spec:\n  endpointSelector: {}\n  egress:\n  - toRequires: []\n")).errors
     assert str(error) == (
-        "t.yaml[0] (CiliumNetworkPolicy default/p): spec.egress[0].toServices: "
+        "t.yaml[0] (CiliumNetworkPolicy default/p): spec.egress[0].toRequires: "
         "unsupported by l7gate (a Cilium feature l7gate does not implement)"
     )
 
@@ -100,7 +100,7 @@ spec:
   endpointSelector:
     matchLabels: {app: 'a b'}
   egress:
-  - toServices: []
+  - toRequires: []
     toEntities: [nowhere]
   - toPorts:
     - ports: [{port: '99999'}]
@@ -112,7 +112,7 @@ spec:
     got = sorted((e.index, e.path) for e in result.errors)
     assert got == [
         (0, "spec.egress[0].toEntities[0]"),
-        (0, "spec.egress[0].toServices"),
+        (0, "spec.egress[0].toRequires"),
         (0, "spec.egress[1].toPorts[0].ports[0].port"),
         (0, "spec.egress[2].toFQDNs"),
         (0, "spec.egress[2].toFQDNs[0].matchPattern"),

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from l7.policy.documents import load_paths
+from l7.policy.model import EndpointSelector, K8sServiceNamespace, K8sServiceSelectorNamespace
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "deploy" / "examples"
 SEEDS = EXAMPLES / "seeds"
 SEED_TEXTS = ROOT.parent / "shared" / "seeds"
-UNSUPPORTED = Path(__file__).parent / "data" / "unsupported-seeds"
 SOURCE = re.compile(r"# Source: \.\./shared/seeds/(?P<file>\S+) line (?P<line>\d+); (?P<note>.+)")
 
 EXAMPLE_FILES = sorted(p for p in EXAMPLES.rglob("*") if p.suffix in (".yaml", ".yml"))
@@ -41,9 +41,7 @@ def _strip(line: str) -> str:
     return line.strip()
 
 
-@pytest.mark.parametrize(
-    "path", sorted(SEEDS.glob("*.yaml")) + sorted(UNSUPPORTED.glob("*.yaml")), ids=lambda p: p.name
-)
+@pytest.mark.parametrize("path", sorted(SEEDS.glob("*.yaml")), ids=lambda p: p.name)
 def test_seed_file_matches_its_source(path: Path) -> None:
     """Same lines as the post (indentation aside), except the changes the header comment declares."""
     header, *lines = path.read_text(encoding="utf-8").splitlines()
@@ -67,13 +65,18 @@ def test_seed_file_matches_its_source(path: Path) -> None:
         assert [_strip(line) for line in lines] == [_strip(line) for line in expected]
 
 
-@pytest.mark.parametrize(
-    ("name", "path"),
-    [
-        ("002-service-rule.yaml", "spec.egress[0].toServices"),
-        ("002-to-prod-from-control-plane-nodes.yaml", "spec.ingress[0].fromNodes"),
-    ],
-)
-def test_unsupported_seeds_are_rejected_clearly(name: str, path: str) -> None:
-    (error,) = load_paths([UNSUPPORTED / name]).errors
-    assert error.path == path and "unsupported by l7gate" in error.message
+def test_service_and_node_seeds_parse_into_the_model() -> None:
+    """The two seeds once rejected as unsupported: toServices (by name and by selector) and fromNodes."""
+    (service,) = load_paths([SEEDS / "002-service-rule.yaml"]).policies
+    (egress,) = service.rules[0].egress or ()
+    by_name, by_labels = egress.to_services or ()
+    assert by_name.k8s_service == K8sServiceNamespace(service_name="myservice", namespace="default")
+    assert by_name.k8s_service_selector is None
+    assert by_labels.k8s_service_selector == K8sServiceSelectorNamespace(
+        selector=EndpointSelector(match_labels={"env": "staging"}), namespace="another-namespace"
+    )
+    (nodes,) = load_paths([SEEDS / "002-to-prod-from-control-plane-nodes.yaml"]).policies
+    (ingress,) = nodes.rules[0].ingress or ()
+    assert ingress.from_nodes == (
+        EndpointSelector(match_labels={"node-role.kubernetes.io/control-plane": ""}),
+    )

@@ -14,8 +14,14 @@ CASES: list[tuple[str, str, str, str]] = [
     ("no-selector", "egress: []", "spec", "endpointSelector or a nodeSelector"),
     (
         "unsupported-field",
-        EP + "egress:\n- toServices: []",
-        "spec.egress[0].toServices",
+        EP + "egress:\n- toRequires: []",
+        "spec.egress[0].toRequires",
+        "unsupported by l7gate",
+    ),
+    (
+        "unsupported-field-ingress",
+        EP + "ingress:\n- fromRequires: [{}]",
+        "spec.ingress[0].fromRequires",
         "unsupported by l7gate",
     ),
     ("unknown-field", EP + "egress:\n- toPlanet: []", "spec.egress[0].toPlanet", "unsupported field"),
@@ -356,6 +362,153 @@ CASES: list[tuple[str, str, str, str]] = [
         "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].mismatch",
         "'LOG'",
     ),
+    # toServices, toNodes, fromNodes
+    (
+        "service-none",
+        EP + "egress:\n- toServices: [{k8sService: {serviceName: a}}, {}]",
+        "spec.egress[0].toServices[1]",
+        "one of k8sService and k8sServiceSelector is required",
+    ),
+    (
+        "service-both",
+        EP + "egress:\n- toServices: [{k8sService: {serviceName: a}, k8sServiceSelector: {selector: {}}}]",
+        "spec.egress[0].toServices[0].k8sServiceSelector",
+        "only one of k8sService and k8sServiceSelector may be set",
+    ),
+    (
+        "service-name-missing",
+        EP + "egress:\n- toServices: [{k8sService: {namespace: default}}]",
+        "spec.egress[0].toServices[0].k8sService.serviceName",
+        "required field missing",
+    ),
+    (
+        "service-name-digit",
+        EP + "egress:\n- toServices: [{k8sService: {serviceName: 1svc}}]",
+        "spec.egress[0].toServices[0].k8sService.serviceName",
+        "'1svc' is not a valid Service name (lower-case RFC 1035 label",
+    ),
+    (
+        "service-name-upper",
+        EP + "egress:\n- toServices: [{k8sService: {serviceName: MySvc, namespace: default}}]",
+        "spec.egress[0].toServices[0].k8sService.serviceName",
+        "not a valid Service name",
+    ),
+    (
+        "service-name-long",
+        EP + "egress:\n- toServices: [{k8sService: {serviceName: " + "a" * 64 + "}}]",
+        "spec.egress[0].toServices[0].k8sService.serviceName",
+        "≤63 characters",
+    ),
+    (
+        "service-name-empty",
+        EP + "egress:\n- toServices: [{k8sService: {serviceName: ''}}]",
+        "spec.egress[0].toServices[0].k8sService.serviceName",
+        "not a valid Service name",
+    ),
+    (
+        "service-namespace",
+        EP + "egress:\n- toServices: [{k8sService: {serviceName: a, namespace: Bad_NS}}]",
+        "spec.egress[0].toServices[0].k8sService.namespace",
+        "'Bad_NS' is not a valid namespace (lower-case RFC 1123 label",
+    ),
+    (
+        "service-field",
+        EP + "egress:\n- toServices: [{k8sService: {serviceName: a, port: 80}}]",
+        "spec.egress[0].toServices[0].k8sService.port",
+        "unsupported field",
+    ),
+    (
+        "service-selector-missing",
+        EP + "egress:\n- toServices: [{k8sServiceSelector: {namespace: default}}]",
+        "spec.egress[0].toServices[0].k8sServiceSelector.selector",
+        "required field missing",
+    ),
+    (
+        "service-selector-namespace",
+        EP + "egress:\n- toServices: [{k8sServiceSelector: {selector: {}, namespace: '-ns'}}]",
+        "spec.egress[0].toServices[0].k8sServiceSelector.namespace",
+        "not a valid namespace",
+    ),
+    (
+        "service-selector-label",
+        EP + "egress:\n- toServices: [{k8sServiceSelector: {selector: {matchLabels: {env: 'a b'}}}}]",
+        "spec.egress[0].toServices[0].k8sServiceSelector.selector.matchLabels[env]",
+        "label value",
+    ),
+    (
+        "service-selector-expression",
+        EP + "egress:\n- toServices:\n  - k8sServiceSelector:\n"
+        "      selector: {matchExpressions: [{key: env, operator: NotIn}]}",
+        "spec.egress[0].toServices[0].k8sServiceSelector.selector.matchExpressions[0].values",
+        "at least one value",
+    ),
+    (
+        "service-with-endpoints",
+        EP + "egress:\n- toEndpoints: [{}]\n  toServices: [{k8sService: {serviceName: a}}]",
+        "spec.egress[0].toServices",
+        "toEndpoints and toServices cannot be combined",
+    ),
+    (
+        "service-with-fqdns",
+        EP + "egress:\n- toFQDNs: [{matchName: a.com}]\n  toServices: [{k8sService: {serviceName: a}}]",
+        "spec.egress[0].toServices",
+        "toFQDNs and toServices cannot be combined",
+    ),
+    (
+        "service-with-cidr-deny",
+        EP + "egressDeny:\n- toCIDR: [10.0.0.0/8]\n  toServices: [{k8sService: {serviceName: a}}]",
+        "spec.egressDeny[0].toServices",
+        "toCIDR and toServices cannot be combined",
+    ),
+    (
+        "to-nodes-with-entities",
+        EP + "egress:\n- toEntities: [host]\n  toNodes: [{}]",
+        "spec.egress[0].toNodes",
+        "toEntities and toNodes cannot be combined",
+    ),
+    (
+        "to-nodes-with-services",
+        EP + "egress:\n- toServices: [{k8sService: {serviceName: a}}]\n  toNodes: [{}]",
+        "spec.egress[0].toNodes",
+        "toServices and toNodes cannot be combined",
+    ),
+    (
+        "to-nodes-label",
+        EP + "egress:\n- toNodes: [{}, {matchLabels: {zone: 'a b'}}]",
+        "spec.egress[0].toNodes[1].matchLabels[zone]",
+        "label value",
+    ),
+    (
+        "to-nodes-operator",
+        EP + "egressDeny:\n- toNodes: [{matchExpressions: [{key: zone, operator: Maybe}]}]",
+        "spec.egressDeny[0].toNodes[0].matchExpressions[0].operator",
+        "'In'",
+    ),
+    (
+        "from-nodes-with-endpoints",
+        EP + "ingress:\n- fromEndpoints: [{}]\n  fromNodes: [{}]",
+        "spec.ingress[0].fromNodes",
+        "fromEndpoints and fromNodes cannot be combined",
+    ),
+    (
+        "from-nodes-with-cidr-deny",
+        EP + "ingressDeny:\n- fromNodes: [{}]\n  fromCIDR: [10.0.0.0/8]",
+        "spec.ingressDeny[0].fromNodes",
+        "fromCIDR and fromNodes cannot be combined",
+    ),
+    (
+        "from-nodes-key",
+        EP + "ingress:\n- fromNodes: [{matchLabels: {'-role': ''}}]",
+        "spec.ingress[0].fromNodes[0].matchLabels[-role]",
+        "label key",
+    ),
+    (
+        "from-nodes-exists-values",
+        EP + "ingress:\n- fromNodes:\n  - {}\n"
+        "  - matchExpressions: [{key: role, operator: Exists, values: [a]}]",
+        "spec.ingress[0].fromNodes[1].matchExpressions[0].values",
+        "takes no values",
+    ),
     (
         "default-deny-type",
         EP + "enableDefaultDeny: {ingress: maybe}",
@@ -406,9 +559,53 @@ VALID = [
     "endpointSelector:\n  matchLabels: {'reserved:host': '', 'any:a.b/c': v, 'container:x': y}",
     "endpointSelector:\n  matchLabels: {'unspec:z': ''}",
     EP + "description: d\nenableDefaultDeny: {ingress: false, egress: true}",
+    # toServices: by name (namespace optional) or by label selector, with toPorts and L7 (Cilium ≥ 1.16)
+    EP + "egress:\n- toServices: [{k8sService: {serviceName: my-svc}}, {k8sService: {serviceName: a, "
+    "namespace: kube-system}}]",
+    EP + "egress:\n- toServices:\n  - k8sServiceSelector:\n"
+    "      selector: {matchLabels: {'app.kubernetes.io/name': db}, matchExpressions: [{key: tier, "
+    "operator: In, values: [a, b]}]}\n"
+    "  toPorts: [{ports: [{port: '5432', protocol: TCP}]}]",
+    EP + "egress:\n- toServices: [{k8sService: {serviceName: kube-dns, namespace: kube-system}}]\n"
+    "  toPorts:\n  - ports: [{port: '53', protocol: UDP}]\n    rules: {dns: [{matchPattern: '*'}]}",
+    EP + "egress:\n- toServices: []\n  toEndpoints: [{}]",  # an empty list is no selector of that kind
+    EP + "egressDeny:\n- toServices: [{k8sServiceSelector: {selector: {}, namespace: prod}}]",
+    # toNodes / fromNodes, allow and deny, with ports
+    EP + "egress:\n- toNodes: [{matchLabels: {'node-role.kubernetes.io/control-plane': ''}}]\n"
+    "  toPorts: [{ports: [{port: '6443', protocol: TCP}]}]",
+    EP + "egressDeny:\n- toNodes: [{}]",
+    EP + "ingress:\n- fromNodes:\n"
+    "  - matchExpressions: [{key: 'topology.kubernetes.io/zone', operator: Exists}]",
+    EP + "ingressDeny:\n- fromNodes: [{}]\n  toPorts: [{ports: [{port: '22'}]}]",
 ]
 
 
 @pytest.mark.parametrize("spec", VALID)
 def test_cilium_accepts_so_do_we(spec: str) -> None:
     assert spec_errors(spec) == []
+
+
+def test_service_and_node_selectors_report_every_problem_once() -> None:
+    errors = spec_errors(
+        EP + "egress:\n"
+        "- toServices:\n"
+        "  - k8sService: {serviceName: Web, namespace: 'ns!'}\n"
+        "  - k8sServiceSelector: {selector: {matchLabels: {'-k': v}}, namespace: ok}\n"
+        "  - {}\n"
+        "ingress:\n"
+        "- fromNodes: [{matchLabels: {role: 'x y'}}]\n"
+        "  fromEntities: [cluster]\n"
+    )
+    assert [path for path, _ in errors] == [
+        "spec.ingress[0].fromNodes",
+        "spec.ingress[0].fromNodes[0].matchLabels[role]",
+        "spec.egress[0].toServices[0].k8sService.serviceName",
+        "spec.egress[0].toServices[0].k8sService.namespace",
+        "spec.egress[0].toServices[1].k8sServiceSelector.selector.matchLabels[-k]",
+        "spec.egress[0].toServices[2]",
+    ]
+
+
+def test_nodes_selectors_in_host_policies() -> None:
+    spec = "nodeSelector: {}\ningress:\n- fromNodes: [{}]\negress:\n- toNodes: [{}]"
+    assert spec_errors(spec, header=CCNP) == []
