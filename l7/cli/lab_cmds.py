@@ -1,0 +1,141 @@
+"""``l7gate lab up|exec|status|down``: build, use and remove a lab (see l7.lab)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from l7.cli import app
+from l7.lab import DEFAULT_LAB, Lab, LabError, TopologyError, down, list_labs
+
+lab_app = typer.Typer(no_args_is_help=True, help="Build and use a lab: nodes and pods as network namespaces.")
+app.add_typer(lab_app, name="lab")
+
+console = Console()
+err = Console(stderr=True)
+
+NameOpt = Annotated[str, typer.Option("--name", "-n", help="The lab's name.")]
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    if isinstance(exc, TopologyError):
+        err.print(f"[red]{exc.source}: invalid topology[/red]")
+        for issue in exc.issues:
+            err.print(f"  {issue}", markup=False, highlight=False)
+    else:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+    return typer.Exit(1)
+
+
+def _root() -> None:
+    if os.geteuid() != 0:
+        err.print("[red]error:[/red] the lab needs root (network namespaces)")
+        raise typer.Exit(1)
+
+
+@lab_app.command("up")
+def up_cmd(
+    topology: Annotated[Path, typer.Argument(help="Topology YAML file (see deploy/lab/README.md).")],
+    name: NameOpt = DEFAULT_LAB,
+    policies: Annotated[
+        Path | None, typer.Option("--policies", help="Policy directory, handed to the node agents.")
+    ] = None,
+) -> None:
+    """Build the lab and wait until its DNS and servers answer."""
+    _root()
+    try:
+        with console.status("building the lab") as status:
+
+            def progress(step: str) -> None:
+                status.update(step)
+                console.log(step)
+
+            lab = Lab.up(topology, name, policies=policies, progress=progress)
+    except LabError as exc:
+        raise _fail(exc) from None
+    console.print(f"[green]lab {lab.name} is up[/green] in {lab.state.up_seconds:.2f}s")
+    _print_status(lab)
+
+
+@lab_app.command(
+    "exec",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def exec_cmd(
+    pod: Annotated[str, typer.Argument(help="Pod name or namespace/name.")],
+    command: Annotated[list[str], typer.Argument(help="The command (after --).")],
+    name: NameOpt = DEFAULT_LAB,
+) -> None:
+    """Run a command inside a pod (its network namespace and resolv.conf); the exit status passes through."""
+    _root()
+    try:
+        argv = Lab.load(name).exec_argv(pod, command)
+    except LabError as exc:
+        raise _fail(exc) from None
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        err.print(f"[red]error:[/red] {argv[0]}: {exc.strerror}")
+        raise typer.Exit(127) from None
+
+
+def _print_status(lab: Lab) -> None:
+    plan = lab.plan
+    procs_by_ns: dict[str, list[str]] = {}
+    for proc in lab.processes():
+        mark = "[green]up[/green]" if proc.alive else "[red]dead[/red]"
+        procs_by_ns.setdefault(proc.netns, []).append(f"{proc.name.split(':', 1)[-1]} {proc.pid} {mark}")
+    table = Table(title=f"lab {lab.name} (index {plan.index}, {lab.state.phase})")
+    for col in ("kind", "name", "node", "netns", "addresses", "processes"):
+        table.add_column(col)
+    table.add_row("fabric", "", "", plan.fabric_netns, f"{plan.fabric_v4} {plan.fabric_v6}", "")
+    for n in plan.nodes:
+        table.add_row("node", n.name, "", n.netns, "\n".join(n.ips), "")
+    for p in plan.pods:
+        table.add_row(
+            "pod", p.key, p.node, p.netns, "\n".join(p.ips), "\n".join(procs_by_ns.get(p.netns, []))
+        )
+    for w in plan.worlds:
+        table.add_row("world", w.name, "", w.netns, "\n".join(w.ips), "\n".join(procs_by_ns.get(w.netns, [])))
+    console.print(table)
+
+
+@lab_app.command("status")
+def status_cmd(
+    name: NameOpt = DEFAULT_LAB,
+    as_json: Annotated[bool, typer.Option("--json", help="The lab's endpoints as JSON.")] = False,
+) -> None:
+    """Nodes, pods, addresses and whether the lab's processes are alive."""
+    try:
+        lab = Lab.load(name)
+    except LabError as exc:
+        others = [n for n in list_labs() if n != name]
+        if others:
+            err.print(f"labs: {', '.join(others)}")
+        raise _fail(exc) from None
+    if as_json:
+        print(json.dumps(lab.endpoints(), indent=2))
+        return
+    _print_status(lab)
+
+
+@lab_app.command("down")
+def down_cmd(name: NameOpt = DEFAULT_LAB) -> None:
+    """Remove every namespace, process, /etc/netns entry and file the lab created (idempotent)."""
+    _root()
+    try:
+        removed = down(name)
+    except LabError as exc:
+        raise _fail(exc) from None
+    if not removed:
+        console.print(f"no lab {name!r}: nothing to do")
+        return
+    for item in removed:
+        console.print(f"removed {item}" if not item.startswith("warning:") else f"[yellow]{item}[/yellow]")
+    console.print(f"[green]lab {name} is down[/green]")
