@@ -1,0 +1,70 @@
+/* from_uplink.c — tc ingress of the node's uplink: other nodes and the world.
+ *
+ * Only packets whose destination is a local endpoint (ipcache value with an
+ * endpoint id) are judged; everything else is not ours and passes.
+ * Replies of pod-originated flows pass via conntrack; established flows keep
+ * their verdict; new flows get the destination's ingress policy with the
+ * source identity from the ipcache (miss = world). Non-first fragments pass
+ * only when tied to an allowed first fragment.
+ */
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/parse.h"
+#include "lib/conntrack.h"
+#include "lib/policy.h"
+#include "lib/events.h"
+#include "lib/datapath.h"
+
+int l7g_from_uplink(struct __sk_buff *skb)
+{
+    struct l7g_flow f = {};
+    struct l7g_endpoint *dep;
+    struct l7g_ipcache_value src, dst;
+    struct l7g_ct_entry ct;
+    struct l7g_decision d = {};
+    __u32 ifindex = skb->ifindex;
+    __u32 id;
+    __u16 reason = 0;
+    int res;
+
+    if (l7g_parse(skb, &f, &reason) < 0)
+        return l7g_drop(HOOK_FROM_UPLINK, ifindex, &f, reason, 0, 0, 0);
+    if (f.family == 0 || f.pass)
+        return TC_ACT_OK;
+    l7g_ipcache_get(f.family, f.daddr, &dst);
+    if (!dst.endpoint_id)
+        return TC_ACT_OK;
+    l7g_ipcache_get(f.family, f.saddr, &src);
+
+    if (f.frag == FRAG_NONFIRST) {
+        if (!l7g_frag_nonfirst(&f))
+            return l7g_drop(HOOK_FROM_UPLINK, ifindex, &f, DROP_FRAG_NO_FIRST, dst.endpoint_id,
+                            src.identity, dst.identity);
+        skb->mark = (skb->mark & ~MARK_MASK) | MARK_JUDGED;
+        return TC_ACT_OK;
+    }
+    if (f.ct_ok) {
+        res = l7g_ct_lookup(&f, &ct);
+        if (res == CT_REPLY)
+            return l7g_finish(skb, HOOK_FROM_UPLINK, &f, VERDICT_ALLOW, 0, dst.endpoint_id,
+                              src.identity, dst.identity);
+        if (res == CT_FORWARD)
+            return l7g_finish(skb, HOOK_FROM_UPLINK, &f, ct.verdict, ct.proxy_port,
+                              dst.endpoint_id, src.identity, dst.identity);
+    }
+
+    id = dst.endpoint_id;
+    dep = l7g_endpoint_ids.lookup(&id);
+    if (!dep)
+        return l7g_drop(HOOK_FROM_UPLINK, ifindex, &f, DROP_ENDPOINT_NOT_READY, id, src.identity,
+                        dst.identity);
+    l7g_policy_decide(dep, DIR_INGRESS, src.identity, &f, &d);
+    if (d.verdict == VERDICT_DROP)
+        return l7g_drop(HOOK_FROM_UPLINK, ifindex, &f, d.reason, id, src.identity, dst.identity);
+    l7g_verdict_event(HOOK_FROM_UPLINK, ifindex, &f, d.verdict, d.reason, id, src.identity,
+                      dst.identity, d.proxy_port);
+    if (f.ct_ok)
+        l7g_ct_create(&f, d.verdict, d.proxy_port, id, src.identity, dst.identity, 0);
+    return l7g_finish(skb, HOOK_FROM_UPLINK, &f, d.verdict, d.proxy_port, id, src.identity,
+                      dst.identity);
+}

@@ -1,0 +1,68 @@
+"""Enforcement survives the loader: pinned maps and attached filters stay; a new loader adopts them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bpf import loader
+from bpf.datapath import Datapath
+from bpf.maps import Event
+from bpf.reasons import DropReason, EventType
+from tests.datapath import netlab
+from tests.datapath.conftest import IDENTITY, Lab
+
+pytestmark = pytest.mark.root
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_loader_exit_keeps_enforcing_and_reopen_adopts(lab: Lab) -> None:
+    a, b = lab.pod("a"), lab.pod("b")
+    script = textwrap.dedent(
+        f"""
+        from bpf.datapath import Datapath
+        from bpf.maps import Action, Direction
+        from bpf.policy_entries import PolicyDecision
+        dp = Datapath.open({lab.topo.node!r}, netns={lab.node_netns_path!r}, ct_max=16384)
+        dp.set_endpoint({b.ifindex}, {b.index}, {IDENTITY["b"]}, ingress_enforced=True)
+        rule = PolicyDecision(Direction.INGRESS, {IDENTITY["a"]}, 6, 80, 80, Action.ALLOW)
+        dp.sync_policy({b.index}, [rule])
+        dp.close()
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO, timeout=60)
+    # the loader is gone: its programs stay attached and read the pinned maps
+    assert netlab.tcp_echo(a.name, b.ip4, 80)
+    assert not netlab.tcp_echo(a.name, b.ip4, 443)
+
+    old = lab.dp
+    assert isinstance(old, Datapath)
+    old.close()
+    dp = Datapath.open(lab.topo.node, netns=lab.node_netns_path, ct_max=16384)
+    lab.dp = dp
+    assert dp.policy(b.index), "the pinned policy map was adopted"
+    assert dp.endpoints()[b.index].flags & 1
+    progs = dp.attached_programs(b.ifindex)
+    assert progs == {"ingress": [loader.PROG_FROM_LXC], "egress": [loader.PROG_TO_LXC]}
+    assert dp.attached_programs(lab.topo.uplink_ifindex)["ingress"] == [loader.PROG_FROM_UPLINK]
+    assert netlab.tcp_echo(a.name, b.ip6, 80)
+    assert not netlab.tcp_echo(a.name, b.ip6, 443)
+    # the re-attached programs report to the new loader's ring buffer
+    ev = lab.wait_event(lambda e: isinstance(e, Event) and e.type == EventType.DROP and e.dport == 443)
+    assert isinstance(ev, Event) and ev.reason == DropReason.POLICY_DENIED
+
+
+def test_incompatible_pinned_map_is_refused(tmp_path: Path, lab: Lab) -> None:
+    pin_dir = Path("/sys/fs/bpf/l7gate") / f"{lab.topo.prefix}-shape"
+    try:
+        # a map pinned with another CT size than asked for
+        progs = loader.load(pin_dir, ct_max=1024)
+        progs.close()
+        with pytest.raises(loader.IncompatibleMapError):
+            loader.load(pin_dir, ct_max=2048)
+    finally:
+        loader.unpin(pin_dir)

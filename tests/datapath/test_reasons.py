@@ -1,0 +1,32 @@
+"""bpf/lib/reasons.h and bpf/reasons.py agree."""
+
+from __future__ import annotations
+
+import re
+from enum import IntEnum
+from pathlib import Path
+
+import pytest
+
+from bpf.reasons import DropReason, EventType, Hook, Verdict
+
+HEADER = Path(__file__).resolve().parents[2] / "bpf" / "lib" / "reasons.h"
+
+
+def header_defines(prefix: str) -> dict[str, int]:
+    pat = re.compile(rf"^#define\s+{prefix}_([A-Z0-9_]+)\s+(\d+)", re.MULTILINE)
+    return {m.group(1): int(m.group(2)) for m in pat.finditer(HEADER.read_text())}
+
+
+@pytest.mark.parametrize(
+    ("prefix", "enum"), [("DROP", DropReason), ("VERDICT", Verdict), ("EVENT", EventType), ("HOOK", Hook)]
+)
+def test_header_and_enum_agree(prefix: str, enum: type[IntEnum]) -> None:
+    c = header_defines(prefix)
+    assert c, f"no {prefix}_* defines found"
+    assert c == {m.name: m.value for m in enum}
+
+
+def test_drop_reasons_are_unique() -> None:
+    values = list(header_defines("DROP").values())
+    assert len(values) == len(set(values))
