@@ -1,4 +1,5 @@
-"""The endpoints file: the workloads, namespaces, nodes and world hosts that policies are resolved for.
+"""The endpoints file: the workloads, namespaces, nodes, services and world hosts that policies are
+resolved for.
 
 ::
 
@@ -12,7 +13,15 @@
         ports: {http: 80}           # named container ports, optional
     namespaces:   {kube-system: {labels: {team: infra}}}
     nodes:        [{name: k8s-w1, ips: [192.168.10.101], labels: {...}}]
+    services:                       # Kubernetes Services, for toServices
+      - name: myservice
+        namespace: default          # default "default"
+        labels: {env: staging}      # the Service object's own labels (k8sServiceSelector)
+        selector: {app: web}        # the pods it selects; null/absent/{}: a Service without a selector ...
+        backends: [10.0.9.1]        # ... whose backends (Endpoints) are these IPs
     fqdns:        {api.github.com: [140.82.112.5]}      # world hosts: what DNS answers
+
+A remote node gets the identity of its labels (``l7.identity.node_labels``); the local node is ``host``.
 
 Validation reports every problem with its field path (``endpoints[2].ips[0]``).
 """
@@ -28,8 +37,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from l7.errors import L7GateError
-from l7.identity import Identity, IdentityAllocator
-from l7.labels import LabelSet, k8s_labels
+from l7.identity import Identity, IdentityAllocator, ReservedIdentity, node_labels
+from l7.labels import K8S, Label, LabelSet, k8s_labels
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -89,10 +98,33 @@ class NodeSpec(_Model):
         return tuple(_ip(v) for v in value)
 
 
+class ServiceSpec(_Model):
+    name: str = Field(min_length=1)
+    namespace: str = "default"
+    labels: dict[str, str] = Field(default_factory=dict)
+    selector: dict[str, str] | None = None
+    backends: tuple[str, ...] = ()
+
+    @field_validator("backends")
+    @classmethod
+    def _backends(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_ip(v) for v in value)
+
+    @model_validator(mode="after")
+    def _selector_or_backends(self) -> ServiceSpec:
+        if self.selector and self.backends:
+            raise ValueError(
+                f"service {self.namespace}/{self.name}: backends are only for a Service without a selector "
+                "(a Service with a selector is backed by the pods it selects)"
+            )
+        return self
+
+
 class EndpointsFile(_Model):
     endpoints: tuple[EndpointSpec, ...] = ()
     namespaces: dict[str, NamespaceSpec] = Field(default_factory=dict)
     nodes: tuple[NodeSpec, ...] = ()
+    services: tuple[ServiceSpec, ...] = ()
     fqdns: dict[str, tuple[str, ...]] = Field(default_factory=dict)
 
     @field_validator("fqdns")
@@ -115,6 +147,11 @@ class EndpointsFile(_Model):
         nodes = [n.name for n in self.nodes]
         if len(set(nodes)) != len(nodes):
             raise ValueError("duplicate node name")
+        services: set[tuple[str, str]] = set()
+        for svc in self.services:
+            if (svc.namespace, svc.name) in services:
+                raise ValueError(f"duplicate service {svc.namespace}/{svc.name}")
+            services.add((svc.namespace, svc.name))
         return self
 
 
@@ -140,18 +177,43 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Node:
+    """A node; ``identity`` is what it is seen as from the *other* nodes (its node-labels identity, or
+    ``reserved:remote-node`` (6) without labels). From itself its addresses are ``host`` (1)."""
+
     name: str
     ips: tuple[str, ...]
     labels: tuple[tuple[str, str], ...] = ()
+    identity: int = int(ReservedIdentity.REMOTE_NODE)
+
+
+@dataclass(frozen=True)
+class Service:
+    """A Kubernetes Service: ``selector`` None means a Service without a selector, backed by ``backends``."""
+
+    name: str
+    namespace: str
+    labels: tuple[tuple[str, str], ...] = ()
+    selector: tuple[tuple[str, str], ...] | None = None
+    backends: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def label_set(self) -> LabelSet:
+        """The Service object's own labels (source ``k8s``), as ``k8sServiceSelector`` matches them."""
+        return LabelSet.of(Label(K8S, key, value) for key, value in self.labels)
 
 
 @dataclass(frozen=True)
 class Topology:
-    """The loaded endpoints file: endpoints with identities, nodes and known world hosts."""
+    """The loaded endpoints file: endpoints with identities, nodes, services and known world hosts."""
 
     endpoints: tuple[Endpoint, ...]
     nodes: tuple[Node, ...]
     fqdns: tuple[tuple[str, tuple[str, ...]], ...]
+    services: tuple[Service, ...] = ()
 
     def find(self, ref: str) -> Endpoint | None:
         """``name`` or ``namespace/name``; a bare name must be unique across namespaces."""
@@ -169,6 +231,26 @@ class Topology:
 
     def fqdn_ips(self, name: str) -> tuple[str, ...]:
         return dict(self.fqdns).get(name.lower().rstrip("."), ())
+
+    def service(self, ref: str) -> Service | None:
+        """``name`` or ``namespace/name``; a bare name must be unique across namespaces."""
+        if "/" in ref:
+            namespace, _, name = ref.partition("/")
+            return next((s for s in self.services if s.namespace == namespace and s.name == name), None)
+        matches = [s for s in self.services if s.name == ref]
+        return matches[0] if len(matches) == 1 else None
+
+    def service_pods(self, service: Service) -> tuple[Endpoint, ...]:
+        """The endpoints a Service with a selector selects: its namespace, every selector label equal."""
+        if service.selector is None:
+            return ()
+        wanted = dict(service.selector)
+        return tuple(
+            e
+            for e in self.endpoints
+            if e.namespace == service.namespace
+            and all(value in e.labels.values(key, K8S) for key, value in wanted.items())
+        )
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -218,7 +300,7 @@ def endpoint_labels(spec: EndpointSpec, namespaces: dict[str, NamespaceSpec]) ->
 
 
 def build_topology(file: EndpointsFile, allocator: IdentityAllocator) -> Topology:
-    """Endpoints with identities allocated (in file order) from ``allocator``."""
+    """Endpoints, then remote-node identities, allocated (in file order) from ``allocator``."""
     endpoints = []
     for spec in file.endpoints:
         identity: Identity = allocator.allocate(endpoint_labels(spec, file.namespaces))
@@ -233,6 +315,19 @@ def build_topology(file: EndpointsFile, allocator: IdentityAllocator) -> Topolog
                 tuple(sorted(spec.ports.items())),
             )
         )
-    nodes = tuple(Node(n.name, n.ips, tuple(sorted(n.labels.items()))) for n in file.nodes)
+    nodes = tuple(
+        Node(n.name, n.ips, tuple(sorted(n.labels.items())), allocator.allocate(node_labels(n.labels)).id)
+        for n in file.nodes
+    )
+    services = tuple(
+        Service(
+            s.name,
+            s.namespace,
+            tuple(sorted(s.labels.items())),
+            tuple(sorted(s.selector.items())) if s.selector else None,  # {} is no selector, as in k8s
+            s.backends,
+        )
+        for s in file.services
+    )
     fqdns = tuple(sorted(file.fqdns.items()))
-    return Topology(tuple(endpoints), nodes, fqdns)
+    return Topology(tuple(endpoints), nodes, fqdns, services)

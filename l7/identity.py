@@ -7,6 +7,10 @@
   also keeps numbers of colliding sets stable when a restart sees them in another order.
 * Local-scope identities (CIDR prefixes and FQDN-selector sets) from ``1 << 24`` up, allocated the same
   way in their own range.
+* Remote-node identities (node-selector labels, as Cilium's ``--enable-node-selector-labels``) from
+  ``2 << 24`` up — Cilium's ``IdentityScopeRemoteNode`` — allocated the same way. A remote node's labels
+  are ``reserved:remote-node`` plus its Node labels with source ``k8s`` (:func:`node_labels`); nodes with
+  the same labels share one identity, and a node without labels keeps ``reserved:remote-node`` (6).
 
 CIDR identities carry ``cidr:<prefix>`` plus ``reserved:world`` and ``reserved:world-ipv4``/``-ipv6``;
 an IP learned from DNS gets the identity of the *set* of FQDN selectors matching its name
@@ -19,12 +23,12 @@ import enum
 import hashlib
 import ipaddress
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from l7.errors import L7GateError
-from l7.labels import CIDR, FQDN, RESERVED, Label, LabelSet
+from l7.labels import CIDR, FQDN, K8S, RESERVED, Label, LabelSet
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -53,6 +57,7 @@ class ReservedIdentity(enum.IntEnum):
 
 CLUSTER_MIN, CLUSTER_MAX = 256, 65535
 LOCAL_MIN, LOCAL_MAX = 1 << 24, (1 << 25) - 1
+REMOTE_NODE_MIN, REMOTE_NODE_MAX = 2 << 24, (3 << 24) - 1
 
 
 class IdentityError(L7GateError):
@@ -70,7 +75,12 @@ class Identity:
 
     @property
     def local(self) -> bool:
-        return self.id >= LOCAL_MIN
+        return LOCAL_MIN <= self.id <= LOCAL_MAX
+
+    @property
+    def remote_node(self) -> bool:
+        """A remote node's own (node-labels) identity, or the reserved ``remote-node`` identity."""
+        return self.id == ReservedIdentity.REMOTE_NODE or REMOTE_NODE_MIN <= self.id <= REMOTE_NODE_MAX
 
     def __str__(self) -> str:
         return f"{self.id} ({self.labels})"
@@ -82,6 +92,14 @@ def reserved_identities() -> tuple[Identity, ...]:
 
 def _is_local(labels: LabelSet) -> bool:
     return labels.has_source(CIDR) or labels.has_source(FQDN)
+
+
+def _range(labels: LabelSet) -> tuple[int, int]:
+    if ReservedIdentity.REMOTE_NODE.label in labels:
+        return REMOTE_NODE_MIN, REMOTE_NODE_MAX
+    if _is_local(labels):
+        return LOCAL_MIN, LOCAL_MAX
+    return CLUSTER_MIN, CLUSTER_MAX
 
 
 def _preferred(labels: LabelSet, lo: int, hi: int) -> int:
@@ -97,6 +115,13 @@ def world_labels(family: int) -> tuple[Label, ...]:
 def cidr_labels(prefix: Network) -> LabelSet:
     """``{cidr:<prefix>, reserved:world, reserved:world-ipvN}``."""
     return LabelSet((Label(CIDR, str(prefix)), *world_labels(prefix.version)))
+
+
+def node_labels(labels: Mapping[str, str]) -> LabelSet:
+    """The identity labels of a remote node: ``reserved:remote-node`` plus ``k8s:<key>=<value>`` for
+    each of its Node labels (without labels: exactly the reserved ``remote-node`` identity)."""
+    own = [Label(K8S, key, value) for key, value in labels.items()]
+    return LabelSet.of([ReservedIdentity.REMOTE_NODE.label, *own])
 
 
 def fqdn_labels(selectors: Iterable[str], ip: Address | None, prefixes: Iterable[Network] = ()) -> LabelSet:
@@ -132,7 +157,7 @@ class IdentityAllocator:
         found = self._by_labels.get(labels)
         if found is not None:
             return found
-        lo, hi = (LOCAL_MIN, LOCAL_MAX) if _is_local(labels) else (CLUSTER_MIN, CLUSTER_MAX)
+        lo, hi = _range(labels)
         number = _preferred(labels, lo, hi)
         for _ in range(hi - lo + 1):
             if number not in self._by_id:

@@ -6,6 +6,9 @@
     toEntities / fromEntities ─► EntitySelector (reserved labels; world = every reserved:world identity)
     toCIDR / toCIDRSet        ─► CIDRSelector  (cidr: labels inside the prefix and outside the excepts)
     toFQDNs                   ─► FQDNSelector  (identities carrying fqdn:<selector>)
+    fromNodes / toNodes       ─► LabelSelector (+ reserved:remote-node Exists: remote nodes only)
+    toServices                ─► ServiceSelector, expanded by the resolver against the Services:
+                                 with a selector ─► LabelSelector (its pods), without ─► CIDRSelector /32
     L4-only rule / ``all``    ─► WildcardSelector (every identity, world included)
 
 A selector key ``k8s:app`` matches only labels of source ``k8s``, ``reserved:host`` only ``reserved``;
@@ -239,7 +242,64 @@ def peer_selector(sel: model.EndpointSelector, namespace: str | None) -> LabelSe
     return _with_namespace(compiled, namespace)
 
 
+def node_selector(sel: model.EndpointSelector) -> LabelSelector:
+    """A ``fromNodes``/``toNodes`` entry, as Cilium's ``getNodeSelector``: the user's requirements (keys
+    without a source match any source; remote nodes carry their Node labels as ``k8s:``) plus
+    ``reserved:remote-node Exists``. So it selects remote nodes only, never the local ``host``; no
+    namespace is added, even in a namespaced policy."""
+    compiled = label_selector(sel)
+    remote = Requirement(RESERVED, "remote-node", model.Operator.EXISTS)
+    return LabelSelector((*compiled.requirements, remote))
+
+
+def service_pod_selector(selector: tuple[tuple[str, str], ...], namespace: str) -> LabelSelector:
+    """The pods a Service with ``selector`` selects: ``k8s:<key>=<value>`` each, in its namespace."""
+    reqs = [Requirement(K8S, key, model.Operator.IN, (value,)) for key, value in selector]
+    return LabelSelector((*reqs, Requirement(K8S, NAMESPACE_KEY, model.Operator.IN, (namespace,))))
+
+
+@dataclass(frozen=True)
+class ServiceSelector:
+    """A ``toServices`` entry: Services by name (``name``) or by their own labels (``labels``), in
+    ``namespace`` (None: every namespace — Cilium treats an empty namespace as a wildcard, even in a
+    namespaced policy).
+
+    It selects no identity by itself (:meth:`matches` is false): the resolver expands it against the
+    Services of the endpoints file (:meth:`selects`) into :func:`service_pod_selector` for a Service
+    with a selector and /32 or /128 :class:`CIDRSelector` s of the backends for one without.
+    """
+
+    name: str | None
+    namespace: str | None
+    labels: LabelSelector | None = None
+
+    @property
+    def key(self) -> str:
+        where = self.namespace if self.namespace is not None else "*"
+        if self.name is not None:
+            return f"service:{where}/{self.name}"
+        return f"service:{where}/{self.labels.key if self.labels is not None else '<none>'}"
+
+    def matches(self, labels: LabelSet) -> bool:
+        return False
+
+    def selects(self, name: str, namespace: str, labels: LabelSet) -> bool:
+        """Whether the Service ``namespace/name`` with (Service object) ``labels`` is selected."""
+        if self.namespace is not None and self.namespace != namespace:
+            return False
+        if self.name is not None:
+            return self.name == name
+        return self.labels is not None and self.labels.matches(labels)
+
+
+def service_selector(service: model.Service) -> ServiceSelector:
+    if service.k8s_service is not None:
+        return ServiceSelector(service.k8s_service.service_name, service.k8s_service.namespace or None)
+    if service.k8s_service_selector is not None:
+        by = service.k8s_service_selector
+        return ServiceSelector(None, by.namespace or None, label_selector(by.selector))
+    return ServiceSelector(None, None)  # invalid (validation refuses it): selects nothing
+
+
 def cidr_selector(cidr: str, excepts: tuple[str, ...] = ()) -> CIDRSelector:
-    return CIDRSelector(
-        parse_cidr(cidr, bare_ip=True), tuple(parse_cidr(e, bare_ip=True) for e in excepts)
-    )
+    return CIDRSelector(parse_cidr(cidr, bare_ip=True), tuple(parse_cidr(e, bare_ip=True) for e in excepts))

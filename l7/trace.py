@@ -11,6 +11,11 @@ regexes matched against the whole value; host ignores case, port and a trailing 
 entries are an exact value or presence, names case-insensitive; a ``headerMatches`` mismatch passes
 when the entry has a ``mismatch`` action and fails without one. Secrets cannot be read offline: a
 ``headerMatches`` entry with a secret and no ``mismatch`` action cannot match (the trace says so).
+
+``--to`` is an endpoint (``NAME`` or ``NAMESPACE/NAME``), a node name (``host`` from its own node, its
+node-labels identity from the others), a Service (``NAMESPACE/NAME``, or ``NAME`` in the source's
+namespace first: the first pod it selects, or its first backend IP for a Service without a selector), an
+IP or a DNS name.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from dataclasses import dataclass, field
 
 import re2
 
-from l7.endpoints import Endpoint, EndpointsFile, Topology, build_topology
+from l7.endpoints import Endpoint, EndpointsFile, Service, Topology, build_topology
 from l7.errors import L7GateError
 from l7.identity import IdentityAllocator, ReservedIdentity
 from l7.policy import model
@@ -253,6 +258,7 @@ class _Peer:
     identity: int
     endpoint: Endpoint | None
     learned: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    ip: str | None = None  # looked up in the ipcache when ``identity`` is -1 (default: ``text``)
 
 
 def _describe(decision: Decision, endpoint: str, direction: Direction) -> str:
@@ -360,11 +366,11 @@ def trace(  # noqa: PLR0917  (the CLI's arguments)
     perspective = node or src.node
     if perspective is not None and topology.node(perspective) is None and topology.nodes:
         raise TraceError(f"--node {perspective!r}: no such node in the endpoints file")
-    peer = _destination(policies, topology, allocator, destination, perspective)
+    peer = _destination(policies, topology, allocator, destination, perspective, namespace=src.namespace)
     resolver = Resolver(allocator, perspective, all_endpoints=True)
     resolved = resolver.resolve(policies, topology, dict(peer.learned))
     if peer.endpoint is None and not peer.learned:
-        peer = _Peer(peer.text, _ip_identity(resolved, topology, peer), None)
+        peer = _Peer(peer.text, _ip_identity(resolved, topology, peer), None, ip=peer.ip)
     flow, request = (port, protocol), (http, dns)
     steps = [_step(resolved, src, Direction.EGRESS, peer, flow, request)]
     if peer.endpoint is not None and steps[0].verdict == "allowed":
@@ -393,7 +399,7 @@ def trace(  # noqa: PLR0917  (the CLI's arguments)
 
 
 def _ip_identity(resolved: ResolvedNode, topology: Topology, peer: _Peer) -> int:
-    return lookup_identity(resolved, peer.text) if peer.identity < 0 else peer.identity
+    return lookup_identity(resolved, peer.ip or peer.text) if peer.identity < 0 else peer.identity
 
 
 def _destination(
@@ -402,6 +408,8 @@ def _destination(
     allocator: IdentityAllocator,
     text: str,
     perspective: str | None,
+    *,
+    namespace: str = "default",
 ) -> _Peer:
     endpoint = topology.find(text)
     if endpoint is not None:
@@ -409,8 +417,14 @@ def _destination(
     known = topology.node(text)
     if known is not None:
         local = perspective is not None and known.name == perspective
-        reserved = ReservedIdentity.HOST if local else ReservedIdentity.REMOTE_NODE
-        return _Peer(f"node {known.name} ({reserved.label})", int(reserved), None)
+        if local:
+            host = ReservedIdentity.HOST
+            return _Peer(f"node {known.name} ({host.label})", int(host), None)
+        return _Peer(f"node {known.name} ({ReservedIdentity.REMOTE_NODE.label})", known.identity, None)
+    # A bare Service name resolves in the source's namespace first (as cluster DNS does), then anywhere.
+    service = (None if "/" in text else topology.service(f"{namespace}/{text}")) or topology.service(text)
+    if service is not None:
+        return _service_peer(topology, service, text)
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
@@ -432,6 +446,21 @@ def _destination(
     if first is None:
         return _Peer(text, identity, None)
     return _Peer(f"{text} ({first})", identity, None, ((first, (text,)),))
+
+
+def _service_peer(topology: Topology, service: Service, text: str) -> _Peer:
+    """A Service as a destination: the first pod it selects, else its first backend IP."""
+    pods = topology.service_pods(service)
+    if pods:
+        return _Peer(f"{pods[0].key} (service {service.key})", pods[0].identity, pods[0])
+    if service.backends:
+        ip = service.backends[0]
+        by_ip = topology.by_ip(ip)
+        if by_ip is not None:
+            return _Peer(f"{by_ip.key} (service {service.key})", by_ip.identity, by_ip)
+        return _Peer(f"{ip} (service {service.key})", -1, None, ip=ip)
+    kind = "selects no endpoint" if service.selector is not None else "has no backends"
+    raise TraceError(f"--to {text!r}: service {service.key} {kind}")
 
 
 def _fqdn_identity(

@@ -20,6 +20,9 @@ from l7.resolve.resolver import (
     fqdn_selectors,
     policy_prefixes,
     resolve,
+    service_prefixes,
+    service_selectors,
+    service_targets,
 )
 from l7.resolve.rules import contribute
 from l7.resolve.types import (
@@ -61,4 +64,7 @@ __all__ = [
     "lookup_identity",
     "policy_prefixes",
     "resolve",
+    "service_prefixes",
+    "service_selectors",
+    "service_targets",
 ]

@@ -11,7 +11,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from l7.endpoints import Endpoint, Topology
+from l7.endpoints import Endpoint, Service, Topology
 from l7.identity import IdentityAllocator, Network, ReservedIdentity
 from l7.labels import LabelSet
 from l7.policy import model
@@ -28,7 +28,15 @@ from l7.resolve.types import (
     ResolvedNode,
     SelectorEntry,
 )
-from l7.selectors import FQDNSelector, Selector, WildcardSelector
+from l7.selectors import (
+    CIDRSelector,
+    FQDNSelector,
+    Selector,
+    ServiceSelector,
+    WildcardSelector,
+    service_pod_selector,
+    service_selector,
+)
 
 
 def policy_prefixes(policies: Iterable[Policy]) -> tuple[Network, ...]:
@@ -40,7 +48,7 @@ def policy_prefixes(policies: Iterable[Policy]) -> tuple[Network, ...]:
                 found.update(_prefixes(peer.from_cidr, peer.from_cidr_set))
             for epeer in (*(rule.egress or ()), *(rule.egress_deny or ())):
                 found.update(_prefixes(epeer.to_cidr, epeer.to_cidr_set))
-    return tuple(sorted(found, key=lambda n: (n.version, n.network_address.packed, n.prefixlen)))
+    return _sort_prefixes(found)
 
 
 def _prefixes(cidrs: tuple[str, ...] | None, sets: tuple[model.CIDRRule, ...] | None) -> set[Network]:
@@ -49,6 +57,45 @@ def _prefixes(cidrs: tuple[str, ...] | None, sets: tuple[model.CIDRRule, ...] | 
         out.add(parse_cidr(s.cidr, bare_ip=True))
         out.update(parse_cidr(e, bare_ip=True) for e in s.except_ or ())
     return out
+
+
+def _sort_prefixes(found: Iterable[Network]) -> tuple[Network, ...]:
+    return tuple(sorted(set(found), key=lambda n: (n.version, n.network_address.packed, n.prefixlen)))
+
+
+def service_selectors(policies: Iterable[Policy]) -> tuple[ServiceSelector, ...]:
+    """Every ``toServices`` entry of the policies (allow and deny), deduplicated, by key."""
+    found: dict[ServiceSelector, None] = {}
+    for policy in policies:
+        for rule in policy.rules:
+            for peer in (*(rule.egress or ()), *(rule.egress_deny or ())):
+                for s in peer.to_services or ():
+                    found.setdefault(service_selector(s))
+    return tuple(sorted(found, key=lambda s: s.key))
+
+
+def service_targets(selector: ServiceSelector, services: Iterable[Service]) -> tuple[Selector, ...]:
+    """What a ``toServices`` entry selects among ``services``: for each matching Service with a
+    selector, its pods (:func:`service_pod_selector`); for each one without, a /32 or /128 CIDR selector
+    per backend IP (those prefixes get CIDR identities, see :func:`service_prefixes`)."""
+    out: list[Selector] = []
+    for svc in services:
+        if not selector.selects(svc.name, svc.namespace, svc.label_set):
+            continue
+        if svc.selector is not None:
+            out.append(service_pod_selector(svc.selector, svc.namespace))
+        else:
+            out += [CIDRSelector(ipaddress.ip_network(ip)) for ip in svc.backends]
+    return tuple(out)
+
+
+def service_prefixes(policies: Iterable[Policy], services: Iterable[Service]) -> tuple[Network, ...]:
+    """The backend prefixes (/32, /128) of the selector-less Services some ``toServices`` selects."""
+    found: set[Network] = set()
+    known = tuple(services)
+    for sel in service_selectors(policies):
+        found.update(t.prefix for t in service_targets(sel, known) if isinstance(t, CIDRSelector))
+    return _sort_prefixes(found)
 
 
 def fqdn_selectors(policies: Iterable[Policy]) -> tuple[FQDNSelector, ...]:
@@ -105,7 +152,8 @@ class ResolverStats:
 class Resolver:
     """Resolves policies for the endpoints of one node.
 
-    ``node`` names the local node: its addresses are ``host``, other nodes' ``remote-node``. Only
+    ``node`` names the local node: its addresses are ``host``, other nodes' their node-labels identity
+    (``reserved:remote-node`` plus their labels; 6 without labels). Only
     endpoints on that node (or without a node) are resolved, unless ``all_endpoints`` (``policy
     trace`` needs the source and the destination) or ``node`` is None.
     """
@@ -120,6 +168,8 @@ class Resolver:
         self._selectors = SelectorCache()
         self._pairs: dict[tuple[Policy, LabelSet, tuple[tuple[str, int], ...]], Contribution] = {}
         self._endpoints: dict[tuple[object, ...], ResolvedEndpoint] = {}
+        self._services: tuple[Service, ...] = ()
+        self._targets: dict[ServiceSelector, tuple[Selector, ...]] = {}
 
     def _pair(self, policy: Policy, endpoint: Endpoint) -> Contribution:
         key = (policy, endpoint.labels, endpoint.ports)
@@ -138,7 +188,11 @@ class Resolver:
     ) -> ResolvedNode:
         """``learned``: IP → DNS names it was learned for (from the DNS proxy); those IPs get the
         identity of the set of FQDN selectors matching their names."""
-        prefixes = policy_prefixes(policies)
+        backends = service_prefixes(policies, topology.services)
+        prefixes = _sort_prefixes((*policy_prefixes(policies), *backends))
+        if topology.services != self._services:
+            self._services = topology.services
+            self._targets = {}
         for prefix in prefixes:
             self.allocator.cidr_identity(prefix)
         fqdns = fqdn_selectors(policies)
@@ -161,7 +215,7 @@ class Resolver:
         for endpoint in local:
             contributions = tuple(self._pair(p, endpoint) for p in policies)
             used_pairs.update((p, endpoint.labels, endpoint.ports) for p in policies)
-            key = (endpoint, contributions, self._selectors.generation, named)
+            key = (endpoint, contributions, self._selectors.generation, named, self._services)
             used_eps.add(key)
             found = self._endpoints.get(key)
             if found is None:
@@ -205,7 +259,7 @@ class Resolver:
     def _entries(
         self, s: SelectorEntry, named: tuple[tuple[int, tuple[tuple[str, int], ...]], ...]
     ) -> tuple[Entry, ...]:
-        chosen = self._selectors.select(s.selector)
+        chosen = self._select(s.selector)
         if s.named_port is None:
             return (Entry(s.selector, chosen, s.protocol, s.lo, s.hi, s.origin, s.l7),)
         by_port: dict[int, set[int]] = {}
@@ -217,6 +271,19 @@ class Resolver:
             Entry(s.selector, frozenset(ids), s.protocol, port, port, s.origin, s.l7)
             for port, ids in sorted(by_port.items())
         )
+
+    def _select(self, selector: Selector) -> frozenset[int] | None:
+        """The identities ``selector`` selects; a ``toServices`` entry selects the union of its targets."""
+        if not isinstance(selector, ServiceSelector):
+            return self._selectors.select(selector)
+        targets = self._targets.get(selector)
+        if targets is None:
+            targets = service_targets(selector, self._services)
+            self._targets[selector] = targets
+        chosen: set[int] = set()
+        for target in targets:
+            chosen |= self._selectors.select(target) or frozenset()
+        return frozenset(chosen)
 
     def _ipcache(
         self, topology: Topology, prefixes: tuple[Network, ...], learned: Mapping[str, int]
@@ -231,9 +298,9 @@ class Resolver:
             entries[str(ipaddress.ip_network(ip))] = identity
         for node in topology.nodes:
             local = self.node is not None and node.name == self.node
-            reserved = ReservedIdentity.HOST if local else ReservedIdentity.REMOTE_NODE
+            identity = int(ReservedIdentity.HOST) if local else node.identity
             for ip in node.ips:
-                entries[str(ipaddress.ip_network(ip))] = int(reserved)
+                entries[str(ipaddress.ip_network(ip))] = identity
         for endpoint in topology.endpoints:
             for ip in endpoint.ips:
                 entries[str(ipaddress.ip_network(ip))] = endpoint.identity

@@ -16,6 +16,8 @@ ports. Cilium semantics encoded here:
 * An explicitly empty peer list (``toEntities: []``, ``toEndpoints: []``) selects nothing, so the rule
   allows nothing; a rule with ``toPorts``/``icmps`` and no L3 field at all allows every peer.
 * A rule with L3 and no ``toPorts``/``icmps`` allows every protocol and port (ICMP included).
+* ``fromNodes``/``toNodes`` select remote nodes by label (never the local host); ``toServices`` selects
+  the pods of a Service with a selector, or the backend IPs of one without (expanded in stage 2).
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ from l7.selectors import (
     Selector,
     cidr_selector,
     fqdn_selector,
+    node_selector,
     peer_selector,
+    service_selector,
     subject_selector,
 )
 
@@ -142,19 +146,33 @@ def _direction(
 
 
 def peers(rule: Peer, namespace: str | None) -> tuple[Selector, ...]:
-    """The peer selectors of one ingress/egress rule (empty: the rule selects no peer)."""
+    """The peer selectors of one ingress/egress rule (empty: the rule selects no peer).
+
+    ``fromNodes``/``toNodes`` select remote nodes by their labels (:func:`node_selector`);
+    ``toServices`` entries stay :class:`ServiceSelector` s until the resolver expands them against the
+    Services of the endpoints file.
+    """
+    services: tuple[model.Service, ...] | None = None
     if isinstance(rule, model.IngressRule):
-        endpoints, entities, cidrs, cidr_sets, fqdns = (
-            rule.from_endpoints, rule.from_entities, rule.from_cidr, rule.from_cidr_set, None
+        endpoints, entities, cidrs, cidr_sets, fqdns, nodes = (
+            rule.from_endpoints,
+            rule.from_entities,
+            rule.from_cidr,
+            rule.from_cidr_set,
+            None,
+            rule.from_nodes,
         )
     else:
-        endpoints, entities, cidrs, cidr_sets, fqdns = (
-            rule.to_endpoints, rule.to_entities, rule.to_cidr, rule.to_cidr_set, rule.to_fqdns
+        endpoints, entities, cidrs, cidr_sets, fqdns, nodes = (
+            rule.to_endpoints,
+            rule.to_entities,
+            rule.to_cidr,
+            rule.to_cidr_set,
+            rule.to_fqdns,
+            rule.to_nodes,
         )
-    # fromNodes/toNodes/toServices are not resolved yet: they count as L3 (so the rule is never
-    # widened to every peer) but select nothing — fail closed.
-    unresolved = [getattr(rule, name, None) for name in ("from_nodes", "to_nodes", "to_services")]
-    if all(f is None for f in (endpoints, entities, cidrs, cidr_sets, fqdns, *unresolved)):
+        services = rule.to_services
+    if all(f is None for f in (endpoints, entities, cidrs, cidr_sets, fqdns, nodes, services)):
         # No L3 field: an L4-only rule allows every peer; a rule with nothing at all allows nothing.
         return (WILDCARD,) if (rule.to_ports or rule.icmps) else ()
     out: list[Selector] = []
@@ -163,6 +181,8 @@ def peers(rule: Peer, namespace: str | None) -> tuple[Selector, ...]:
     out += [cidr_selector(c) for c in cidrs or ()]
     out += [cidr_selector(c.cidr, c.except_ or ()) for c in cidr_sets or ()]
     out += [fqdn_selector(f) for f in fqdns or ()]
+    out += [node_selector(n) for n in nodes or ()]
+    out += [service_selector(s) for s in services or ()]
     return tuple(out)
 
 
