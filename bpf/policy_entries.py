@@ -7,7 +7,8 @@ Output: ``{PolicyEntryKey: PolicyEntryValue}`` for one endpoint, such that the k
 (``bpf/lib/policy.h``) returns, for every packet, the decision the input means:
 
 * per (direction, peer) the (proto, port) space is cut into segments with one final action each
-  (deny beats allow, allow without L7 beats redirect, the lowest proxy port among redirects), and
+  (deny beats allow, allow without L7 beats redirect, a peer's own redirect beats an inherited
+  any-peer one, then the lowest proxy port), and
   every segment is covered by a minimal set of port prefixes; segments equal to the any-protocol
   fallback entry are left to it;
 * a peer-specific entry set already merges the any-peer decisions for the same ports, because the
@@ -79,32 +80,40 @@ def port_prefixes(lo: int, hi: int) -> list[tuple[int, int]]:
     return out
 
 
-def _rank(value: PolicyEntryValue) -> tuple[int, int]:
+def _rank(decision: PolicyDecision, inherited: bool) -> tuple[int, int, int]:
+    """Deny, then allow, then the group's own redirect, then an inherited any-peer redirect.
+
+    A peer-specific redirect already carries the port of the union of its L7 rule sets with the
+    any-peer ones (the planner merges them), so it must beat an inherited any-peer redirect.
+    """
     order = {Action.DENY: 0, Action.ALLOW: 1, Action.REDIRECT: 2}
-    return (order[value.action], value.proxy_port)
+    return (order[decision.action], int(inherited), decision.proxy_port)
 
 
-def _combine(decisions: Iterable[PolicyDecision]) -> PolicyEntryValue | None:
-    values = [PolicyEntryValue(d.action, d.proxy_port) for d in decisions]
-    return min(values, key=_rank) if values else None
+def _combine(decisions: Iterable[tuple[PolicyDecision, bool]]) -> PolicyEntryValue | None:
+    ranked = sorted(decisions, key=lambda item: _rank(*item))
+    return PolicyEntryValue(ranked[0][0].action, ranked[0][0].proxy_port) if ranked else None
 
 
 def _entries_for(
-    direction: Direction, peer: int, decisions: list[PolicyDecision]
+    direction: Direction, peer: int, decisions: list[tuple[PolicyDecision, bool]]
 ) -> dict[PolicyEntryKey, PolicyEntryValue]:
+    """``decisions``: (decision, inherited from the any-peer group) pairs."""
     out: dict[PolicyEntryKey, PolicyEntryValue] = {}
-    any_proto = [d for d in decisions if d.proto is None]
+    any_proto = [item for item in decisions if item[0].proto is None]
     fallback = _combine(any_proto)
     if fallback is not None:
         out[PolicyEntryKey(direction, peer, None)] = fallback
-    protos = sorted({d.proto for d in decisions if d.proto is not None})
+    protos = sorted({d.proto for d, _ in decisions if d.proto is not None})
     for proto in protos:
-        ranged = [d for d in decisions if d.proto == proto] + any_proto
-        cuts = sorted({0, PORT_MAX + 1} | {d.port_lo for d in ranged} | {d.port_hi + 1 for d in ranged})
+        ranged = [item for item in decisions if item[0].proto == proto] + any_proto
+        cuts = sorted(
+            {0, PORT_MAX + 1} | {d.port_lo for d, _ in ranged} | {d.port_hi + 1 for d, _ in ranged}
+        )
         segments: list[tuple[int, int, PolicyEntryValue | None]] = []
         for lo, nxt in itertools.pairwise(cuts):
             hi = nxt - 1
-            value = _combine(d for d in ranged if d.port_lo <= lo and hi <= d.port_hi)
+            value = _combine(item for item in ranged if item[0].port_lo <= lo and hi <= item[0].port_hi)
             if segments and segments[-1][2] == value and segments[-1][1] == lo - 1:
                 segments[-1] = (segments[-1][0], hi, value)
             else:
@@ -124,7 +133,9 @@ def policy_entries(decisions: Iterable[PolicyDecision]) -> dict[PolicyEntryKey, 
         groups[(d.direction, d.peer_identity)].append(d)
     out: dict[PolicyEntryKey, PolicyEntryValue] = {}
     for (direction, peer), ds in sorted(groups.items()):
-        merged = ds if peer == ANY_PEER else ds + groups.get((direction, ANY_PEER), [])
+        merged = [(d, False) for d in ds]
+        if peer != ANY_PEER:
+            merged += [(d, True) for d in groups.get((direction, ANY_PEER), [])]
         out.update(_entries_for(direction, peer, merged))
     return out
 

@@ -1,4 +1,4 @@
-"""``l7gate lab up|exec|status|down``: build, use and remove a lab (see l7.lab)."""
+"""``l7gate lab up|exec|status|apply|down``: build, use and remove a lab (see l7.lab)."""
 
 from __future__ import annotations
 
@@ -139,3 +139,36 @@ def down_cmd(name: NameOpt = DEFAULT_LAB) -> None:
     for item in removed:
         console.print(f"removed {item}" if not item.startswith("warning:") else f"[yellow]{item}[/yellow]")
     console.print(f"[green]lab {name} is down[/green]")
+
+
+@lab_app.command("apply")
+def apply_cmd(
+    policies: Annotated[Path, typer.Argument(help="Policy directory or file: the lab's new policy set.")],
+    name: NameOpt = DEFAULT_LAB,
+) -> None:
+    """Replace the lab's policy set and wait until every node agent enforces it.
+
+    The set is validated first: on errors every one is printed with its field path, nothing changes and
+    the exit status is 1."""
+    from l7.lab.lab import apply_policies
+    from l7.policy.documents import PolicySourceError, load_paths
+
+    _root()
+    try:
+        result = load_paths([policies])
+    except PolicySourceError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if result.errors:
+        for error in result.errors:
+            err.print(str(error), markup=False, highlight=False)
+        err.print(f"[red]{len(result.errors)} error(s): the lab's policy set is unchanged[/red]")
+        raise typer.Exit(1)
+    try:
+        digest, seconds = apply_policies(name, policies)
+    except LabError as exc:
+        raise _fail(exc) from None
+    console.print(
+        f"[green]lab {name}: {len(result.policies)} policies ({digest}) applied on every node[/green]"
+        f" in {seconds:.2f}s"
+    )

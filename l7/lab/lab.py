@@ -31,13 +31,24 @@ def _quiet(_: str) -> None:
 
 
 def start_node_agents(state: LabState) -> None:
-    """Hook: start the node agent (datapath, Envoy, DNS proxy) in every node namespace of the lab.
+    """Start the node agent in every node namespace of the lab and wait until each has applied the
+    initial policy set (``state.policies``, copied into the lab's watched policy directory).
 
-    Called at the end of ``lab up`` with the finished state (``state.policies`` is the ``--policies``
-    directory, :func:`endpoints` gives the lab's endpoints). The node agent is built elsewhere; until it
-    lands this does nothing. Processes it starts should be recorded in ``state.processes`` (see
-    :mod:`l7.lab.procs`) so ``lab down`` stops them.
+    Each agent runs as ``setsid nsenter --net=/run/netns/<node-netns> python -m l7.agent --lab NAME
+    --node NODE`` (``ip netns exec`` would hide /sys/fs/bpf) and is recorded in ``state.processes``, so
+    ``lab down`` stops it (see :mod:`l7.agent.lab`).
     """
+    from l7.agent import lab as agent_lab
+
+    agent_lab.start_agents(state, _env())
+
+
+def apply_policies(name: str, source: str | Path) -> tuple[str, float]:
+    """``lab apply``: replace the lab's policy set with ``source`` (validated by the caller) and wait
+    until every node agent has applied it. Returns (the set's content hash, seconds waited)."""
+    from l7.agent import lab as agent_lab
+
+    return agent_lab.apply(check_name(name), Path(source))
 
 
 def _env() -> dict[str, str]:
@@ -366,6 +377,13 @@ def down_state(state: LabState) -> list[str]:
                 removed.append(f"process {rec.name} (pid {rec.pid})")
         except (LabError, OSError) as exc:
             errors.append(str(exc))
+    if not errors:  # agents stopped: remove the node datapaths (their filters and rules go with the netns)
+        from l7.agent import lab as agent_lab
+
+        try:
+            removed += agent_lab.destroy_datapaths(state)
+        except (LabError, OSError, ValueError) as exc:
+            errors.append(f"datapath: {exc}")
     for ns in reversed(state.netns):
         try:
             left = netns.pids(ns)

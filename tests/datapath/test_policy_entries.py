@@ -13,7 +13,8 @@ IN = Direction.INGRESS
 
 
 def intended(decisions: list[PolicyDecision], peer: int, proto: int, port: int) -> tuple[Action, int]:
-    """Deny beats allow, allow beats redirect (lowest proxy port); nothing matching → default deny."""
+    """Deny beats allow, allow beats redirect; the peer's own redirect beats an any-peer one (then the
+    lowest proxy port); nothing matching → default deny."""
     hits = [
         d
         for d in decisions
@@ -24,7 +25,7 @@ def intended(decisions: list[PolicyDecision], peer: int, proto: int, port: int) 
     if not hits:
         return (Action.DENY, 0)
     order = {Action.DENY: 0, Action.ALLOW: 1, Action.REDIRECT: 2}
-    best = min(hits, key=lambda d: (order[d.action], d.proxy_port))
+    best = min(hits, key=lambda d: (order[d.action], d.peer_identity == 0, d.proxy_port))
     return (best.action, best.proxy_port if best.action == Action.REDIRECT else 0)
 
 
@@ -87,3 +88,14 @@ def test_invalid_decisions_are_rejected() -> None:
         PolicyDecision(IN, 0, None, 80, 80)
     with pytest.raises(ValueError, match="proxy port"):
         PolicyDecision(IN, 0, 6, 80, 80, Action.REDIRECT)
+
+
+def test_peer_redirect_beats_any_peer_redirect_whatever_the_ports() -> None:
+    """The planner gives a peer the port of the union of its L7 sets with the any-peer ones."""
+    decisions = [
+        PolicyDecision(IN, 0, 6, 80, 80, Action.REDIRECT, 10001),
+        PolicyDecision(IN, 1001, 6, 80, 80, Action.REDIRECT, 19999),
+    ]
+    entries = policy_entries(decisions)
+    assert lookup(entries, IN, 1001, 6, 80) == (Action.REDIRECT, 19999)
+    assert lookup(entries, IN, 1002, 6, 80) == (Action.REDIRECT, 10001)

@@ -1,0 +1,236 @@
+"""The node agents of a lab: the policy set they watch, starting them, waiting for them, ``lab apply``.
+
+Layout in the lab's state directory::
+
+    policies -> policies.d/<n>-<hash>     the set the agents watch (a symlink, swapped atomically)
+    agent/agent-<node>.json               each agent's status (pid, ready, applied hashes, errors)
+    agent/identities-<node>.json          identity allocator state; agent/proxy-ports.json
+    logs/agent-<node>.log
+
+Agents run in the node namespaces with ``setsid nsenter --net=/run/netns/<node-netns>`` (``ip netns exec``
+would hide /sys/fs/bpf) and are recorded in the lab state's processes, so ``lab down`` stops them. Each
+node's datapath is pinned under ``/sys/fs/bpf/l7gate/<node-netns>`` (unique per lab).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from l7.agent import watch
+from l7.lab import procs
+from l7.lab.errors import LabError
+from l7.lab.state import LabState, load_state
+
+AGENT_READY_TIMEOUT = 60.0
+APPLY_TIMEOUT = 30.0
+PIN_ROOT = Path("/sys/fs/bpf/l7gate")
+
+
+def datapath_info(state: LabState) -> dict[str, Any]:
+    from l7.lab.lab import datapath
+
+    return datapath(state)
+
+
+def agent_dir(state: LabState) -> Path:
+    return state.directory / "agent"
+
+
+def policies_link(state: LabState) -> Path:
+    return state.directory / "policies"
+
+
+def status_file(state: LabState, node: str) -> Path:
+    return watch.status_path(agent_dir(state), node)
+
+
+def install_policies(state: LabState, source: Path | None) -> str:
+    """Copy the policy files of ``source`` (file or directory; None: no policies) into a new set and
+    make it the one the agents watch (atomic symlink swap). Returns the set's content hash."""
+    base = state.directory / "policies.d"
+    base.mkdir(parents=True, exist_ok=True)
+    files: list[tuple[Path, Path]] = []
+    if source is not None:
+        src = source.resolve()
+        root = src if src.is_dir() else src.parent
+        files = [(f, f.relative_to(root)) for f in watch.policy_files(src)]
+    existing = sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime_ns)
+    numbers = [int(p.name.split("-")[0]) for p in existing if p.name.split("-")[0].isdigit()]
+    number = 1 + max(numbers, default=0)
+    staging = base / f".staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    for f, rel in files:
+        (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, staging / rel)
+    digest = watch.content_hash(staging)
+    target = base / f"{number}-{digest}"
+    staging.rename(target)
+    link = policies_link(state)
+    tmp_link = state.directory / f".policies-{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        tmp_link.unlink()
+    tmp_link.symlink_to(Path("policies.d") / target.name)
+    tmp_link.replace(link)
+    # keep the current and the previous set (an agent may still be reading it)
+    for old in existing[:-1]:
+        shutil.rmtree(old, ignore_errors=True)
+    return digest
+
+
+def _start_time(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(text[text.rindex(")") + 2 :].split()[19])
+
+
+def agent_argv(lab: str, node: str) -> list[str]:
+    return [sys.executable, "-m", "l7.agent", "--lab", lab, "--node", node]
+
+
+def start_agent(state: LabState, node: str, netns: str, env: dict[str, str]) -> procs.ProcRecord:
+    log = state.directory / "logs" / f"agent-{node}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    argv = ["nsenter", f"--net=/run/netns/{netns}", *agent_argv(state.name, node)]
+    with open(log, "ab") as out:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                env=env,
+            )
+        except OSError as exc:
+            raise LabError(f"cannot start the agent of {node}: {exc}") from exc
+    procs._children[proc.pid] = proc  # reaped by procs.alive/stop
+    return procs.ProcRecord(
+        name=f"agent:{node}",
+        netns=netns,
+        argv=argv,
+        pid=proc.pid,
+        start_time=_start_time(proc.pid),
+        log=str(log),
+    )
+
+
+def agent_records(state: LabState) -> dict[str, procs.ProcRecord]:
+    return {r.name.removeprefix("agent:"): r for r in state.processes if r.name.startswith("agent:")}
+
+
+def start_agents(state: LabState, env: dict[str, str], timeout: float = AGENT_READY_TIMEOUT) -> float:
+    """Install the initial policy set (``state.policies``), start one agent per node and wait until
+    each has applied it. Returns the seconds from start to the last agent ready."""
+    source = Path(state.policies) if state.policies else None
+    if source is not None:
+        from l7.policy.documents import PolicySourceError, load_paths
+
+        try:
+            result = load_paths([source])
+        except PolicySourceError as exc:
+            raise LabError(str(exc)) from None
+        if result.errors:
+            raise LabError("invalid policies:\n  " + "\n  ".join(str(e) for e in result.errors))
+    digest = install_policies(state, source)
+    agent_dir(state).mkdir(parents=True, exist_ok=True)
+    endpoints_hash = watch.content_hash(state.directory / "endpoints.json")
+    expects: list[watch.Expect] = []
+    records: dict[Path, procs.ProcRecord] = {}
+    for node in datapath_info(state)["nodes"]:
+        with contextlib.suppress(FileNotFoundError):
+            status_file(state, node["name"]).unlink()
+        rec = start_agent(state, node["name"], node["netns"], env)
+        state.processes.append(rec)
+        state.save()
+        expect = watch.Expect(status_file(state, node["name"]), rec.pid, digest, endpoints_hash)
+        records[expect.status] = rec
+        expects.append(expect)
+    try:
+        return watch.wait_status(expects, timeout, alive=lambda e: procs.alive(records[e.status]))
+    except watch.WaitError as exc:
+        tails = "\n".join(f"--- {r.name}\n{procs.tail(r, 15)}" for r in records.values())
+        raise LabError(f"node agents not ready: {exc}\n{tails}") from None
+
+
+def apply(name: str, source: Path, timeout: float = APPLY_TIMEOUT) -> tuple[str, float]:
+    """``lab apply``: replace the lab's policy set with ``source`` (already validated by the caller) and
+    wait until every agent reports it applied. Returns (content hash, seconds waited)."""
+    state = load_state(name)
+    if state is None:
+        raise LabError(f"no lab named {name!r} (see `l7gate lab up`)")
+    agents = agent_records(state)
+    if not agents:
+        raise LabError(f"lab {name}: no node agents recorded")
+    dead = [n for n, r in agents.items() if not procs.alive(r)]
+    if dead:
+        raise LabError(f"lab {name}: node agents not running: {', '.join(dead)}")
+    digest = install_policies(state, source)
+    expects = [watch.Expect(status_file(state, n), r.pid, digest) for n, r in agents.items()]
+    by_status = {e.status: agents[n] for e, n in zip(expects, agents, strict=True)}
+    try:
+        seconds = watch.wait_status(expects, timeout, alive=lambda e: procs.alive(by_status[e.status]))
+    except watch.WaitError as exc:
+        raise LabError(f"lab {name}: policy set {digest} not applied: {exc}") from None
+    return digest, seconds
+
+
+def destroy_datapaths(state: LabState) -> list[str]:
+    """Remove each node's pinned datapath maps. The tc filters, the proxy routing rules and the
+    devices live in the node namespaces, which ``down`` deletes right after (that removes them)."""
+    from bpf.errors import DatapathError
+    from bpf.loader import unpin
+
+    removed = []
+    for node in datapath_info(state)["nodes"]:
+        pin_dir = PIN_ROOT / str(node["netns"])
+        if pin_dir.exists():
+            try:
+                unpin(pin_dir)
+            except DatapathError as exc:
+                raise LabError(str(exc)) from None
+            removed.append(f"datapath {pin_dir}")
+    return removed
+
+
+def restart_agent(
+    name: str, node: str, timeout: float = AGENT_READY_TIMEOUT
+) -> tuple[procs.ProcRecord, float]:
+    """Start the agent of ``node`` again (after it died or was stopped) and wait until it has applied
+    the lab's current inputs; the new process replaces the old one in the lab state."""
+    from l7.lab.lab import _env
+
+    state = load_state(name)
+    if state is None:
+        raise LabError(f"no lab named {name!r}")
+    old = agent_records(state).get(node)
+    if old is not None and procs.alive(old):
+        raise LabError(f"lab {name}: the agent of {node} is running (pid {old.pid})")
+    nodes = {n["name"]: n for n in datapath_info(state)["nodes"]}
+    if node not in nodes:
+        raise LabError(f"lab {name}: no node {node!r}")
+    with contextlib.suppress(FileNotFoundError):
+        status_file(state, node).unlink()
+    rec = start_agent(state, node, str(nodes[node]["netns"]), _env())
+    state.processes = [r for r in state.processes if r.name != f"agent:{node}"] + [rec]
+    state.save()
+    expect = watch.Expect(
+        status_file(state, node),
+        rec.pid,
+        watch.content_hash(policies_link(state)),
+        watch.content_hash(state.directory / "endpoints.json"),
+    )
+    try:
+        seconds = watch.wait_status([expect], timeout, alive=lambda _e: procs.alive(rec))
+    except watch.WaitError as exc:
+        raise LabError(f"agent of {node} not ready: {exc}\n{procs.tail(rec, 15)}") from None
+    return rec, seconds

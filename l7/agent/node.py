@@ -1,0 +1,324 @@
+"""The node agent: policies + endpoints → resolution → plan → datapath, re-applied on every change.
+
+::
+
+    policy dir ──┐  (poll ~0.5 s: stat signature, then content hash)
+    endpoints ───┴─► load (keep the last good set on errors) ─► Resolver ─► plan ─► sync ─► Datapath
+                                                                                       │
+                                           <state-dir>/agent-<node>.json  ◄─ status ───┘
+
+Run it inside the node's network namespace (``nsenter --net=/run/netns/NODE``, not ``ip netns exec``,
+which hides /sys/fs/bpf). SIGTERM/SIGINT end the loop and close the datapath *without* removing
+programs or maps: the kernel keeps enforcing the last applied policy while the agent is down, and the
+next agent adopts the pinned state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bpf.errors import DatapathError
+from l7.agent import watch
+from l7.agent.plan import ProxyPorts, l7_unions, plan
+from l7.agent.sync import DatapathLike, SyncStats, sync
+from l7.endpoints import EndpointsError, EndpointsFile, build_topology, load_endpoints
+from l7.errors import L7GateError
+from l7.identity import IdentityAllocator
+from l7.policy.documents import Policy, PolicySourceError, load_paths
+from l7.resolve import Resolver
+
+log = logging.getLogger("l7gate.agent")
+POLL_INTERVAL = 0.5
+
+
+class AgentError(L7GateError):
+    pass
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node: str
+    policies: Path  # a directory (or a symlink to one) or one file
+    endpoints: Path
+    state_dir: Path
+    datapath_name: str  # pin directory name under /sys/fs/bpf/l7gate (unique per node on the machine)
+    interfaces: Callable[[EndpointsFile], Mapping[str, str]]  # endpoint key → host-side veth name
+    uplink: str | None = None
+    poll_interval: float = POLL_INTERVAL
+
+    @property
+    def status_file(self) -> Path:
+        return watch.status_path(self.state_dir, self.node)
+
+
+def lab_config(lab: str, node: str, state_dir: Path | None = None) -> AgentConfig:
+    """The agent of ``node`` in lab ``lab``: the lab's policy set and endpoints, its veth names."""
+    from l7.agent import lab as agent_lab
+    from l7.lab import Lab
+
+    state = Lab.load(lab).state
+    dp = agent_lab.datapath_info(state)
+    nodes = {n["name"]: n for n in dp["nodes"]}
+    if node not in nodes:
+        raise AgentError(f"lab {lab}: no node {node!r} (nodes: {', '.join(nodes)})")
+    veths = {f"{p['namespace']}/{p['name']}": str(p["interface"]) for p in dp["pods"] if p["node"] == node}
+    return AgentConfig(
+        node=node,
+        policies=agent_lab.policies_link(state),
+        endpoints=state.directory / "endpoints.json",
+        state_dir=state_dir or agent_lab.agent_dir(state),
+        datapath_name=str(nodes[node]["netns"]),
+        interfaces=lambda _file: veths,
+        uplink=str(nodes[node]["uplink"]),
+    )
+
+
+def route_interfaces(node: str) -> Callable[[EndpointsFile], Mapping[str, str]]:
+    """Find each local endpoint's host-side veth from the route to its first IP (files mode)."""
+
+    def find(file: EndpointsFile) -> Mapping[str, str]:
+        from pyroute2 import IPRoute
+
+        out: dict[str, str] = {}
+        with IPRoute() as ipr:
+            for ep in file.endpoints:
+                if ep.node not in (None, node) or not ep.ips:
+                    continue
+                try:
+                    routes = ipr.route("get", dst=ep.ips[0])
+                    oif = routes[0].get_attr("RTA_OIF") if routes else None
+                    if oif:
+                        out[f"{ep.namespace}/{ep.name}"] = socket.if_indextoname(int(oif))
+                except Exception as exc:  # noqa: BLE001  (netlink errors: the endpoint stays missing)
+                    log.debug("no route to %s: %s", ep.ips[0], exc)
+        return out
+
+    return find
+
+
+def ensure_bpffs() -> None:
+    if not os.path.ismount("/sys/fs/bpf"):
+        subprocess.run(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"], check=True, capture_output=True)
+
+
+class Agent:
+    """One node's agent. ``open_datapath`` is injectable for tests (default: :meth:`Datapath.open`)."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        open_datapath: Callable[[str], DatapathLike] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._open = open_datapath or _open_datapath
+        self.dp: DatapathLike | None = None
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self._ids_path = cfg.state_dir / f"identities-{cfg.node}.json"
+        self._ports_path = cfg.state_dir / "proxy-ports.json"
+        self.allocator = IdentityAllocator.load(self._ids_path)
+        self.resolver = Resolver(self.allocator, cfg.node)
+        self.ports = ProxyPorts.load(self._ports_path)
+        self.started = time.monotonic()
+        self.generation = 0
+        self.ready = False
+        self.ready_seconds: float | None = None
+        self.errors: list[str] = []
+        self.missing: tuple[str, ...] = ()
+        self.last: dict[str, Any] = {}
+        self._sig: tuple[object, ...] | None = None
+        self._seen: tuple[str, str] | None = None  # (policies, endpoints) content hashes last looked at
+        self._good_policies: tuple[tuple[Policy, ...], str] | None = None
+        self._good_endpoints: tuple[EndpointsFile, str] | None = None
+        self._applied: tuple[str, str] | None = None
+        self._last_status: dict[str, Any] | None = None
+        self._last_ifindexes: dict[str, int] = {}
+
+    # ------------------------------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self.write_status("starting")
+        self.dp = self._open(self.cfg.datapath_name)
+        since = time.monotonic() - self.started
+        log.info("datapath %s open (%.2fs since start)", self.cfg.datapath_name, since)
+
+    def close(self) -> None:
+        if self.dp is not None:
+            close = getattr(self.dp, "close", None)
+            if close is not None:
+                close()
+            self.dp = None
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            self.start()
+            while not stop.is_set():
+                self.step()
+                stop.wait(self.cfg.poll_interval)
+        finally:
+            self.close()
+            self.write_status("stopped")
+
+    # ------------------------------------------------------------------------------------------ loop
+    def step(self, force: bool = False) -> bool:
+        """Look at the inputs; re-apply when they changed (or an endpoint's veth was missing).
+        Returns ``True`` when something was applied."""
+        policies = self.cfg.policies.resolve()  # one target per look (the lab swaps a symlink)
+        sig = watch.signature([policies, self.cfg.endpoints])
+        if not force and sig == self._sig and self.ready and not self._interfaces_changed():
+            return False
+        self._sig = sig
+        seen = (watch.content_hash(policies), watch.content_hash(self.cfg.endpoints))
+        if not force and seen == self._seen and self.ready and not self._interfaces_changed():
+            return False
+        if seen != self._seen:
+            self._load(policies, seen)
+        self._seen = seen
+        if self._good_policies is None or self._good_endpoints is None:
+            self.write_status("running")
+            return False
+        applied = (self._good_policies[1], self._good_endpoints[1])
+        if not force and applied == self._applied and self.ready and not self._interfaces_changed():
+            self.write_status("running")
+            return False
+        self.apply(self._good_policies[0], self._good_endpoints[0])
+        self._applied = applied
+        self.write_status("running")
+        return True
+
+    def _ifindexes(self, file: EndpointsFile) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for key, name in self.cfg.interfaces(file).items():
+            with contextlib.suppress(OSError):
+                out[key] = socket.if_nametoindex(name)
+        return out
+
+    def _interfaces_changed(self) -> bool:
+        """Only while some local endpoint has no interface: did one appear (or change)?"""
+        if not self.missing or self._good_endpoints is None:
+            return False
+        return self._ifindexes(self._good_endpoints[0]) != self._last_ifindexes
+
+    def _load(self, policies: Path, seen: tuple[str, str]) -> None:
+        errors: list[str] = []
+        try:
+            result = load_paths([policies])
+        except PolicySourceError as exc:
+            errors.append(f"policies: {exc}")
+        else:
+            if result.errors:
+                errors += [str(e) for e in result.errors]
+            else:
+                self._good_policies = (result.policies, seen[0])
+        try:
+            file = load_endpoints(self.cfg.endpoints)
+        except EndpointsError as exc:
+            errors += [f"{exc.source}: {p}: {m}" if p else f"{exc.source}: {m}" for p, m in exc.problems]
+        else:
+            self._good_endpoints = (file, seen[1])
+        for e in errors:
+            log.error("%s", e)
+        if errors:
+            kept = "the last good set stays applied" if self._applied else "nothing applied yet"
+            log.error("%d error(s) in the inputs; %s", len(errors), kept)
+        self.errors = errors
+
+    def apply(self, policies: tuple[Policy, ...], file: EndpointsFile) -> SyncStats:
+        assert self.dp is not None, "start() first"
+        t0 = time.monotonic()
+        topology = build_topology(file, self.allocator)
+        resolved = self.resolver.resolve(policies, topology)
+        if self.ports.assign(l7_unions(resolved)):
+            self.ports.save(self._ports_path)
+        ifindexes = self._ifindexes(file)
+        self._last_ifindexes = ifindexes
+        desired = plan(resolved, ifindexes, self.ports.ports)
+        uplink = None
+        if self.cfg.uplink:
+            try:
+                uplink = socket.if_nametoindex(self.cfg.uplink)
+            except OSError:
+                log.error("uplink %s not found", self.cfg.uplink)
+        stats = sync(self.dp, desired, uplink)
+        ids = self.allocator.dumps()
+        if not self._ids_path.exists() or self._ids_path.read_text() != ids:
+            self.allocator.save(self._ids_path)
+        self.missing = desired.missing
+        self.generation += 1
+        seconds = time.monotonic() - t0
+        self.last = {"seconds": round(seconds, 4), "missing": list(desired.missing), **stats.as_dict()}
+        if not self.ready:
+            self.ready = True
+            self.ready_seconds = round(time.monotonic() - self.started, 3)
+        log.info(
+            "generation %d applied in %.1f ms: %d endpoints, %d policies; changes %s",
+            self.generation,
+            seconds * 1000,
+            len(desired.endpoints),
+            len(policies),
+            {k: v for k, v in stats.as_dict().items() if v},
+        )
+        return stats
+
+    # ---------------------------------------------------------------------------------------- status
+    def status(self, state: str) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "node": self.cfg.node,
+            "state": state,
+            "ready": self.ready,
+            "ready_seconds": self.ready_seconds,
+            "generation": self.generation,
+            "policies_hash": self._applied[0] if self._applied else None,
+            "endpoints_hash": self._applied[1] if self._applied else None,
+            "seen_policies_hash": self._seen[0] if self._seen else None,
+            "seen_endpoints_hash": self._seen[1] if self._seen else None,
+            "errors": self.errors,
+            "missing": list(self.missing),
+            "last_apply": self.last,
+            "datapath": self.cfg.datapath_name,
+            "updated": time.time(),
+        }
+
+    def write_status(self, state: str) -> None:
+        st = self.status(state)
+        key = {k: v for k, v in st.items() if k != "updated"}
+        if key == self._last_status:
+            return
+        watch.write_status(self.cfg.status_file, st)
+        self._last_status = key
+
+
+def _open_datapath(name: str) -> DatapathLike:
+    from bpf.datapath import Datapath
+
+    ensure_bpffs()
+    return Datapath.open(name)
+
+
+def run_agent(cfg: AgentConfig) -> int:
+    """Run until SIGTERM/SIGINT; exit status 0 on a clean stop."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping (the datapath keeps enforcing)", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent = Agent(cfg)
+    try:
+        agent.run(stop)
+    except (L7GateError, DatapathError) as exc:
+        log.error("%s", exc)
+        return 1
+    return 0

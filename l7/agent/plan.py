@@ -1,0 +1,269 @@
+"""The desired datapath state of a node: a pure function of the resolved policy.
+
+::
+
+    ResolvedNode ─┬─► endpoints  (endpoint id, ifindex, identity, enforcement per direction)
+    interfaces ───┤─► ipcache    (prefix → identity, local endpoint id)
+    proxy ports ──┴─► policy     (endpoint id → PolicyDecision list)
+
+Translation of :class:`l7.resolve.Entry` values:
+
+* ``identities`` None (every peer) → peer identity 0; an empty set selects nobody → no decision;
+* protocol ``ANY`` (an L3-only rule) → ``proto`` None (every protocol and port); TCP/UDP/SCTP → 6/17/132
+  with the port range; ICMP/ICMPv6 → 1/58 with the type as the "port";
+* deny entries → DENY; allow entries without L7 → ALLOW; allow entries with L7 → REDIRECT.
+
+L7: where several L7 rule sets apply to the same (direction, peer, protocol, port) — e.g. one rule for
+``env: prod`` and one for every peer on port 80 — the traffic must be judged by their *union*, so the
+redirect carries the proxy port of the union. :func:`l7_unions` lists the unions a node needs (key →
+rule sets); the key of a single rule set is its own :attr:`L7RuleSet.key`, the key of a union is a hash
+of the sorted member keys. :class:`ProxyPorts` assigns each key a port, stable across runs.
+
+Endpoint ids are the ifindex of the endpoint's host-side veth (unique in the node's namespace, never 0,
+and the same after an agent restart, so adopted map entries keep their keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import itertools
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from bpf.maps import Action
+from bpf.maps import Direction as DpDirection
+from bpf.policy_entries import PolicyDecision
+from l7.resolve.types import ANY_PROTOCOL, DirectionPolicy, Entry, L7RuleSet, ResolvedNode
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+PROTO_NUMBERS: Mapping[str, int] = {"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1, "ICMPV6": 58}
+PORT_MAX = 65535
+PROXY_PORT_MIN, PROXY_PORT_MAX = 10000, 19999
+
+_DIRECTIONS = (("ingress", DpDirection.INGRESS), ("egress", DpDirection.EGRESS))
+
+
+@dataclass(frozen=True, order=True)
+class EndpointState:
+    endpoint_id: int
+    ifindex: int
+    identity: int
+    ingress_enforced: bool
+    egress_enforced: bool
+    key: str = ""  # namespace/name, for logs
+
+
+@dataclass(frozen=True)
+class IpcacheState:
+    identity: int
+    endpoint_id: int = 0
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    endpoints: Mapping[int, EndpointState]  # by endpoint id
+    ipcache: Mapping[IPNetwork, IpcacheState]
+    policy: Mapping[int, tuple[PolicyDecision, ...]]  # by endpoint id
+    missing: tuple[str, ...] = ()  # local endpoints without an interface (not programmed)
+
+
+class PlanError(Exception):
+    """The inputs are inconsistent (e.g. a needed proxy port was not assigned)."""
+
+
+# --------------------------------------------------------------------------------------------- L7
+def union_key(rule_sets: Iterable[L7RuleSet]) -> str:
+    """The key of the union of ``rule_sets``: a member's own key when there is one member."""
+    keys = sorted({r.key for r in rule_sets})
+    if not keys:
+        raise PlanError("union of no rule sets")
+    if len(keys) == 1:
+        return keys[0]
+    return "u-" + hashlib.sha256(",".join(keys).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class _L7Segment:
+    peer: int
+    proto: int
+    lo: int
+    hi: int
+    rule_sets: tuple[L7RuleSet, ...]  # sorted by key, distinct
+
+
+def _proto(entry: Entry) -> int | None:
+    if entry.protocol == ANY_PROTOCOL:
+        return None
+    try:
+        return PROTO_NUMBERS[entry.protocol]
+    except KeyError:
+        raise PlanError(f"unknown protocol {entry.protocol!r} ({entry.origin})") from None
+
+
+def _l7_segments(policy: DirectionPolicy) -> list[_L7Segment]:
+    """Per (peer, proto, port segment): the distinct L7 rule sets that apply to it."""
+    l7 = [e for e in policy.allows if e.l7 is not None and (e.identities is None or e.identities)]
+    if not l7:
+        return []
+    peers = {0} | {i for e in l7 if e.identities is not None for i in e.identities}
+    out: list[_L7Segment] = []
+    for peer in sorted(peers):
+        applicable = [e for e in l7 if e.identities is None or (peer != 0 and peer in e.identities)]
+        for proto in sorted({p for e in applicable if (p := _proto(e)) is not None}):
+            ranged = [e for e in applicable if _proto(e) == proto]
+            cuts = sorted({0, PORT_MAX + 1} | {e.lo for e in ranged} | {e.hi + 1 for e in ranged})
+            for lo, nxt in itertools.pairwise(cuts):
+                hi = nxt - 1
+                sets = {e.l7.key: e.l7 for e in ranged if e.l7 is not None and e.lo <= lo and hi <= e.hi}
+                if not sets:
+                    continue
+                members = tuple(sets[k] for k in sorted(sets))
+                prev = out[-1] if out else None
+                if (
+                    prev is not None
+                    and (prev.peer, prev.proto, prev.rule_sets) == (peer, proto, members)
+                    and prev.hi == lo - 1
+                ):
+                    out[-1] = _L7Segment(peer, proto, prev.lo, hi, members)
+                else:
+                    out.append(_L7Segment(peer, proto, lo, hi, members))
+    return out
+
+
+def l7_unions(resolved: ResolvedNode) -> dict[str, tuple[L7RuleSet, ...]]:
+    """Every L7 rule-set union the node's redirects use: key → its member rule sets (sorted by key)."""
+    out: dict[str, tuple[L7RuleSet, ...]] = {}
+    for r in resolved.endpoints:
+        for attr, _ in _DIRECTIONS:
+            for seg in _l7_segments(getattr(r, attr)):
+                out.setdefault(union_key(seg.rule_sets), seg.rule_sets)
+    return dict(sorted(out.items()))
+
+
+class ProxyPorts:
+    """Union key → proxy port. A key's preferred port is a hash of the key (linear probing on collision),
+    so ports are the same on every node and after a restart; :meth:`save`/:meth:`load` keep the ports of
+    colliding keys stable too. Ports are never taken back from a key that goes out of use."""
+
+    def __init__(self, ports: Mapping[str, int] | None = None) -> None:
+        self._ports: dict[str, int] = dict(ports or {})
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return dict(self._ports)
+
+    def assign(self, keys: Iterable[str]) -> bool:
+        """Give every key a port; ``True`` when a new port was assigned."""
+        taken = set(self._ports.values())
+        changed = False
+        size = PROXY_PORT_MAX - PROXY_PORT_MIN + 1
+        for key in sorted(set(keys) - set(self._ports)):
+            start = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % size
+            for step in range(size):
+                port = PROXY_PORT_MIN + (start + step) % size
+                if port not in taken:
+                    break
+            else:
+                raise PlanError("proxy port range exhausted")
+            self._ports[key] = port
+            taken.add(port)
+            changed = True
+        return changed
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps({"version": 1, "ports": self._ports}, indent=1, sort_keys=True))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> ProxyPorts:
+        if not path.exists():
+            return cls()
+        data = json.loads(path.read_text())
+        return cls({str(k): int(v) for k, v in data["ports"].items()})
+
+
+# --------------------------------------------------------------------------------------- decisions
+def _peers(entry: Entry) -> list[int]:
+    return [0] if entry.identities is None else sorted(entry.identities)
+
+
+def direction_decisions(
+    policy: DirectionPolicy, direction: DpDirection, proxy_ports: Mapping[str, int]
+) -> list[PolicyDecision]:
+    """The policy decisions of one endpoint in one direction."""
+    out: list[PolicyDecision] = []
+    for action, entries in ((Action.DENY, policy.denies), (Action.ALLOW, policy.allows)):
+        for e in entries:
+            if action is Action.ALLOW and e.l7 is not None:
+                continue
+            proto = _proto(e)
+            lo, hi = (0, PORT_MAX) if proto is None else (e.lo, e.hi)
+            out += [PolicyDecision(direction, p, proto, lo, hi, action) for p in _peers(e)]
+    for seg in _l7_segments(policy):
+        key = union_key(seg.rule_sets)
+        if key not in proxy_ports:
+            raise PlanError(f"no proxy port assigned for L7 rule set {key}")
+        out.append(
+            PolicyDecision(direction, seg.peer, seg.proto, seg.lo, seg.hi, Action.REDIRECT, proxy_ports[key])
+        )
+    return sorted(set(out), key=_decision_order)
+
+
+def _decision_order(d: PolicyDecision) -> tuple[int, int, int, int, int, int, int]:
+    return (
+        int(d.direction),
+        d.peer_identity,
+        -1 if d.proto is None else d.proto,
+        d.port_lo,
+        d.port_hi,
+        int(d.action),
+        d.proxy_port,
+    )
+
+
+def plan(
+    resolved: ResolvedNode, interfaces: Mapping[str, int], proxy_ports: Mapping[str, int]
+) -> DesiredState:
+    """The datapath state for ``resolved``.
+
+    ``interfaces``: endpoint key (``namespace/name``) → ifindex of its host-side veth, for the endpoints
+    that live on this node; resolved endpoints without one are listed in ``missing`` and not programmed.
+    ``proxy_ports``: union key (see :func:`l7_unions`) → proxy port.
+    """
+    endpoints: dict[int, EndpointState] = {}
+    policy: dict[int, tuple[PolicyDecision, ...]] = {}
+    by_ip: dict[IPNetwork, int] = {}
+    missing: list[str] = []
+    for r in resolved.endpoints:
+        ep = r.endpoint
+        ifindex = interfaces.get(ep.key)
+        if ifindex is None:
+            missing.append(ep.key)
+            continue
+        if ifindex <= 0:
+            raise PlanError(f"{ep.key}: bad ifindex {ifindex}")
+        state = EndpointState(
+            endpoint_id=ifindex,
+            ifindex=ifindex,
+            identity=ep.identity,
+            ingress_enforced=r.ingress.enforced,
+            egress_enforced=r.egress.enforced,
+            key=ep.key,
+        )
+        endpoints[state.endpoint_id] = state
+        decisions: list[PolicyDecision] = []
+        for attr, direction in _DIRECTIONS:
+            decisions += direction_decisions(getattr(r, attr), direction, proxy_ports)
+        policy[state.endpoint_id] = tuple(decisions)
+        for ip in ep.ips:
+            by_ip[ipaddress.ip_network(ip)] = state.endpoint_id
+    ipcache: dict[IPNetwork, IpcacheState] = {}
+    for entry in resolved.ipcache:
+        net = ipaddress.ip_network(entry.prefix)
+        ipcache[net] = IpcacheState(entry.identity, by_ip.get(net, 0))
+    return DesiredState(endpoints, ipcache, policy, tuple(missing))

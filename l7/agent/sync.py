@@ -1,0 +1,131 @@
+"""Make the datapath hold a :class:`DesiredState`, writing only what differs from what its maps hold.
+
+Order: attach new devices, write ipcache entries, policy entries and endpoints (new and changed),
+then remove what is no longer wanted (endpoints with their policy, devices, ipcache entries). Nothing
+is flushed: an agent that starts against pinned maps of an earlier run adopts them, and an unchanged
+policy writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bpf.maps import DeviceKind, EndpointFlags, EndpointValue, IpcacheValue
+from bpf.policy_entries import PolicyDecision
+from l7.agent.plan import DesiredState, IPNetwork
+
+
+class DatapathLike(Protocol):
+    """The part of :class:`bpf.datapath.Datapath` the agent uses."""
+
+    def devices(self) -> dict[int, DeviceKind]: ...
+    def attach_endpoint(self, ifindex: int) -> None: ...
+    def attach_uplink(self, ifindex: int) -> None: ...
+    def detach(self, ifindex: int) -> None: ...
+    def set_endpoint(
+        self,
+        ifindex: int,
+        endpoint_id: int,
+        identity: int,
+        *,
+        ingress_enforced: bool = False,
+        egress_enforced: bool = False,
+        audit: bool = False,
+    ) -> None: ...
+    def delete_endpoint(self, endpoint_id: int) -> None: ...
+    def endpoints(self) -> dict[int, EndpointValue]: ...
+    def set_ipcache(self, prefix: IPNetwork, identity: int, endpoint_id: int = 0) -> None: ...
+    def delete_ipcache(self, prefix: IPNetwork) -> bool: ...
+    def ipcache(self) -> dict[IPNetwork, IpcacheValue]: ...
+    def sync_policy(self, endpoint_id: int, decisions: list[PolicyDecision]) -> tuple[int, int]: ...
+
+
+@dataclass
+class SyncStats:
+    attached: int = 0
+    detached: int = 0
+    endpoints_written: int = 0
+    endpoints_deleted: int = 0
+    ipcache_written: int = 0
+    ipcache_deleted: int = 0
+    policy_written: int = 0
+    policy_deleted: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changes(self) -> int:
+        return (
+            self.attached
+            + self.detached
+            + self.endpoints_written
+            + self.endpoints_deleted
+            + self.ipcache_written
+            + self.ipcache_deleted
+            + self.policy_written
+            + self.policy_deleted
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, int)}
+
+
+_ENFORCE_MASK = int(EndpointFlags.INGRESS_ENFORCED | EndpointFlags.EGRESS_ENFORCED)
+
+
+def sync(dp: DatapathLike, desired: DesiredState, uplink: int | None = None) -> SyncStats:
+    stats = SyncStats()
+    devices = dp.devices()
+    wanted_devs = {ep.ifindex for ep in desired.endpoints.values()}
+    for ifindex in sorted(wanted_devs):
+        if devices.get(ifindex) != DeviceKind.ENDPOINT:
+            dp.attach_endpoint(ifindex)
+            stats.attached += 1
+    if uplink is not None and devices.get(uplink) != DeviceKind.UPLINK:
+        dp.attach_uplink(uplink)
+        stats.attached += 1
+
+    have_ip = dp.ipcache()
+    for net, want in desired.ipcache.items():
+        cur = have_ip.get(net)
+        if cur is None or (cur.identity, cur.endpoint_id) != (want.identity, want.endpoint_id):
+            dp.set_ipcache(net, want.identity, want.endpoint_id)
+            stats.ipcache_written += 1
+
+    for endpoint_id, decisions in sorted(desired.policy.items()):
+        written, deleted = dp.sync_policy(endpoint_id, list(decisions))
+        stats.policy_written += written
+        stats.policy_deleted += deleted
+
+    have_eps = dp.endpoints()
+    for endpoint_id, ep in sorted(desired.endpoints.items()):
+        flags = (EndpointFlags.INGRESS_ENFORCED if ep.ingress_enforced else 0) | (
+            EndpointFlags.EGRESS_ENFORCED if ep.egress_enforced else 0
+        )
+        have = have_eps.get(endpoint_id)
+        if (
+            have is None
+            or have.identity != ep.identity
+            or have.ifindex != ep.ifindex
+            or have.flags & _ENFORCE_MASK != int(flags)
+        ):
+            dp.set_endpoint(
+                ep.ifindex,
+                endpoint_id,
+                ep.identity,
+                ingress_enforced=ep.ingress_enforced,
+                egress_enforced=ep.egress_enforced,
+            )
+            stats.endpoints_written += 1
+
+    for endpoint_id in sorted(set(have_eps) - set(desired.endpoints)):
+        dp.delete_endpoint(endpoint_id)
+        stats.endpoints_deleted += 1
+    for ifindex, kind in sorted(devices.items()):
+        if kind == DeviceKind.ENDPOINT and ifindex not in wanted_devs:
+            dp.detach(ifindex)
+            stats.detached += 1
+    for net in sorted(set(have_ip) - set(desired.ipcache), key=str):
+        dp.delete_ipcache(net)
+        stats.ipcache_deleted += 1
+    return stats

@@ -1,0 +1,143 @@
+"""Content hashes of the agent's inputs and the status file the agent writes and others wait on.
+
+The agent polls its inputs (policy directory, endpoints file) every ~0.5 s: a cheap ``stat`` signature
+(paths, sizes, mtimes) first, the content hash only when that changed. ``lab apply`` and ``lab up`` compute
+the same content hash of what they wrote and wait until every agent's status reports it applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+POLICY_SUFFIXES = (".yaml", ".yml")
+
+
+def policy_files(path: Path) -> list[Path]:
+    """The policy files of a file or directory (directories recursively, symlinks resolved), sorted."""
+    path = path.resolve()
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix in POLICY_SUFFIXES and p.is_file())
+    return [path] if path.exists() else []
+
+
+def signature(paths: list[Path]) -> tuple[object, ...]:
+    """A cheap change signature: resolved targets, sizes and mtimes (ns)."""
+    out: list[object] = []
+    for path in paths:
+        target = path.resolve()
+        out.append(str(target))
+        files = policy_files(target) if target.is_dir() else [target]
+        for f in files:
+            try:
+                st = f.stat()
+            except OSError:
+                out.append((str(f), None))
+                continue
+            out.append((str(f), st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def content_hash(path: Path) -> str:
+    """sha256 over (relative path, content) of each policy file of a directory, or of one file's content.
+
+    Unreadable files hash as missing (the loader reports them)."""
+    h = hashlib.sha256()
+    target = path.resolve()
+    if target.is_dir():
+        for f in policy_files(target):
+            h.update(str(f.relative_to(target)).encode() + b"\0")
+            try:
+                h.update(f.read_bytes())
+            except OSError:
+                h.update(b"\1<unreadable>")
+            h.update(b"\0")
+    else:
+        try:
+            h.update(target.read_bytes())
+        except OSError:
+            h.update(b"\1<missing>")
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------- status
+def status_path(state_dir: Path, node: str) -> Path:
+    return state_dir / f"agent-{node}.json"
+
+
+def write_status(path: Path, status: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(status, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What an agent must report: its pid (None: any), and the applied input hashes (None: any)."""
+
+    status: Path
+    pid: int | None = None
+    policies_hash: str | None = None
+    endpoints_hash: str | None = None
+
+
+class WaitError(Exception):
+    pass
+
+
+def _satisfied(st: dict[str, Any] | None, e: Expect) -> bool:
+    if st is None or not st.get("ready") or st.get("state") != "running":
+        return False
+    if e.pid is not None and st.get("pid") != e.pid:
+        return False
+    if e.policies_hash is not None and st.get("policies_hash") != e.policies_hash:
+        return False
+    return e.endpoints_hash is None or st.get("endpoints_hash") == e.endpoints_hash
+
+
+def wait_status(
+    expects: list[Expect],
+    timeout: float,
+    alive: Callable[[Expect], bool] = lambda _: True,
+    interval: float = 0.02,
+) -> float:
+    """Poll the status files until every expectation holds; return the seconds it took.
+
+    Raises :class:`WaitError` at the deadline, when ``alive`` says an agent died, or when an agent
+    reports errors for the expected input (it will not apply it)."""
+    start = time.monotonic()
+    deadline = start + timeout
+    pending = list(expects)
+    while pending:
+        for e in list(pending):
+            st = read_status(e.status)
+            if _satisfied(st, e):
+                pending.remove(e)
+                continue
+            if not alive(e):
+                raise WaitError(f"{e.status.name}: the agent exited")
+            if st is not None and st.get("errors") and (e.pid is None or st.get("pid") == e.pid):
+                seen = st.get("seen_policies_hash")
+                if e.policies_hash is None or seen == e.policies_hash:
+                    raise WaitError(f"{e.status.name}: " + "\n  ".join(str(x) for x in st["errors"]))
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            names = ", ".join(e.status.name for e in pending)
+            raise WaitError(f"not applied after {timeout:.0f}s: {names}")
+        time.sleep(interval)
+    return time.monotonic() - start

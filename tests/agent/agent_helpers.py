@@ -1,0 +1,111 @@
+"""Shared helpers of the agent tests: seed policies, the seed-002 endpoints, a fake datapath."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bpf.maps import DeviceKind, EndpointFlags, EndpointValue, IpcacheValue, endpoint_value
+from bpf.policy_entries import PolicyDecision, PolicyEntryKey, PolicyEntryValue, policy_entries
+from l7.agent.plan import IPNetwork
+from l7.endpoints import EndpointsFile, load_endpoints
+from l7.policy.documents import Policy, load_paths, load_text
+
+REPO = Path(__file__).resolve().parents[2]
+SEEDS = REPO / "deploy" / "examples" / "seeds"
+SEED_002_ENDPOINTS = REPO / "deploy" / "endpoints" / "seed-002.yaml"
+SEED_002_LAB = REPO / "deploy" / "lab" / "seed-002.yaml"
+
+
+def seeds(*names: str) -> tuple[Policy, ...]:
+    result = load_paths([SEEDS / f"{name}.yaml" for name in names])
+    assert not result.errors, result.errors
+    return result.policies
+
+
+def policies(text: str) -> tuple[Policy, ...]:
+    result = load_text(text)
+    assert not result.errors, [str(e) for e in result.errors]
+    return result.policies
+
+
+def seed_002() -> EndpointsFile:
+    return load_endpoints(SEED_002_ENDPOINTS)
+
+
+class FakeDatapath:
+    """The maps of :class:`bpf.datapath.Datapath` as dicts, counting writes."""
+
+    def __init__(self) -> None:
+        self.devs: dict[int, DeviceKind] = {}
+        self.eps: dict[int, EndpointValue] = {}
+        self.ips: dict[IPNetwork, IpcacheValue] = {}
+        self.pol: dict[int, dict[PolicyEntryKey, PolicyEntryValue]] = {}
+        self.writes = 0
+        self.closed = False
+
+    def devices(self) -> dict[int, DeviceKind]:
+        return dict(self.devs)
+
+    def attach_endpoint(self, ifindex: int) -> None:
+        self.devs[ifindex] = DeviceKind.ENDPOINT
+        self.writes += 1
+
+    def attach_uplink(self, ifindex: int) -> None:
+        self.devs[ifindex] = DeviceKind.UPLINK
+        self.writes += 1
+
+    def detach(self, ifindex: int) -> None:
+        self.devs.pop(ifindex, None)
+        self.writes += 1
+
+    def set_endpoint(
+        self,
+        ifindex: int,
+        endpoint_id: int,
+        identity: int,
+        *,
+        ingress_enforced: bool = False,
+        egress_enforced: bool = False,
+        audit: bool = False,
+    ) -> None:
+        flags = EndpointFlags.NONE
+        if ingress_enforced:
+            flags |= EndpointFlags.INGRESS_ENFORCED
+        if egress_enforced:
+            flags |= EndpointFlags.EGRESS_ENFORCED
+        self.eps[endpoint_id] = endpoint_value(endpoint_id, identity, flags, ifindex)
+        self.writes += 1
+
+    def delete_endpoint(self, endpoint_id: int) -> None:
+        self.eps.pop(endpoint_id, None)
+        self.pol.pop(endpoint_id, None)
+        self.writes += 1
+
+    def endpoints(self) -> dict[int, EndpointValue]:
+        return dict(self.eps)
+
+    def set_ipcache(self, prefix: IPNetwork, identity: int, endpoint_id: int = 0) -> None:
+        self.ips[prefix] = IpcacheValue(identity=identity, endpoint_id=endpoint_id)
+        self.writes += 1
+
+    def delete_ipcache(self, prefix: IPNetwork) -> bool:
+        self.writes += 1
+        return self.ips.pop(prefix, None) is not None
+
+    def ipcache(self) -> dict[IPNetwork, IpcacheValue]:
+        return dict(self.ips)
+
+    def sync_policy(self, endpoint_id: int, decisions: list[PolicyDecision]) -> tuple[int, int]:
+        want = policy_entries(decisions)
+        have = self.pol.get(endpoint_id, {})
+        written = sum(1 for k, v in want.items() if have.get(k) != v)
+        deleted = sum(1 for k in have if k not in want)
+        self.writes += written + deleted
+        if want:
+            self.pol[endpoint_id] = want
+        else:
+            self.pol.pop(endpoint_id, None)
+        return written, deleted
+
+    def close(self) -> None:
+        self.closed = True
