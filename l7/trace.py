@@ -15,13 +15,18 @@ when the entry has a ``mismatch`` action and fails without one. Secrets cannot b
 ``--to`` is an endpoint (``NAME`` or ``NAMESPACE/NAME``), a node name (``host`` from its own node, its
 node-labels identity from the others), a Service (``NAMESPACE/NAME``, or ``NAME`` in the source's
 namespace first: the first pod it selects, or its first backend IP for a Service without a selector), an
-IP or a DNS name.
+IP or a DNS name. A DNS name is a name listed under the endpoints file's ``fqdns:`` or a dotted name
+(``api.example.com``; traced as an outside name with no address, and the trace says it is not in the
+endpoints file); any other name is an error, so that a misspelled pod is not traced as an outside peer.
+A bare ``NAME`` that several namespaces have is an error too: ``NAMESPACE/NAME`` picks one.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import re2
@@ -259,6 +264,7 @@ class _Peer:
     endpoint: Endpoint | None
     learned: tuple[tuple[str, tuple[str, ...]], ...] = ()
     ip: str | None = None  # looked up in the ipcache when ``identity`` is -1 (default: ``text``)
+    notes: tuple[str, ...] = ()
 
 
 def _describe(decision: Decision, endpoint: str, direction: Direction) -> str:
@@ -360,9 +366,12 @@ def trace(  # noqa: PLR0917  (the CLI's arguments)
 ) -> TraceResult:
     allocator = allocator or IdentityAllocator()
     topology = build_topology(endpoints, allocator)
-    src = topology.find(source)
+    src = _find_endpoint(topology, source, "--from")
     if src is None:
-        raise TraceError(f"--from {source!r}: no such endpoint (use NAME or NAMESPACE/NAME)")
+        names = [e.key if "/" in source else e.name for e in topology.endpoints]
+        raise TraceError(
+            f"--from {source!r}: no such endpoint (use NAME or NAMESPACE/NAME){_did_you_mean(source, names)}"
+        )
     perspective = node or src.node
     if perspective is not None and topology.node(perspective) is None and topology.nodes:
         raise TraceError(f"--node {perspective!r}: no such node in the endpoints file")
@@ -370,7 +379,7 @@ def trace(  # noqa: PLR0917  (the CLI's arguments)
     resolver = Resolver(allocator, perspective, all_endpoints=True)
     resolved = resolver.resolve(policies, topology, dict(peer.learned))
     if peer.endpoint is None and not peer.learned:
-        peer = _Peer(peer.text, _ip_identity(resolved, topology, peer), None, ip=peer.ip)
+        peer = _Peer(peer.text, _ip_identity(resolved, topology, peer), None, ip=peer.ip, notes=peer.notes)
     flow, request = (port, protocol), (http, dns)
     steps = [_step(resolved, src, Direction.EGRESS, peer, flow, request)]
     if peer.endpoint is not None and steps[0].verdict == "allowed":
@@ -381,7 +390,7 @@ def trace(  # noqa: PLR0917  (the CLI's arguments)
         deciding = next((s for s in reversed(steps) if s.layer != "l3l4"), None) or next(
             (s for s in reversed(steps) if s.policy), steps[-1]
         )
-    notes: list[str] = []
+    notes = list(peer.notes)
     if peer.endpoint is not None and steps[0].verdict == "denied":
         notes.append("the source's egress denies the flow; the destination's ingress was not evaluated")
     return TraceResult(
@@ -411,7 +420,7 @@ def _destination(
     *,
     namespace: str = "default",
 ) -> _Peer:
-    endpoint = topology.find(text)
+    endpoint = topology.find(text)  # ambiguous bare names: reported below, after nodes and Services
     if endpoint is not None:
         return _Peer(endpoint.key, endpoint.identity, endpoint)
     known = topology.node(text)
@@ -425,6 +434,8 @@ def _destination(
     service = (None if "/" in text else topology.service(f"{namespace}/{text}")) or topology.service(text)
     if service is not None:
         return _service_peer(topology, service, text)
+    if "/" not in text:
+        _check_unambiguous(topology, text, "--to")
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
@@ -439,13 +450,68 @@ def _destination(
             return _Peer(ip, _fqdn_identity(policies, allocator, names, ip), None, ((ip, names),))
         return _Peer(ip, -1, None)  # resolved through the ipcache (nodes, CIDRs, world)
     if "/" in text:
-        raise TraceError(f"--to {text!r}: no such endpoint")
+        keys = [e.key for e in topology.endpoints] + [s.key for s in topology.services]
+        raise TraceError(f"--to {text!r}: no endpoint or service named {text!r}{_did_you_mean(text, keys)}")
+    known_name = any(name == text.lower().rstrip(".") for name, _ in topology.fqdns)
+    if not known_name and not _looks_like_dns_name(text):
+        candidates = [
+            *(e.name for e in topology.endpoints),
+            *(n.name for n in topology.nodes),
+            *(s.name for s in topology.services),
+            *(name for name, _ in topology.fqdns),
+        ]
+        raise TraceError(
+            f"--to: no endpoint, node, service or IP named {text!r}{_did_you_mean(text, candidates)}; "
+            "a DNS name needs a dot or an entry under fqdns: in the endpoints file"
+        )
     ips = topology.fqdn_ips(text)
     first = ips[0] if ips else None
     identity = _fqdn_identity(policies, allocator, (text,), first)
     if first is None:
-        return _Peer(text, identity, None)
+        note = (
+            f"{text} is not known to the endpoints file (not listed under fqdns:): "
+            "traced as an outside name with no address"
+        )
+        return _Peer(text, identity, None, notes=(note,))
     return _Peer(f"{text} ({first})", identity, None, ((first, (text,)),))
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _looks_like_dns_name(text: str) -> bool:
+    """A dotted host name (``api.example.com``, trailing dot allowed) whose last label is not numeric."""
+    name = text[:-1] if text.endswith(".") else text
+    labels = name.split(".")
+    return (
+        len(labels) > 1
+        and len(name) <= 253
+        and all(_HOST_LABEL.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()
+    )
+
+
+def _find_endpoint(topology: Topology, ref: str, option: str) -> Endpoint | None:
+    """``Topology.find`` that reports a bare name several namespaces have instead of not finding it."""
+    found = topology.find(ref)
+    if found is None and "/" not in ref:
+        _check_unambiguous(topology, ref, option)
+    return found
+
+
+def _check_unambiguous(topology: Topology, name: str, option: str) -> None:
+    """Raise when pods or Services of several namespaces are named ``name``."""
+    keys = sorted(
+        {e.key for e in topology.endpoints if e.name == name}
+        | ({s.key for s in topology.services if s.name == name} if option == "--to" else set())
+    )
+    if len(keys) > 1:
+        raise TraceError(f"{option} {name!r}: ambiguous: {', '.join(keys)} — use NAMESPACE/NAME")
+
+
+def _did_you_mean(text: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(text, sorted(set(candidates)), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def _service_peer(topology: Topology, service: Service, text: str) -> _Peer:

@@ -1,6 +1,7 @@
 """``l7gate policy validate PATH...``: check policy files offline, report every error with its field path.
 
-Exit status: 0 when every document is valid, 1 when any is not, 2 when a path does not exist.
+Exit status: 0 when every document is valid, 1 when any is not or when no policy document is found at all
+(an empty directory is almost always a mistake), 2 when a path does not exist.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def validate(
         documents = len({(e.source, e.index) for e in result.errors})
         typer.echo(f"{len(result.errors)} error(s) in {documents} document(s)", err=True)
         raise typer.Exit(1)
+    if not result.policies:
+        typer.echo(f"no policy documents found in {', '.join(str(p) for p in paths)}", err=True)
+        raise typer.Exit(1)
     for policy in result.policies:
         typer.echo(_summary(policy))
-    if not result.policies:
-        typer.echo("no policy documents found", err=True)

@@ -24,11 +24,24 @@ def _fail(message: str) -> typer.Exit:
 
 @policy_app.command("trace")
 def trace_command(  # noqa: PLR0917
-    policies: Annotated[list[Path], typer.Option("--policies", help="Policy files or directories.")],
+    policies: Annotated[
+        list[Path],
+        typer.Option(
+            "--policies",
+            metavar="PATH",
+            help="A policy file or directory; repeatable for several paths: "
+            "--policies a.yaml --policies dir/.",
+        ),
+    ],
     endpoints: Annotated[Path, typer.Option("--endpoints", help="The endpoints file (YAML).")],
     source: Annotated[str, typer.Option("--from", help="Source endpoint: NAME or NAMESPACE/NAME.")],
     destination: Annotated[
-        str, typer.Option("--to", help="Destination: endpoint (NAME or NS/NAME), node name, IP or DNS name.")
+        str,
+        typer.Option(
+            "--to",
+            help="Destination: endpoint (NAME or NS/NAME), node name, SERVICE (NAME or NS/NAME), IP, or DNS "
+            "name (dotted, or listed under fqdns: in the endpoints file).",
+        ),
     ],
     port: Annotated[str, typer.Option("--port", help="N/PROTO, e.g. 80/TCP or 53/UDP.")],
     http: Annotated[

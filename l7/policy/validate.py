@@ -172,15 +172,21 @@ def validate_selector(selector: EndpointSelector, path: str) -> Problems:
 
 
 def _service(service: Service, path: str) -> Problems:
-    """One ``toServices`` entry: a Service by name or Services by label selector, namespace optional."""
+    """One ``toServices`` entry: a Service by name or Services by label selector, namespace optional.
+
+    Setting both is a problem of its own; each part that is set is still checked, so every problem of
+    the entry is reported at once.
+    """
     by_name, by_labels = service.k8s_service, service.k8s_service_selector
+    if by_name is None and by_labels is None:
+        return [Problem(path, "one of k8sService and k8sServiceSelector is required")]
     problems: Problems = []
     if by_name is not None and by_labels is not None:
-        return [
+        problems.append(
             Problem(
                 field(path, "k8sServiceSelector"), "only one of k8sService and k8sServiceSelector may be set"
             )
-        ]
+        )
     if by_name is not None:
         where = field(path, "k8sService")
         if not labels.is_dns_1035_label(by_name.service_name):
@@ -191,21 +197,23 @@ def _service(service: Service, path: str) -> Problems:
                     "(lower-case RFC 1035 label: a letter first, ≤63 characters)",
                 )
             )
-        namespace = by_name.namespace
-    elif by_labels is not None:
+        problems += _service_namespace(by_name.namespace, where)
+    if by_labels is not None:
         where = field(path, "k8sServiceSelector")
         problems += validate_selector(by_labels.selector, field(where, "selector"))
-        namespace = by_labels.namespace
-    else:
-        return [Problem(path, "one of k8sService and k8sServiceSelector is required")]
-    if namespace is not None and not labels.is_dns_label(namespace):
-        problems.append(
-            Problem(
-                field(where, "namespace"),
-                f"{namespace!r} is not a valid namespace (lower-case RFC 1123 label, ≤63 characters)",
-            )
-        )
+        problems += _service_namespace(by_labels.namespace, where)
     return problems
+
+
+def _service_namespace(namespace: str | None, path: str) -> Problems:
+    if namespace is None or labels.is_dns_label(namespace):
+        return []
+    return [
+        Problem(
+            field(path, "namespace"),
+            f"{namespace!r} is not a valid namespace (lower-case RFC 1123 label, ≤63 characters)",
+        )
+    ]
 
 
 def _entities(entities: Sequence[str] | None, path: str) -> Problems:

@@ -68,3 +68,19 @@ def test_examples_validate() -> None:
     result = CliRunner().invoke(app, ["policy", "validate", str(examples)])
     assert result.exit_code == 0, result.output
     assert all(line.startswith("ok  ") for line in result.stdout.splitlines())
+
+
+def test_no_documents_is_an_error(tmp_path: Path) -> None:
+    """An empty directory (or files without documents) is almost always a mistake: exit 1."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a policy\n")
+    result = CliRunner().invoke(app, ["policy", "validate", str(empty)])
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    assert result.stderr == f"no policy documents found in {empty}\n"
+    blank = tmp_path / "blank.yaml"
+    blank.write_text("---\n# nothing here\n")
+    result = CliRunner().invoke(app, ["policy", "validate", str(empty), str(blank)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr == f"no policy documents found in {empty}, {blank}\n"

@@ -609,3 +609,30 @@ def test_service_and_node_selectors_report_every_problem_once() -> None:
 def test_nodes_selectors_in_host_policies() -> None:
     spec = "nodeSelector: {}\ningress:\n- fromNodes: [{}]\negress:\n- toNodes: [{}]"
     assert spec_errors(spec, header=CCNP) == []
+
+
+def test_service_with_both_forms_reports_every_problem() -> None:
+    """Both k8sService and k8sServiceSelector set: that problem and those of each part, with paths."""
+    errors = spec_errors(
+        EP + "egress:\n"
+        "- toServices:\n"
+        "  - k8sService: {serviceName: 1svc, namespace: Bad_NS}\n"
+        "    k8sServiceSelector: {selector: {matchLabels: {'-k': v}}, namespace: '-ns'}\n"
+    )
+    where = "spec.egress[0].toServices[0]"
+    assert errors == [
+        (f"{where}.k8sServiceSelector", "only one of k8sService and k8sServiceSelector may be set"),
+        (
+            f"{where}.k8sService.serviceName",
+            "'1svc' is not a valid Service name (lower-case RFC 1035 label: a letter first, ≤63 characters)",
+        ),
+        (
+            f"{where}.k8sService.namespace",
+            "'Bad_NS' is not a valid namespace (lower-case RFC 1123 label, ≤63 characters)",
+        ),
+        (f"{where}.k8sServiceSelector.selector.matchLabels[-k]", errors[3][1]),
+        (
+            f"{where}.k8sServiceSelector.namespace",
+            "'-ns' is not a valid namespace (lower-case RFC 1123 label, ≤63 characters)",
+        ),
+    ]
