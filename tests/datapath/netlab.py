@@ -14,7 +14,8 @@ import selectors
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 CLONE_NEWNET = 0x40000000
@@ -140,7 +141,33 @@ def build(prefix: str, pod_names: tuple[str, ...] = ("a", "b", "c")) -> Topology
         for pod in topo.pods.values():
             pod.ifindex = socket.if_nametoindex(pod.host_if)
         topo.uplink_ifindex = socket.if_nametoindex(topo.uplink)
+    wait_no_tentative(topo.namespaces)
     return topo
+
+
+def wait_no_tentative(namespaces: Iterable[str], timeout: float = 10.0) -> None:
+    """Wait until no IPv6 address is tentative (link-local DAD after link up, ~1-2 s).
+
+    The global addresses are added with ``nodad``, but every link-local address still runs DAD;
+    until it finishes, the first IPv6 connection through the node can stall for up to a second.
+    """
+    deadline = time.monotonic() + timeout
+    pending = list(namespaces)
+    while pending:
+        pending = [
+            ns
+            for ns in pending
+            if subprocess.run(
+                ["ip", "-n", ns, "-6", "addr", "show", "tentative"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+        ]
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"IPv6 addresses still tentative in {pending}")
+        if pending:
+            time.sleep(0.05)
 
 
 def teardown(topo: Topology) -> None:
