@@ -192,7 +192,8 @@ static __always_inline int l7g_parse_ipv6(struct __sk_buff *skb, struct l7g_flow
     __builtin_memcpy(f->daddr, ip.daddr, 16);
     nh = ip.nexthdr;
 
-    for (i = 0; i < L7G_MAX_EXT; i++) {
+    /* L7G_MAX_EXT extension headers, plus one pass to reach the upper-layer header */
+    for (i = 0; i <= L7G_MAX_EXT; i++) {
         __u8 h[8];
         switch (nh) {
         case 0:   /* hop-by-hop: only right after the fixed header */
