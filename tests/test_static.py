@@ -60,3 +60,12 @@ def test_policy_model_imports_nothing_else_of_the_project() -> None:
     for path in (REPO / "l7" / "policy").rglob("*.py"):
         own = {n for n in _imports(path) if n.split(".")[0] in {"l7", "xds", "dnsproxy", "bpf"}}
         assert all(n.startswith("l7.policy") or n == "l7.errors" for n in own), (path, own)
+
+
+def test_xds_is_ours_from_anywhere() -> None:
+    """The xds-protos wheel also installs a top-level ``xds``; set-up puts the repository first, and our
+    package extends its ``__path__`` with the wheel's, so both resolve whatever the working directory."""
+    code = "import xds, xds.server, xds.core.v3; print(xds.__file__)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(REPO / "xds" / "__init__.py")

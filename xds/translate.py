@@ -52,6 +52,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2  # type: ignore[import-untyped]
 
+from l7.policy.headers import parse_header
 from l7.policy.model import HeaderMatch, HTTPRule, Mismatch
 from xds import resources as rt
 from xds.errors import TranslationError
@@ -150,14 +151,6 @@ def host_regex(host: str) -> str:
     if core.endswith("$") and not core.endswith("\\$"):
         core = core[:-1]
     return rf"(?i:{core})\.?(?::[0-9]+)?"
-
-
-def parse_header(entry: str) -> tuple[str, str | None]:
-    """``"X-Key: v"`` → ``("X-Key", "v")``; ``"X-Key"`` → ``("X-Key", None)`` (Cilium's parsing)."""
-    name, space, value = entry.partition(" ")
-    if not space:
-        return entry, None
-    return name.removesuffix(":"), value
 
 
 def _equal(name: str, value: str | None) -> rc.HeaderMatcher:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,44 +83,15 @@ def install_policies(state: LabState, source: Path | None) -> str:
     return digest
 
 
-def _start_time(pid: int) -> int:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    return int(text[text.rindex(")") + 2 :].split()[19])
-
-
 def agent_argv(lab: str, node: str) -> list[str]:
     return [sys.executable, "-m", "l7.agent", "--lab", lab, "--node", node]
 
 
 def start_agent(state: LabState, node: str, netns: str, env: dict[str, str]) -> procs.ProcRecord:
-    log = state.directory / "logs" / f"agent-{node}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
+    """The node agent in the node netns via ``nsenter`` (``ip netns exec`` would hide /sys/fs/bpf)."""
     argv = ["nsenter", f"--net=/run/netns/{netns}", *agent_argv(state.name, node)]
-    with open(log, "ab") as out:
-        try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-                env=env,
-            )
-        except OSError as exc:
-            raise LabError(f"cannot start the agent of {node}: {exc}") from exc
-    procs._children[proc.pid] = proc  # reaped by procs.alive/stop
-    return procs.ProcRecord(
-        name=f"agent:{node}",
-        netns=netns,
-        argv=argv,
-        pid=proc.pid,
-        start_time=_start_time(proc.pid),
-        log=str(log),
-    )
+    log = state.directory / "logs" / f"agent-{node}.log"
+    return procs.launch(f"agent:{node}", netns, argv, log, env)
 
 
 def agent_records(state: LabState) -> dict[str, procs.ProcRecord]:

@@ -51,8 +51,14 @@ def start(name: str, netns: str, argv: list[str], log: Path, env: dict[str, str]
     """Start ``argv`` inside ``netns`` in a new session.
 
     ``ip netns exec`` execs the command (same PID) and bind-mounts the pod's /etc/netns files."""
+    return launch(name, netns, ["ip", "netns", "exec", netns, *argv], log, env)
+
+
+def launch(
+    name: str, netns: str, full: list[str], log: Path, env: dict[str, str] | None = None
+) -> ProcRecord:
+    """Start ``full`` (which enters ``netns`` itself) in a new session, output to ``log``, and record it."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    full = ["ip", "netns", "exec", netns, *argv]
     with open(log, "ab") as out:
         try:
             proc = subprocess.Popen(
