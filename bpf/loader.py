@@ -236,12 +236,17 @@ def load(pin_dir: Path, ct_max: int = 65536) -> LoadedPrograms:
 
 
 def unpin(pin_dir: Path) -> None:
-    """Remove the pinned maps of ``pin_dir`` and the directory."""
+    """Remove the pinned maps of ``pin_dir``, the directory, and its parent (the l7gate pin root) once
+    no other node's directory is left in it."""
     for spec in MAP_SPECS:
         with contextlib.suppress(FileNotFoundError):
             (pin_dir / spec.pin_name).unlink()
-    try:
-        pin_dir.rmdir()
-    except OSError as exc:
-        if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):
-            raise DatapathError(f"cannot remove {pin_dir}: {exc}") from exc
+    for directory in (pin_dir, pin_dir.parent):
+        try:
+            directory.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if exc.errno == errno.ENOTEMPTY:
+                return
+            raise DatapathError(f"cannot remove {directory}: {exc}") from exc
