@@ -16,6 +16,7 @@ next agent adopts the pinned state.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ from typing import Any
 from bpf.errors import DatapathError
 from l7.agent import watch
 from l7.agent.plan import ProxyPorts, l7_unions, plan
+from l7.agent.services import AppliedView, Learned, NodeService
 from l7.agent.sync import DatapathLike, SyncStats, sync
 from l7.endpoints import EndpointsError, EndpointsFile, build_topology, load_endpoints
 from l7.errors import L7GateError
@@ -40,6 +42,11 @@ from l7.resolve import Resolver
 
 log = logging.getLogger("l7gate.agent")
 POLL_INTERVAL = 0.5
+
+#: Service name → "module:Class"; the class is constructed with the AgentConfig (see services.py).
+SERVICES: Mapping[str, str] = {}
+#: What a lab node's agent runs.
+LAB_SERVICES: tuple[str, ...] = ()
 
 
 class AgentError(L7GateError):
@@ -56,6 +63,7 @@ class AgentConfig:
     interfaces: Callable[[EndpointsFile], Mapping[str, str]]  # endpoint key → host-side veth name
     uplink: str | None = None
     poll_interval: float = POLL_INTERVAL
+    services: tuple[str, ...] = ()  # names in SERVICES, started in this order
 
     @property
     def status_file(self) -> Path:
@@ -81,6 +89,7 @@ def lab_config(lab: str, node: str, state_dir: Path | None = None) -> AgentConfi
         datapath_name=str(nodes[node]["netns"]),
         interfaces=lambda _file: veths,
         uplink=str(nodes[node]["uplink"]),
+        services=LAB_SERVICES,
     )
 
 
@@ -107,6 +116,17 @@ def route_interfaces(node: str) -> Callable[[EndpointsFile], Mapping[str, str]]:
     return find
 
 
+def make_services(cfg: AgentConfig) -> list[NodeService]:
+    out: list[NodeService] = []
+    for name in cfg.services:
+        try:
+            module, _, cls = SERVICES[name].partition(":")
+        except KeyError:
+            raise AgentError(f"unknown agent service {name!r} (known: {', '.join(SERVICES)})") from None
+        out.append(getattr(importlib.import_module(module), cls)(cfg))
+    return out
+
+
 def ensure_bpffs() -> None:
     if not os.path.ismount("/sys/fs/bpf"):
         subprocess.run(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"], check=True, capture_output=True)
@@ -119,10 +139,15 @@ class Agent:
         self,
         cfg: AgentConfig,
         open_datapath: Callable[[str], DatapathLike] | None = None,
+        services: list[NodeService] | None = None,
     ) -> None:
         self.cfg = cfg
         self._open = open_datapath or _open_datapath
         self.dp: DatapathLike | None = None
+        self.services = make_services(cfg) if services is None else services
+        self._lock = threading.RLock()
+        self._learned: Callable[[], Learned] | None = None
+        self._view: AppliedView | None = None
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self._ids_path = cfg.state_dir / f"identities-{cfg.node}.json"
         self._ports_path = cfg.state_dir / "proxy-ports.json"
@@ -144,14 +169,52 @@ class Agent:
         self._last_status: dict[str, Any] | None = None
         self._last_ifindexes: dict[str, int] = {}
 
+    # ------------------------------------------------------------------ ServiceHost (services.py)
+    @property
+    def node(self) -> str:
+        return self.cfg.node
+
+    @property
+    def state_dir(self) -> Path:
+        return self.cfg.state_dir
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self._lock
+
+    @property
+    def datapath(self) -> DatapathLike:
+        assert self.dp is not None, "start() first"
+        return self.dp
+
+    def set_learned_source(self, source: Callable[[], Learned]) -> None:
+        self._learned = source
+
+    def reapply(self, reason: str) -> None:
+        with self._lock:
+            if self._good_policies is None or self._good_endpoints is None:
+                return
+            log.debug("re-apply: %s", reason)
+            self.apply(self._good_policies[0], self._good_endpoints[0])
+
+    def last_view(self) -> AppliedView | None:
+        return self._view
+
     # ------------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
         self.write_status("starting")
         self.dp = self._open(self.cfg.datapath_name)
         since = time.monotonic() - self.started
         log.info("datapath %s open (%.2fs since start)", self.cfg.datapath_name, since)
+        for service in self.services:
+            service.start(self)
 
     def close(self) -> None:
+        for service in reversed(self.services):
+            try:
+                service.close()
+            except Exception:  # one service failing to close must not stop the others
+                log.exception("closing %s", service.name)
         if self.dp is not None:
             close = getattr(self.dp, "close", None)
             if close is not None:
@@ -162,7 +225,10 @@ class Agent:
         try:
             self.start()
             while not stop.is_set():
-                self.step()
+                with self._lock:
+                    self.step()
+                    if self.ready:
+                        self.write_status("running")  # services' status changes on its own
                 stop.wait(self.cfg.poll_interval)
         finally:
             self.close()
@@ -236,12 +302,17 @@ class Agent:
         assert self.dp is not None, "start() first"
         t0 = time.monotonic()
         topology = build_topology(file, self.allocator)
-        resolved = self.resolver.resolve(policies, topology)
-        if self.ports.assign(l7_unions(resolved)):
+        learned = self._learned() if self._learned is not None else None
+        resolved = self.resolver.resolve(policies, topology, learned)
+        unions = l7_unions(resolved)
+        if self.ports.assign(unions):
             self.ports.save(self._ports_path)
         ifindexes = self._ifindexes(file)
         self._last_ifindexes = ifindexes
         desired = plan(resolved, ifindexes, self.ports.ports)
+        view = AppliedView(self.generation + 1, resolved, file, unions, self.ports.ports)
+        for service in self.services:
+            service.prepare(view)
         uplink = None
         if self.cfg.uplink:
             try:
@@ -249,6 +320,9 @@ class Agent:
             except OSError:
                 log.error("uplink %s not found", self.cfg.uplink)
         stats = sync(self.dp, desired, uplink)
+        self._view = view
+        for service in self.services:
+            service.commit(view)
         ids = self.allocator.dumps()
         if not self._ids_path.exists() or self._ids_path.read_text() != ids:
             self.allocator.save(self._ids_path)
@@ -286,6 +360,7 @@ class Agent:
             "missing": list(self.missing),
             "last_apply": self.last,
             "datapath": self.cfg.datapath_name,
+            "services": {s.name: s.status() for s in self.services},
             "updated": time.time(),
         }
 

@@ -1,0 +1,74 @@
+"""The parts a node agent runs beside the datapath: Envoy with its xDS server, the DNS proxy, the flow
+log, the metrics endpoint. Each is a :class:`NodeService`; the agent drives them all the same way::
+
+    start(host) ─► [ prepare(view) ─► datapath sync ─► commit(view) ]* ─► close()
+
+``prepare`` runs *before* the datapath redirects to a new proxy port (so the listener exists when the
+first packet is steered to it: a redirect without a socket fails closed); ``commit`` runs after, when
+nothing points at ports that went out of use any more. Both run under :attr:`ServiceHost.lock`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from l7.agent.sync import DatapathLike
+from l7.endpoints import EndpointsFile
+from l7.identity import IdentityAllocator
+from l7.resolve.types import L7RuleSet, ResolvedNode
+
+Learned = Mapping[str, Iterable[str]]
+"""IP → the DNS names it was learned for (what :meth:`l7.resolve.Resolver.resolve` takes)."""
+
+
+@dataclass(frozen=True)
+class AppliedView:
+    """What one application of the policy produced, as the services see it."""
+
+    generation: int
+    resolved: ResolvedNode
+    endpoints: EndpointsFile
+    unions: Mapping[str, tuple[L7RuleSet, ...]]  # union key → member rule sets (see plan.l7_unions)
+    ports: Mapping[str, int]  # union key → proxy port (every key of ``unions`` has one)
+
+    def ports_of(self, kind: str) -> dict[int, tuple[L7RuleSet, ...]]:
+        """Proxy port → member rule sets, for the unions of ``kind`` ("http" or "dns")."""
+        return {
+            self.ports[key]: members
+            for key, members in self.unions.items()
+            if members and members[0].kind == kind
+        }
+
+
+class ServiceHost(Protocol):
+    """The agent as the services see it."""
+
+    @property
+    def node(self) -> str: ...
+    @property
+    def state_dir(self) -> Path: ...
+    @property
+    def lock(self) -> threading.RLock: ...
+    @property
+    def datapath(self) -> DatapathLike: ...
+    @property
+    def allocator(self) -> IdentityAllocator: ...
+    def set_learned_source(self, source: Callable[[], Learned]) -> None:
+        """Where resolution takes learned FQDN IPs from (the DNS service registers itself)."""
+    def reapply(self, reason: str) -> None:
+        """Re-resolve and re-sync now with the current inputs (takes the lock; blocks until done)."""
+    def last_view(self) -> AppliedView | None: ...
+
+
+class NodeService(Protocol):
+    name: str
+
+    def start(self, host: ServiceHost) -> None: ...
+    def prepare(self, view: AppliedView) -> None: ...
+    def commit(self, view: AppliedView) -> None: ...
+    def status(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
