@@ -68,6 +68,8 @@ class EndpointSpec(_Model):
     node: str | None = None
     service_account: str = Field(default="default", alias="serviceAccount")
     ports: dict[str, int] = Field(default_factory=dict)
+    policy_audit_mode: bool = Field(default=False, alias="policyAuditMode")
+    """Audit mode for this endpoint: would-be drops and 403s are allowed and reported as ``audit``."""
 
     @field_validator("ips")
     @classmethod
@@ -126,6 +128,14 @@ class EndpointsFile(_Model):
     nodes: tuple[NodeSpec, ...] = ()
     services: tuple[ServiceSpec, ...] = ()
     fqdns: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    policy_audit_mode: bool = Field(default=False, alias="policyAuditMode")
+    """Audit mode for every endpoint of the file (see :attr:`EndpointSpec.policy_audit_mode`)."""
+
+    def audited(self) -> frozenset[str]:
+        """Keys (``namespace/name``) of the endpoints in audit mode."""
+        return frozenset(
+            f"{e.namespace}/{e.name}" for e in self.endpoints if self.policy_audit_mode or e.policy_audit_mode
+        )
 
     @field_validator("fqdns")
     @classmethod

@@ -64,6 +64,7 @@ class AgentConfig:
     uplink: str | None = None
     poll_interval: float = POLL_INTERVAL
     services: tuple[str, ...] = ()  # names in SERVICES, started in this order
+    audit: bool = False  # audit mode for every endpoint (else per endpoint, from the endpoints file)
 
     @property
     def status_file(self) -> Path:
@@ -309,7 +310,8 @@ class Agent:
             self.ports.save(self._ports_path)
         ifindexes = self._ifindexes(file)
         self._last_ifindexes = ifindexes
-        desired = plan(resolved, ifindexes, self.ports.ports)
+        audited = file.audited() if not self.cfg.audit else frozenset(e.key for e in topology.endpoints)
+        desired = plan(resolved, ifindexes, self.ports.ports, audited)
         view = AppliedView(self.generation + 1, resolved, file, unions, self.ports.ports)
         for service in self.services:
             service.prepare(view)

@@ -30,6 +30,7 @@ import ipaddress
 import itertools
 import json
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,7 @@ class EndpointState:
     ingress_enforced: bool
     egress_enforced: bool
     key: str = ""  # namespace/name, for logs
+    audit: bool = False  # would-be drops are allowed and reported with verdict audit
 
 
 @dataclass(frozen=True)
@@ -227,13 +229,17 @@ def _decision_order(d: PolicyDecision) -> tuple[int, int, int, int, int, int, in
 
 
 def plan(
-    resolved: ResolvedNode, interfaces: Mapping[str, int], proxy_ports: Mapping[str, int]
+    resolved: ResolvedNode,
+    interfaces: Mapping[str, int],
+    proxy_ports: Mapping[str, int],
+    audited: AbstractSet[str] = frozenset(),
 ) -> DesiredState:
     """The datapath state for ``resolved``.
 
     ``interfaces``: endpoint key (``namespace/name``) → ifindex of its host-side veth, for the endpoints
     that live on this node; resolved endpoints without one are listed in ``missing`` and not programmed.
     ``proxy_ports``: union key (see :func:`l7_unions`) → proxy port.
+    ``audited``: keys of the endpoints in audit mode.
     """
     endpoints: dict[int, EndpointState] = {}
     policy: dict[int, tuple[PolicyDecision, ...]] = {}
@@ -254,6 +260,7 @@ def plan(
             ingress_enforced=r.ingress.enforced,
             egress_enforced=r.egress.enforced,
             key=ep.key,
+            audit=ep.key in audited,
         )
         endpoints[state.endpoint_id] = state
         decisions: list[PolicyDecision] = []

@@ -70,7 +70,7 @@ class SyncStats:
         return {k: v for k, v in vars(self).items() if isinstance(v, int)}
 
 
-_ENFORCE_MASK = int(EndpointFlags.INGRESS_ENFORCED | EndpointFlags.EGRESS_ENFORCED)
+_ENFORCE_MASK = int(EndpointFlags.INGRESS_ENFORCED | EndpointFlags.EGRESS_ENFORCED | EndpointFlags.AUDIT)
 
 
 def sync(dp: DatapathLike, desired: DesiredState, uplink: int | None = None) -> SyncStats:
@@ -99,8 +99,10 @@ def sync(dp: DatapathLike, desired: DesiredState, uplink: int | None = None) -> 
 
     have_eps = dp.endpoints()
     for endpoint_id, ep in sorted(desired.endpoints.items()):
-        flags = (EndpointFlags.INGRESS_ENFORCED if ep.ingress_enforced else 0) | (
-            EndpointFlags.EGRESS_ENFORCED if ep.egress_enforced else 0
+        flags = (
+            (EndpointFlags.INGRESS_ENFORCED if ep.ingress_enforced else 0)
+            | (EndpointFlags.EGRESS_ENFORCED if ep.egress_enforced else 0)
+            | (EndpointFlags.AUDIT if ep.audit else 0)
         )
         have = have_eps.get(endpoint_id)
         if (
@@ -115,6 +117,7 @@ def sync(dp: DatapathLike, desired: DesiredState, uplink: int | None = None) -> 
                 ep.identity,
                 ingress_enforced=ep.ingress_enforced,
                 egress_enforced=ep.egress_enforced,
+                audit=ep.audit,
             )
             stats.endpoints_written += 1
 

@@ -73,6 +73,8 @@ class FakeDatapath:
             flags |= EndpointFlags.INGRESS_ENFORCED
         if egress_enforced:
             flags |= EndpointFlags.EGRESS_ENFORCED
+        if audit:
+            flags |= EndpointFlags.AUDIT
         self.eps[endpoint_id] = endpoint_value(endpoint_id, identity, flags, ifindex)
         self.writes += 1
 

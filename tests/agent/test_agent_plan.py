@@ -235,3 +235,25 @@ def test_sync_writes_only_the_difference() -> None:
     fifth = sync(dp, trimmed, uplink=99)
     assert (fifth.endpoints_deleted, fifth.detached, fifth.ipcache_deleted) == (1, 1, 1)
     assert gone not in dp.eps and gone not in dp.devs
+
+
+def test_audit_mode_per_endpoint_and_from_file() -> None:
+    r = resolve(seeds("002-default-deny-dev", "002-dev-to-host"))
+    ports = ProxyPorts()
+    dev = ep_id(r, "dev-pod")
+    d = plan(r, interfaces(r), ports.ports, frozenset({"default/dev-pod"}))
+    assert d.endpoints[dev].audit and not any(e.audit for k, e in d.endpoints.items() if k != dev)
+    dp = FakeDatapath()
+    sync(dp, d, uplink=None)
+    assert dp.eps[dev].flags & 0x4 and dp.eps[dev].flags & 0x2  # audited and still enforced (events)
+    # leaving audit mode rewrites the endpoint (flags compared including AUDIT)
+    again = sync(dp, plan(r, interfaces(r), ports.ports), uplink=None)
+    assert again.endpoints_written == 1 and not dp.eps[dev].flags & 0x4
+    # the endpoints file: globally or per endpoint
+    raw = seed_002().model_dump(by_alias=True)
+    assert EndpointsFile.model_validate(raw).audited() == frozenset()
+    raw["endpoints"][0]["policyAuditMode"] = True
+    first = f"{raw['endpoints'][0]['namespace']}/{raw['endpoints'][0]['name']}"
+    assert EndpointsFile.model_validate(raw).audited() == {first}
+    everyone = EndpointsFile.model_validate({**raw, "policyAuditMode": True}).audited()
+    assert len(everyone) == len(raw["endpoints"])
