@@ -305,12 +305,12 @@ class Agent:
         topology = build_topology(file, self.allocator)
         learned = self._learned() if self._learned is not None else None
         resolved = self.resolver.resolve(policies, topology, learned)
-        unions = l7_unions(resolved)
+        audited = file.audited() if not self.cfg.audit else frozenset(e.key for e in topology.endpoints)
+        unions = l7_unions(resolved, audited)
         if self.ports.assign(unions):
             self.ports.save(self._ports_path)
         ifindexes = self._ifindexes(file)
         self._last_ifindexes = ifindexes
-        audited = file.audited() if not self.cfg.audit else frozenset(e.key for e in topology.endpoints)
         desired = plan(resolved, ifindexes, self.ports.ports, audited)
         view = AppliedView(self.generation + 1, resolved, file, unions, self.ports.ports)
         for service in self.services:

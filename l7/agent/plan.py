@@ -78,6 +78,19 @@ class PlanError(Exception):
 
 
 # --------------------------------------------------------------------------------------------- L7
+AUDIT_PREFIX = "audit-"
+
+
+def audit_key(key: str) -> str:
+    """The key of ``key``'s union as seen by endpoints in audit mode: its own proxy port, whose
+    listener lets would-be-denied requests through and logs them as audit."""
+    return AUDIT_PREFIX + key
+
+
+def is_audit_key(key: str) -> bool:
+    return key.startswith(AUDIT_PREFIX)
+
+
 def union_key(rule_sets: Iterable[L7RuleSet]) -> str:
     """The key of the union of ``rule_sets``: a member's own key when there is one member."""
     keys = sorted({r.key for r in rule_sets})
@@ -136,13 +149,18 @@ def _l7_segments(policy: DirectionPolicy) -> list[_L7Segment]:
     return out
 
 
-def l7_unions(resolved: ResolvedNode) -> dict[str, tuple[L7RuleSet, ...]]:
-    """Every L7 rule-set union the node's redirects use: key → its member rule sets (sorted by key)."""
+def l7_unions(
+    resolved: ResolvedNode, audited: AbstractSet[str] = frozenset()
+) -> dict[str, tuple[L7RuleSet, ...]]:
+    """Every L7 rule-set union the node's redirects use: key → its member rule sets (sorted by key).
+    Endpoints in ``audited`` use the audit variant of each union (:func:`audit_key`)."""
     out: dict[str, tuple[L7RuleSet, ...]] = {}
     for r in resolved.endpoints:
+        audit = r.endpoint.key in audited
         for attr, _ in _DIRECTIONS:
             for seg in _l7_segments(getattr(r, attr)):
-                out.setdefault(union_key(seg.rule_sets), seg.rule_sets)
+                key = union_key(seg.rule_sets)
+                out.setdefault(audit_key(key) if audit else key, seg.rule_sets)
     return dict(sorted(out.items()))
 
 
@@ -195,7 +213,7 @@ def _peers(entry: Entry) -> list[int]:
 
 
 def direction_decisions(
-    policy: DirectionPolicy, direction: DpDirection, proxy_ports: Mapping[str, int]
+    policy: DirectionPolicy, direction: DpDirection, proxy_ports: Mapping[str, int], audit: bool = False
 ) -> list[PolicyDecision]:
     """The policy decisions of one endpoint in one direction."""
     out: list[PolicyDecision] = []
@@ -208,6 +226,8 @@ def direction_decisions(
             out += [PolicyDecision(direction, p, proto, lo, hi, action) for p in _peers(e)]
     for seg in _l7_segments(policy):
         key = union_key(seg.rule_sets)
+        if audit:
+            key = audit_key(key)
         if key not in proxy_ports:
             raise PlanError(f"no proxy port assigned for L7 rule set {key}")
         out.append(
@@ -265,7 +285,7 @@ def plan(
         endpoints[state.endpoint_id] = state
         decisions: list[PolicyDecision] = []
         for attr, direction in _DIRECTIONS:
-            decisions += direction_decisions(getattr(r, attr), direction, proxy_ports)
+            decisions += direction_decisions(getattr(r, attr), direction, proxy_ports, state.audit)
         policy[state.endpoint_id] = tuple(decisions)
         for ip in ep.ips:
             by_ip[ipaddress.ip_network(ip)] = state.endpoint_id

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from l7.agent.plan import AUDIT_PREFIX
 from l7.agent.sync import DatapathLike
 from l7.endpoints import EndpointsFile
 from l7.identity import IdentityAllocator
@@ -43,6 +44,11 @@ class AppliedView:
             if members and members[0].kind == kind
         }
 
+    def audit_ports(self) -> frozenset[int]:
+        """The proxy ports of audit-mode unions: what their rules would deny is let through and
+        reported with verdict ``audit`` (see :func:`l7.agent.plan.audit_key`)."""
+        return frozenset(port for key, port in self.ports.items() if key.startswith(AUDIT_PREFIX))
+
 
 class ServiceHost(Protocol):
     """The agent as the services see it."""
@@ -59,8 +65,10 @@ class ServiceHost(Protocol):
     def allocator(self) -> IdentityAllocator: ...
     def set_learned_source(self, source: Callable[[], Learned]) -> None:
         """Where resolution takes learned FQDN IPs from (the DNS service registers itself)."""
+
     def reapply(self, reason: str) -> None:
         """Re-resolve and re-sync now with the current inputs (takes the lock; blocks until done)."""
+
     def last_view(self) -> AppliedView | None: ...
 
 

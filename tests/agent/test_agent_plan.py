@@ -257,3 +257,17 @@ def test_audit_mode_per_endpoint_and_from_file() -> None:
     assert EndpointsFile.model_validate(raw).audited() == {first}
     everyone = EndpointsFile.model_validate({**raw, "policyAuditMode": True}).audited()
     assert len(everyone) == len(raw["endpoints"])
+
+
+def test_audited_endpoint_gets_the_audit_variant_of_its_l7_union() -> None:
+    r = resolve(seeds("002-allow-public-from-prod"))
+    audited = frozenset({"default/service-pod"})
+    unions = l7_unions(r, audited)
+    (key,) = unions
+    assert key.startswith("audit-") and l7_unions(r) == {key.removeprefix("audit-"): unions[key]}
+    ports = ProxyPorts()
+    ports.assign([*unions, *l7_unions(r)])
+    d = plan(r, interfaces(r), ports.ports, audited)
+    redirects = [p for p in d.policy[ep_id(r, "service-pod")] if p.action is Action.REDIRECT]
+    assert [p.proxy_port for p in redirects] == [ports.ports[key]]
+    assert ports.ports[key] != ports.ports[key.removeprefix("audit-")]
