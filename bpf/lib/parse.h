@@ -205,6 +205,8 @@ static __always_inline int l7g_parse_ipv6(struct __sk_buff *skb, struct l7g_flow
                 goto bad;
             nh = h[0];
             off += ((__u32)h[1] + 1) * 8;
+            if (off > ETH_HLEN + f->len)  /* the header claims more than the packet holds */
+                goto bad;
             continue;
         case 43:  /* routing */
             if (bpf_skb_load_bytes(skb, off, h, 4) < 0)
@@ -215,6 +217,8 @@ static __always_inline int l7g_parse_ipv6(struct __sk_buff *skb, struct l7g_flow
             }
             nh = h[0];
             off += ((__u32)h[1] + 1) * 8;
+            if (off > ETH_HLEN + f->len)
+                goto bad;
             continue;
         case 44: { /* fragment */
             __u16 fo;

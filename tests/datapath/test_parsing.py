@@ -437,6 +437,8 @@ def test_malformed_ipv6_is_dropped(plab: Lab) -> None:
         "payload-length-past-frame": ipv6(a.ip6, b.ip6, UDP, body, payload_len=len(body) + 64),
         "truncated-header": ipv6(a.ip6, b.ip6, UDP, body)[:30],
         "truncated-extension-header": ipv6(a.ip6, b.ip6, HOPOPTS, bytes([UDP])),
+        # a well-formed start whose length field (255 → 2048 bytes) runs past the packet's end
+        "extension-header-past-end": ipv6(a.ip6, b.ip6, HOPOPTS, bytes([UDP, 255]) + bytes(6) + body),
         "version-4": bytes([0x40]) + ipv6(a.ip6, b.ip6, UDP, body)[1:],
     }
     for case, packet in cases.items():
