@@ -233,10 +233,13 @@ def subject_selector(sel: model.EndpointSelector, namespace: str | None) -> Labe
 def peer_selector(sel: model.EndpointSelector, namespace: str | None) -> LabelSelector | WildcardSelector:
     """A ``fromEndpoints``/``toEndpoints`` entry. In a namespaced policy it is limited to the policy's
     namespace unless it constrains ``io.kubernetes.pod.namespace`` itself (any source prefix) or names a
-    ``reserved:`` label. ``{}`` cluster-wide selects every identity."""
+    ``reserved:`` label. Cluster-wide, ``{}`` selects every *pod* (Cilium adds
+    ``k8s:io.kubernetes.pod.namespace Exists``, cilium/cilium#12890): not world, hosts or nodes."""
     compiled = label_selector(sel)
     if namespace is None:
-        return WILDCARD if not compiled.requirements else compiled
+        if compiled.requirements:
+            return compiled
+        return LabelSelector((Requirement(K8S, NAMESPACE_KEY, model.Operator.EXISTS),))
     if compiled.constrains(NAMESPACE_KEY) or compiled.constrains_source(RESERVED):
         return compiled
     return _with_namespace(compiled, namespace)

@@ -196,10 +196,12 @@ def test_egress(rules: str, ip: str, proto: str, port: int, verdict: Verdict) ->
     assert _egress(A_EGRESS + rules, ip, proto, port) == verdict
 
 
-def test_clusterwide_empty_selector_is_wildcard() -> None:
+def test_clusterwide_empty_selector_selects_every_pod_only() -> None:
+    # Cilium adds `k8s:io.kubernetes.pod.namespace Exists` (cilium/cilium#12890): pods, not world/hosts
     spec = "endpointSelector: {matchLabels: {app: a}}\negress: [{toEndpoints: [{}]}]"
-    for ip in ("10.0.1.2", "8.8.8.8", "192.168.0.2"):
-        assert _egress(spec, ip, "TCP", 80, kind="CiliumClusterwideNetworkPolicy") is ALLOW
+    assert _egress(spec, "10.0.1.2", "TCP", 80, kind="CiliumClusterwideNetworkPolicy") is ALLOW
+    for ip in ("8.8.8.8", "192.168.0.2"):
+        assert _egress(spec, ip, "TCP", 80, kind="CiliumClusterwideNetworkPolicy") is DENY
 
 
 def test_subject_scoped_to_policy_namespace() -> None:
