@@ -125,8 +125,12 @@ class L7Rules(_Model):
     dns: tuple[DNSRule, ...] | None = None
 
 
+MAX_PORTS = 40
+"""Cilium's CRD limit (``maxItems: 40``) on ``toPorts[].ports`` and ``icmps[].fields``."""
+
+
 class PortRule(_Model):
-    ports: tuple[PortProtocol, ...] | None = None
+    ports: tuple[PortProtocol, ...] | None = Field(default=None, max_length=MAX_PORTS)
     rules: L7Rules | None = None
 
 
@@ -136,7 +140,7 @@ class ICMPField(_Model):
 
 
 class ICMPRule(_Model):
-    fields: tuple[ICMPField, ...]
+    fields: tuple[ICMPField, ...] = Field(max_length=MAX_PORTS)
 
 
 class K8sServiceNamespace(_Model):
