@@ -8,9 +8,9 @@ PY    := $(VENV)/bin/python
 setup:
 	@bash deploy/setup.sh
 
-# The main job: the demo in the lab (until the demo exists: check every seed policy).
+# The main job: every scenario of the seed documents, played for real in a lab (`l7gate demo`).
 demo: setup
-	@$(VENV)/bin/l7gate policy validate deploy/examples/seeds
+	@$(VENV)/bin/l7gate demo
 
 # Every test, including ruff, mypy and import-linter, and the tests that need root and the kernel.
 test: setup

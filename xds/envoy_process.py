@@ -2,7 +2,7 @@
 
 Used by the tests and the agent. Envoy runs with ``--disable-hot-restart`` (several Envoys per host),
 ``--drain-strategy immediate --drain-time-s 1`` (listener changes do not hold connections for 600 s).
-Its stdout (the access log when ``access_log_path`` is unset) and stderr go to files.
+Its stdout (the access log when ``access_log_path`` is unset) and stderr are appended to files.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class EnvoyProcess:
     """One Envoy process; :meth:`stop` signals exactly its PID."""
 
     def __init__(self, popen: subprocess.Popen[bytes], workdir: Path) -> None:
-        self._popen = popen
+        self.popen = popen
         self.pid = popen.pid
         self.stdout_path = workdir / "envoy.stdout"
         self.stderr_path = workdir / "envoy.stderr"
@@ -97,7 +97,7 @@ class EnvoyProcess:
             *extra_args,
         ]
         workdir.mkdir(parents=True, exist_ok=True)
-        with open(workdir / "envoy.stdout", "wb") as out, open(workdir / "envoy.stderr", "wb") as err:
+        with open(workdir / "envoy.stdout", "ab") as out, open(workdir / "envoy.stderr", "ab") as err:
             try:
                 popen = subprocess.Popen(
                     argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
@@ -107,14 +107,14 @@ class EnvoyProcess:
         return cls(popen, workdir)
 
     def running(self) -> bool:
-        return self._popen.poll() is None
+        return self.popen.poll() is None
 
     def wait_ready(self, admin: EnvoyAdmin, timeout: float = 10.0) -> None:
         """Poll ``/ready`` until Envoy is live (its initial xDS fetch is done) or fail with its log."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running():
-                raise EnvoyProcessError(f"Envoy exited with {self._popen.returncode}:\n{self.log_tail()}")
+                raise EnvoyProcessError(f"Envoy exited with {self.popen.returncode}:\n{self.log_tail()}")
             if admin.ready():
                 return
             time.sleep(0.02)
@@ -127,13 +127,13 @@ class EnvoyProcess:
 
     def stop(self, timeout: float = 5.0) -> int:
         """SIGTERM, then SIGKILL after ``timeout``; returns the exit status."""
-        if self._popen.poll() is None:
+        if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
             try:
-                self._popen.wait(timeout)
+                self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, signal.SIGKILL)
-                self._popen.wait()
-        return self._popen.returncode
+                self.popen.wait()
+        return self.popen.returncode

@@ -26,9 +26,11 @@ Matching (DESIGN.md "L7 HTTP"): every regex is RE2 matched against the whole val
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from collections.abc import Hashable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +51,6 @@ from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2  # type: ignore[import-untyped]
 
 from l7.policy.headers import parse_header
@@ -137,12 +138,25 @@ def listener_name(port: int) -> str:
 # --- routes -------------------------------------------------------------------------------------
 
 
-def _regex(pattern: str) -> string_pb2.StringMatcher:
-    return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=pattern))
+#: One header condition of a route: (lower-case name, kind, value, inverted); kind is "regex",
+#: "exact" or "present". Routes are built in place from these (copying protobuf sub-messages into
+#: constructors costs more than the whole serialisation).
+_Cond = tuple[str, str, str, bool]
 
 
-def _header_regex(name: str, pattern: str) -> rc.HeaderMatcher:
-    return rc.HeaderMatcher(name=name, string_match=_regex(pattern))
+def _set_header(matcher: rc.HeaderMatcher, cond: _Cond) -> None:
+    name, kind, value, inverted = cond
+    matcher.name = name
+    if kind == "regex":
+        matcher.string_match.safe_regex.regex = value
+    elif kind == "exact":
+        matcher.string_match.exact = value
+    else:
+        matcher.present_match = True
+    if inverted:
+        matcher.invert_match = True
+        if kind == "exact":
+            matcher.treat_missing_header_as_empty = True
 
 
 def host_regex(host: str) -> str:
@@ -153,18 +167,14 @@ def host_regex(host: str) -> str:
     return rf"(?i:{core})\.?(?::[0-9]+)?"
 
 
-def _equal(name: str, value: str | None) -> rc.HeaderMatcher:
+def _equal(name: str, value: str | None) -> _Cond:
     if value is None:
-        return rc.HeaderMatcher(name=name.lower(), present_match=True)
-    return rc.HeaderMatcher(name=name.lower(), string_match=string_pb2.StringMatcher(exact=value))
+        return (name.lower(), "present", "", False)
+    return (name.lower(), "exact", value, False)
 
 
-def _unequal(name: str, value: str | None) -> rc.HeaderMatcher:
-    matcher = _equal(name, value)
-    matcher.invert_match = True
-    if value is not None:
-        matcher.treat_missing_header_as_empty = True
-    return matcher
+def _unequal(name: str, value: str | None) -> _Cond:
+    return (*_equal(name, value)[:3], True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,14 +200,27 @@ def _add(name: str, value: str, action: int) -> base_pb2.HeaderValueOption:
     )
 
 
-def _rule_routes(index: int, rule: HTTPRule, settings: ProxySettings) -> list[rc.Route]:
-    base: list[rc.HeaderMatcher] = []
+def _allow(routes: Any, name: str, headers: list[_Cond], settings: ProxySettings) -> rc.Route:
+    route: rc.Route = routes.add(name=name)
+    match = route.match
+    match.prefix = ""
+    for cond in headers:
+        _set_header(match.headers.add(), cond)
+    action = route.route
+    action.cluster = settings.cluster_name
+    action.timeout.seconds = 0  # no route timeout (Envoy's default cuts requests after 15 s)
+    return route
+
+
+def _rule_routes(routes: Any, index: int, rule: HTTPRule, settings: ProxySettings) -> None:
+    """Append the routes of one rule to ``routes`` (a repeated Route field)."""
+    base: list[_Cond] = []
     if rule.method is not None:
-        base.append(_header_regex(":method", rule.method))
+        base.append((":method", "regex", rule.method, False))
     if rule.path is not None:
-        base.append(_header_regex(":path", rule.path))
+        base.append((":path", "regex", rule.path, False))
     if rule.host is not None:
-        base.append(_header_regex(":authority", host_regex(rule.host)))
+        base.append((":authority", "regex", host_regex(rule.host), False))
     for entry in rule.headers or ():
         base.append(_equal(*parse_header(entry)))
     conditional: list[_ResolvedHeader] = []
@@ -205,7 +228,7 @@ def _rule_routes(index: int, rule: HTTPRule, settings: ProxySettings) -> list[rc
     for match in rule.header_matches or ():
         resolved = _resolve(match, settings.secrets)
         if resolved is None:
-            return []  # an unresolvable secret: the rule cannot match
+            return  # an unresolvable secret: the rule cannot match
         if resolved.mismatch is None:
             base.append(_equal(resolved.name, resolved.value))
         elif resolved.mismatch is Mismatch.REPLACE:
@@ -221,7 +244,11 @@ def _rule_routes(index: int, rule: HTTPRule, settings: ProxySettings) -> list[rc
         raise TranslationError(
             f"rule {index}: at most {MAX_CONDITIONAL_MISMATCHES} headerMatches with mismatch ADD or DELETE"
         )
-    routes = []
+    if not conditional:  # the common case
+        route = _allow(routes, f"allow-{index}", base, settings)
+        if always_add:
+            route.request_headers_to_add.extend(always_add)
+        return
     for mismatched in itertools.product((False, True), repeat=len(conditional)):
         headers = list(base)
         to_add = list(always_add)
@@ -238,50 +265,37 @@ def _rule_routes(index: int, rule: HTTPRule, settings: ProxySettings) -> list[rc
             else:
                 to_remove.append(header.name.lower())
         suffix = "".join("m" if wrong else "=" for wrong in mismatched)
-        routes.append(
-            rc.Route(
-                name=f"allow-{index}{'-' + suffix if suffix else ''}",
-                match=rc.RouteMatch(prefix="", headers=headers),
-                route=rc.RouteAction(cluster=settings.cluster_name, timeout=duration_pb2.Duration(seconds=0)),
-                request_headers_to_add=to_add,
-                request_headers_to_remove=to_remove,
-            )
-        )
-    return routes
+        route = _allow(routes, f"allow-{index}-{suffix}", headers, settings)
+        route.request_headers_to_add.extend(to_add)
+        route.request_headers_to_remove.extend(to_remove)
 
 
-def _deny(name: str, match: rc.RouteMatch) -> rc.Route:
-    return rc.Route(
-        name=name,
-        match=match,
-        direct_response=rc.DirectResponseAction(
-            status=403, body=base_pb2.DataSource(inline_string=DENY_BODY)
-        ),
-        response_headers_to_add=[
-            _add("content-type", "text/plain", base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
-        ],
+def _deny(routes: Any, name: str) -> rc.Route:
+    route: rc.Route = routes.add(name=name)
+    route.direct_response.status = 403
+    route.direct_response.body.inline_string = DENY_BODY
+    route.response_headers_to_add.append(
+        _add("content-type", "text/plain", base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
     )
+    return route
 
 
 def build_route_configuration(
-    name: str, rules: RuleSet, settings: ProxySettings
+    name: str, rules: RuleSet, settings: ProxySettings, *, deny_all: bool = False
 ) -> route_pb2.RouteConfiguration:
-    routes = [_deny("deny-connect", rc.RouteMatch(connect_matcher=rc.RouteMatch.ConnectMatcher()))]
-    if not rules:
-        routes.append(
-            rc.Route(
-                name="allow-all",
-                match=rc.RouteMatch(prefix=""),
-                route=rc.RouteAction(cluster=settings.cluster_name, timeout=duration_pb2.Duration(seconds=0)),
-            )
-        )
+    """The routes of one rule set; ``deny_all`` ignores the rules and denies every request."""
+    config = route_pb2.RouteConfiguration(name=name)
+    virtual_host = config.virtual_hosts.add(name="any", domains=["*"])
+    routes = virtual_host.routes
+    _deny(routes, "deny-connect").match.connect_matcher.SetInParent()
+    if deny_all:
+        rules = ()
+    elif not rules:
+        _allow(routes, "allow-all", [], settings)
     for index, rule in enumerate(rules):
-        routes.extend(_rule_routes(index, rule, settings))
-    routes.append(_deny("deny", rc.RouteMatch(prefix="")))
-    return route_pb2.RouteConfiguration(
-        name=name,
-        virtual_hosts=[rc.VirtualHost(name="any", domains=["*"], routes=routes)],
-    )
+        _rule_routes(routes, index, rule, settings)
+    _deny(routes, "deny").match.prefix = ""
+    return config
 
 
 # --- listener and cluster ---------------------------------------------------------------------------
@@ -291,18 +305,28 @@ def _socket_address(host: str, port: int) -> address_pb2.Address:
     return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))
 
 
-def _access_log(settings: ProxySettings) -> accesslog_pb2.AccessLog:
+@functools.lru_cache(maxsize=16)
+def _access_log_of(path: str | None) -> accesslog_pb2.AccessLog:
+    """Shared between listeners: callers copy it (constructor arguments are copied), never mutate it."""
     json_format = struct_pb2.Struct()
     json_format.update(dict(ACCESS_LOG_FIELDS))
     log_format = substitution_format_string_pb2.SubstitutionFormatString(json_format=json_format)
     config: Any
-    if settings.access_log_path is None:
+    if path is None:
         config = stream_pb2.StdoutAccessLog(log_format=log_format)
         name = "envoy.access_loggers.stdout"
     else:
-        config = file_pb2.FileAccessLog(path=settings.access_log_path, log_format=log_format)
+        config = file_pb2.FileAccessLog(path=path, log_format=log_format)
         name = "envoy.access_loggers.file"
     return accesslog_pb2.AccessLog(name=name, typed_config=_pack(config))
+
+
+def _access_log(settings: ProxySettings) -> accesslog_pb2.AccessLog:
+    return _access_log_of(settings.access_log_path)
+
+
+_ROUTER = _pack(router_pb2.Router())
+_ORIGINAL_DST = _pack(original_dst_pb2.OriginalDst())
 
 
 def build_listener(port: int, route_name: str, settings: ProxySettings) -> listener_pb2.Listener:
@@ -316,9 +340,7 @@ def build_listener(port: int, route_name: str, settings: ProxySettings) -> liste
                 resource_api_version=config_source_pb2.V3,
             ),
         ),
-        http_filters=[
-            hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router()))
-        ],
+        http_filters=[hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=_ROUTER)],
         normalize_path=wrappers_pb2.BoolValue(value=True),
         merge_slashes=True,
         path_with_escaped_slashes_action=hcm_pb2.HttpConnectionManager.UNESCAPE_AND_FORWARD,
@@ -337,7 +359,7 @@ def build_listener(port: int, route_name: str, settings: ProxySettings) -> liste
         transparent=wrappers_pb2.BoolValue(value=True),
         listener_filters=[
             listener_components_pb2.ListenerFilter(
-                name="envoy.filters.listener.original_dst", typed_config=_pack(original_dst_pb2.OriginalDst())
+                name="envoy.filters.listener.original_dst", typed_config=_ORIGINAL_DST
             )
         ],
         filter_chains=[
@@ -382,19 +404,25 @@ def build_cluster(settings: ProxySettings) -> cluster_pb2.Cluster:
 # --- the whole translation --------------------------------------------------------------------------
 
 
-def translate(ports: Mapping[int, RuleSet], settings: ProxySettings) -> list[tuple[str, Any]]:
-    """(type URL, message) for every resource; deterministic, no side effects."""
+def translate(
+    ports: Mapping[int, RuleSet], settings: ProxySettings, deny: AbstractSet[int] = frozenset()
+) -> list[tuple[str, Any]]:
+    """(type URL, message) for every resource; deterministic, no side effects. Ports in ``deny`` keep
+    their listener but deny every request (their rules are ignored)."""
     out: list[tuple[str, Any]] = [(rt.CLUSTER, build_cluster(settings))]
     for port in sorted(ports):
         out.append((rt.LISTENER, build_listener(port, route_config_name(port), settings)))
     for port in sorted(ports):
-        out.append((rt.ROUTE, build_route_configuration(route_config_name(port), ports[port], settings)))
+        name = route_config_name(port)
+        out.append((rt.ROUTE, build_route_configuration(name, ports[port], settings, deny_all=port in deny)))
     return out
 
 
-def snapshot_of(ports: Mapping[int, RuleSet], settings: ProxySettings) -> Snapshot:
+def snapshot_of(
+    ports: Mapping[int, RuleSet], settings: ProxySettings, deny: AbstractSet[int] = frozenset()
+) -> Snapshot:
     """Translate and encode everything (no memo); see :class:`Translator` for repeated builds."""
-    return Snapshot(Resource.encode(type_url, message) for type_url, message in translate(ports, settings))
+    return Snapshot(Resource.encode(type_url, m) for type_url, m in translate(ports, settings, deny))
 
 
 class Translator:
@@ -409,7 +437,10 @@ class Translator:
         """How many resources were built and encoded so far (the rest came from the memo)."""
         return self._encoder.encoded
 
-    def snapshot(self, ports: Mapping[int, RuleSet], settings: ProxySettings) -> Snapshot:
+    def snapshot(
+        self, ports: Mapping[int, RuleSet], settings: ProxySettings, deny: AbstractSet[int] = frozenset()
+    ) -> Snapshot:
+        """Like :func:`snapshot_of`, re-encoding only what changed since the last call."""
         encoder = self._encoder
         common = settings.cache_key()
         out = [encoder.encode(rt.CLUSTER, ("cluster", common), lambda: build_cluster(settings))]
@@ -420,14 +451,23 @@ class Translator:
             key = keys.get(rules) or self._keys.get(rules) or rule_set_key(rules)
             keys[rules] = key
             name = route_config_name(port)
-            secrets = _secrets_used(rules, settings.secrets)
-            routes.append(
-                encoder.encode(
-                    rt.ROUTE,
-                    ("route", name, key, secrets, common),
-                    lambda n=name, r=rules: build_route_configuration(n, r, settings),  # type: ignore[misc]
+            if port in deny:
+                routes.append(
+                    encoder.encode(
+                        rt.ROUTE,
+                        ("route", name, "deny-all", common),
+                        lambda n=name: build_route_configuration(n, (), settings, deny_all=True),  # type: ignore[misc]
+                    )
                 )
-            )
+            else:
+                secrets = _secrets_used(rules, settings.secrets)
+                routes.append(
+                    encoder.encode(
+                        rt.ROUTE,
+                        ("route", name, key, secrets, common),
+                        lambda n=name, r=rules: build_route_configuration(n, r, settings),  # type: ignore[misc]
+                    )
+                )
             out.append(
                 encoder.encode(
                     rt.LISTENER,

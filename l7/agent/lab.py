@@ -5,6 +5,7 @@ Layout in the lab's state directory::
     policies -> policies.d/<n>-<hash>     the set the agents watch (a symlink, swapped atomically)
     agent/agent-<node>.json               each agent's status (pid, ready, applied hashes, errors)
     agent/identities-<node>.json          identity allocator state; agent/proxy-ports.json
+    agent/envoy-<node>.pid                the node's Envoy (PID, start time); agent/envoy-<node>/ its logs
     logs/agent-<node>.log
 
 Agents run in the node namespaces with ``setsid nsenter --net=/run/netns/<node-netns>`` (``ip netns exec``
@@ -154,13 +155,29 @@ def apply(name: str, source: Path, timeout: float = APPLY_TIMEOUT) -> tuple[str,
     return digest, seconds
 
 
+def stop_proxies(state: LabState) -> list[str]:
+    """Stop the Envoy each node agent started (by the PID and start time in its PID file); the agents
+    are stopped already, and Envoy outlives its agent on purpose."""
+    from l7.agent.envoy import stop_envoy
+    from xds.errors import XdsError
+
+    removed = []
+    for node in datapath_info(state)["nodes"]:
+        try:
+            if stop_envoy(agent_dir(state), str(node["name"])):
+                removed.append(f"envoy of {node['name']}")
+        except XdsError as exc:
+            raise LabError(str(exc)) from None
+    return removed
+
+
 def destroy_datapaths(state: LabState) -> list[str]:
-    """Remove each node's pinned datapath maps. The tc filters, the proxy routing rules and the
-    devices live in the node namespaces, which ``down`` deletes right after (that removes them)."""
+    """Stop the nodes' proxies, then remove each node's pinned datapath maps. The tc filters, the proxy
+    routing rules and the devices live in the node namespaces, which ``down`` deletes right after."""
     from bpf.errors import DatapathError
     from bpf.loader import unpin
 
-    removed = []
+    removed = stop_proxies(state)
     for node in datapath_info(state)["nodes"]:
         pin_dir = PIN_ROOT / str(node["netns"])
         if pin_dir.exists():

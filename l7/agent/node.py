@@ -44,9 +44,13 @@ log = logging.getLogger("l7gate.agent")
 POLL_INTERVAL = 0.5
 
 #: Service name → "module:Class"; the class is constructed with the AgentConfig (see services.py).
-SERVICES: Mapping[str, str] = {}
+SERVICES: Mapping[str, str] = {
+    "envoy": "l7.agent.envoy:EnvoyService",
+    "flows": "l7.agent.flows:FlowLogService",
+    "metrics": "l7.agent.metrics:MetricsService",
+}
 #: What a lab node's agent runs.
-LAB_SERVICES: tuple[str, ...] = ()
+LAB_SERVICES: tuple[str, ...] = ("envoy", "flows", "metrics")
 
 
 class AgentError(L7GateError):
@@ -293,10 +297,21 @@ class Agent:
         else:
             self._good_endpoints = (file, seen[1])
         for e in errors:
-            log.error("%s", e)
+            log.error("rejected: %s", e, extra={"fields": {"event": "input_rejected", "error": e}})
         if errors:
             kept = "the last good set stays applied" if self._applied else "nothing applied yet"
-            log.error("%d error(s) in the inputs; %s", len(errors), kept)
+            log.error(
+                "%d error(s) in the inputs; %s",
+                len(errors),
+                kept,
+                extra={
+                    "fields": {
+                        "event": "inputs_rejected",
+                        "errors": errors,
+                        "kept_last_good": bool(self._applied),
+                    }
+                },
+            )
         self.errors = errors
 
     def apply(self, policies: tuple[Policy, ...], file: EndpointsFile) -> SyncStats:

@@ -16,8 +16,9 @@ Translation of :class:`l7.resolve.Entry` values:
 L7: where several L7 rule sets apply to the same (direction, peer, protocol, port) — e.g. one rule for
 ``env: prod`` and one for every peer on port 80 — the traffic must be judged by their *union*, so the
 redirect carries the proxy port of the union. :func:`l7_unions` lists the unions a node needs (key →
-rule sets); the key of a single rule set is its own :attr:`L7RuleSet.key`, the key of a union is a hash
-of the sorted member keys. :class:`ProxyPorts` assigns each key a port, stable across runs.
+rule sets). A union's key is a hash of *where* its rules are written (policy and field path of each
+``toPorts`` entry, :func:`union_key`), so editing rules in place keeps the port and Envoy's listener
+(only routes change). :class:`ProxyPorts` assigns each key a port, stable across runs.
 
 Endpoint ids are the ifindex of the endpoint's host-side veth (unique in the node's namespace, never 0,
 and the same after an agent restart, so adopted map entries keep their keys).
@@ -37,7 +38,7 @@ from pathlib import Path
 from bpf.maps import Action
 from bpf.maps import Direction as DpDirection
 from bpf.policy_entries import PolicyDecision
-from l7.resolve.types import ANY_PROTOCOL, DirectionPolicy, Entry, L7RuleSet, ResolvedNode
+from l7.resolve.types import ANY_PROTOCOL, DirectionPolicy, Entry, L7RuleSet, Origin, ResolvedNode
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -91,14 +92,15 @@ def is_audit_key(key: str) -> bool:
     return key.startswith(AUDIT_PREFIX)
 
 
-def union_key(rule_sets: Iterable[L7RuleSet]) -> str:
-    """The key of the union of ``rule_sets``: a member's own key when there is one member."""
-    keys = sorted({r.key for r in rule_sets})
+def union_key(origins: Iterable[Origin]) -> str:
+    """The key of the union of the L7 rules written at ``origins`` (policy and field path of each
+    ``toPorts`` entry). Keyed by *where* the rules are written, not by their content: editing a rule in
+    place keeps its key, so its proxy port — and Envoy's listener — stay, and only the routes change
+    (RDS: applied on the next request of open connections, no drain)."""
+    keys = sorted({str(o) for o in origins})
     if not keys:
-        raise PlanError("union of no rule sets")
-    if len(keys) == 1:
-        return keys[0]
-    return "u-" + hashlib.sha256(",".join(keys).encode()).hexdigest()[:16]
+        raise PlanError("union of no rules")
+    return "o-" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class _L7Segment:
     lo: int
     hi: int
     rule_sets: tuple[L7RuleSet, ...]  # sorted by key, distinct
+    origins: tuple[Origin, ...]  # where they are written (sorted, distinct)
 
 
 def _proto(entry: Entry) -> int | None:
@@ -133,19 +136,22 @@ def _l7_segments(policy: DirectionPolicy) -> list[_L7Segment]:
             cuts = sorted({0, PORT_MAX + 1} | {e.lo for e in ranged} | {e.hi + 1 for e in ranged})
             for lo, nxt in itertools.pairwise(cuts):
                 hi = nxt - 1
-                sets = {e.l7.key: e.l7 for e in ranged if e.l7 is not None and e.lo <= lo and hi <= e.hi}
-                if not sets:
+                covering = [e for e in ranged if e.l7 is not None and e.lo <= lo and hi <= e.hi]
+                if not covering:
                     continue
+                sets = {e.l7.key: e.l7 for e in covering if e.l7 is not None}
                 members = tuple(sets[k] for k in sorted(sets))
+                origins = tuple(sorted({e.origin for e in covering}, key=str))
                 prev = out[-1] if out else None
                 if (
                     prev is not None
-                    and (prev.peer, prev.proto, prev.rule_sets) == (peer, proto, members)
+                    and (prev.peer, prev.proto, prev.rule_sets, prev.origins)
+                    == (peer, proto, members, origins)
                     and prev.hi == lo - 1
                 ):
-                    out[-1] = _L7Segment(peer, proto, prev.lo, hi, members)
+                    out[-1] = _L7Segment(peer, proto, prev.lo, hi, members, origins)
                 else:
-                    out.append(_L7Segment(peer, proto, lo, hi, members))
+                    out.append(_L7Segment(peer, proto, lo, hi, members, origins))
     return out
 
 
@@ -159,7 +165,7 @@ def l7_unions(
         audit = r.endpoint.key in audited
         for attr, _ in _DIRECTIONS:
             for seg in _l7_segments(getattr(r, attr)):
-                key = union_key(seg.rule_sets)
+                key = union_key(seg.origins)
                 out.setdefault(audit_key(key) if audit else key, seg.rule_sets)
     return dict(sorted(out.items()))
 
@@ -225,7 +231,7 @@ def direction_decisions(
             lo, hi = (0, PORT_MAX) if proto is None else (e.lo, e.hi)
             out += [PolicyDecision(direction, p, proto, lo, hi, action) for p in _peers(e)]
     for seg in _l7_segments(policy):
-        key = union_key(seg.rule_sets)
+        key = union_key(seg.origins)
         if audit:
             key = audit_key(key)
         if key not in proxy_ports:

@@ -14,6 +14,15 @@ app.add_typer(policy_app, name="policy")
 
 def main() -> None:
     """Entry point of the console script."""
-    from l7.cli import agent_cmds, lab_cmds, policy_cmds, trace_cmd  # noqa: F401  (register commands)
+    from l7.cli import (  # noqa: F401  (register commands)
+        agent_cmds,
+        demo_cmds,
+        lab_cmds,
+        observe_cmds,
+        policy_cmds,
+        status_cmds,
+        trace_cmd,
+        xds_cmds,
+    )
 
     app()

@@ -10,7 +10,7 @@ from agent_helpers import FakeDatapath, policies, seed_002, seeds
 
 from bpf.maps import Action, Direction
 from bpf.policy_entries import PolicyDecision, lookup, policy_entries
-from l7.agent.plan import DesiredState, PlanError, ProxyPorts, l7_unions, plan, union_key
+from l7.agent.plan import DesiredState, PlanError, ProxyPorts, l7_unions, plan
 from l7.agent.sync import sync
 from l7.endpoints import EndpointsFile, build_topology
 from l7.identity import IdentityAllocator, ReservedIdentity
@@ -69,10 +69,12 @@ def test_seed_002_allow_public_from_prod_redirects_prod_only() -> None:
     dev = build_topology(seed_002(), IdentityAllocator()).find("client-dev")
     assert dev is not None
     (rule_set,) = r.http_rule_sets
+    (key,) = l7_unions(r)
+    assert l7_unions(r)[key] == (rule_set,)
     port = ProxyPorts()
-    port.assign([rule_set.key])
+    port.assign([key])
     assert d.policy[svc] == (
-        PolicyDecision(Direction.INGRESS, prod, TCP, 80, 80, Action.REDIRECT, port.ports[rule_set.key]),
+        PolicyDecision(Direction.INGRESS, prod, TCP, 80, 80, Action.REDIRECT, port.ports[key]),
     )
     entries = policy_entries(d.policy[svc])
     assert lookup(entries, Direction.INGRESS, prod, TCP, 80)[0] == Action.REDIRECT
@@ -125,7 +127,7 @@ def test_l7_union_gets_one_stable_port() -> None:
     assert len(unions) == 2  # {health} for every peer, {health, public} for prod
     health = next(k for k, v in unions.items() if len(v) == 1)
     both = next(k for k, v in unions.items() if len(v) == 2)
-    assert both == union_key(unions[both]) and both.startswith("u-")
+    assert both.startswith("o-") and health.startswith("o-")
     ports = ProxyPorts()
     d = desired(r, ports)
     svc = ep_id(r, "service-pod")
@@ -264,10 +266,19 @@ def test_audited_endpoint_gets_the_audit_variant_of_its_l7_union() -> None:
     audited = frozenset({"default/service-pod"})
     unions = l7_unions(r, audited)
     (key,) = unions
-    assert key.startswith("audit-") and l7_unions(r) == {key.removeprefix("audit-"): unions[key]}
+    assert key.startswith("audit-o-") and l7_unions(r) == {key.removeprefix("audit-"): unions[key]}
     ports = ProxyPorts()
     ports.assign([*unions, *l7_unions(r)])
     d = plan(r, interfaces(r), ports.ports, audited)
     redirects = [p for p in d.policy[ep_id(r, "service-pod")] if p.action is Action.REDIRECT]
     assert [p.proxy_port for p in redirects] == [ports.ports[key]]
     assert ports.ports[key] != ports.ports[key.removeprefix("audit-")]
+
+
+def test_editing_l7_rules_in_place_keeps_the_port() -> None:
+    before = l7_unions(resolve(policies(L7_UNION)))
+    edited = L7_UNION.replace("path: /healthz", "path: /healthz2")
+    assert edited != L7_UNION
+    after = l7_unions(resolve(policies(edited)))
+    assert set(after) == set(before)  # same keys: same proxy ports, same listeners
+    assert after != before  # different rules behind them
