@@ -1,0 +1,167 @@
+"""Restarts while traffic flows (seed 002 lab): the node agents are killed (SIGKILL) and stopped
+(SIGTERM) and started again while a client keeps HTTP requests going through Envoy (L7 policy) and
+over a plain L3/L4-allowed keep-alive connection, and a denied client keeps trying.
+
+Nothing allowed may be cut (every request on the long-lived connections succeeds, no reconnect), and
+nothing denied may get through (``/private`` is always 403, the dev client never connects). Enforcement
+lives in the pinned datapath and in Envoy, which both outlive the agent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from agent_helpers import SEED_002_LAB, SEEDS
+
+from l7.agent import lab as agent_lab
+from l7.lab import Lab, down, procs
+
+pytestmark = pytest.mark.root
+
+NAME = f"rs{os.getpid() % 100000}"
+
+WEBPOD_FROM_PROD = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: webpod-from-prod}
+spec:
+  endpointSelector: {matchLabels: {app: webpod}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {env: prod}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"""
+
+# Runs inside client-prod: two keep-alive connections (through Envoy to service-pod, plain to webpod-1)
+# used every 50 ms, plus new connections for /public (200) and /private (403), until the stop file
+# exists. One JSON line at the end.
+CLIENT = r"""
+import http.client, json, os, sys, time
+service, webpod, stop = sys.argv[1], sys.argv[2], sys.argv[3]
+out = {"keepalive_ok": 0, "keepalive_fail": [], "public_ok": 0, "public_fail": [], "private_403": 0,
+       "private_other": []}
+l7 = http.client.HTTPConnection(service, 80, timeout=3)
+l4 = http.client.HTTPConnection(webpod, 80, timeout=3)
+def get(conn, path):
+    conn.request("GET", path)
+    r = conn.getresponse()
+    return r.status, r.read()
+n = 0
+while not os.path.exists(stop):
+    for name, conn, path in (("l7", l7, "/public"), ("l4", l4, "/")):
+        try:
+            status, _ = get(conn, path)
+            if status == 200:
+                out["keepalive_ok"] += 1
+            else:
+                out["keepalive_fail"].append(f"{name}: {status}")
+        except Exception as exc:
+            out["keepalive_fail"].append(f"{name}: {exc!r}")
+            conn.close()
+    if n % 4 == 0:
+        for path in ("/public", "/private"):
+            c = http.client.HTTPConnection(service, 80, timeout=3)
+            try:
+                status, body = get(c, path)
+            except Exception as exc:
+                status, body = None, repr(exc).encode()
+            finally:
+                c.close()
+            if path == "/public":
+                if status == 200:
+                    out["public_ok"] += 1
+                else:
+                    out["public_fail"].append(status)
+            elif status == 403 and body == b"Access denied\r\n":
+                out["private_403"] += 1
+            else:
+                out["private_other"].append([status, body[:60].decode(errors="replace")])
+    n += 1
+    time.sleep(0.05)
+print(json.dumps(out))
+"""
+
+# Runs inside client-dev: connection attempts to service-pod that must all fail.
+DENIED = r"""
+import json, os, socket, sys
+ip, stop = sys.argv[1], sys.argv[2]
+tries = connected = 0
+while not os.path.exists(stop):
+    tries += 1
+    try:
+        socket.create_connection((ip, 80), timeout=0.3).close()
+        connected += 1
+    except OSError:
+        pass
+print(json.dumps({"tries": tries, "connected": connected}))
+"""
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    try:
+        yield Lab.up(SEED_002_LAB, NAME)
+    finally:
+        down(NAME)
+
+
+def _python(lab: Lab, pod: str, script: str, *args: str) -> subprocess.Popen[str]:
+    argv = lab.exec_argv(pod, ["python3", "-c", script, *args])
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(proc: subprocess.Popen[str], timeout: float) -> dict[str, object]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    data: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    return data
+
+
+def _kill_and_restart(node: str, sig: int) -> float:
+    rec = agent_lab.agent_records(Lab.load(NAME).state)[node]  # the current agent (restarts replace it)
+    os.kill(rec.pid, sig)  # the agent this lab started (recorded pid)
+    deadline = time.monotonic() + 10
+    while procs.alive(rec) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not procs.alive(rec), f"agent of {node} ignored signal {sig}"
+    time.sleep(0.5)  # the node runs without an agent for a while
+    _, seconds = agent_lab.restart_agent(NAME, node)
+    return seconds
+
+
+def test_agent_restarts_cut_nothing_allowed_and_open_nothing_denied(lab: Lab, tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "public.yaml").write_text((SEEDS / "002-allow-public-from-prod.yaml").read_text())
+    (policies / "webpod.yaml").write_text(WEBPOD_FROM_PROD)
+    agent_lab.apply(NAME, policies)
+    service = lab.pod("service-pod").ips[0]
+    webpod = lab.pod("webpod-1").ips[0]
+    stop = tmp_path / "stop"  # pods share the file system: the clients run until it exists
+    client = _python(lab, "client-prod", CLIENT, service, webpod, str(stop))
+    denied = _python(lab, "client-dev", DENIED, service, str(stop))
+    try:
+        time.sleep(1.0)
+        restarts = []
+        for node, sig in (("k8s-w1", signal.SIGKILL), ("k8s-w2", signal.SIGKILL), ("k8s-w1", signal.SIGTERM)):
+            restarts.append((node, sig, _kill_and_restart(node, sig)))
+        time.sleep(1.0)
+        stop.touch()
+        got = _result(client, 30)
+        dev = _result(denied, 30)
+    finally:
+        for p in (client, denied):
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    print(f"restarts (node, signal, ready seconds): {restarts}; client {got}; dev {dev}")
+    assert got["keepalive_fail"] == [] and got["public_fail"] == [] and got["private_other"] == [], got
+    assert isinstance(got["keepalive_ok"], int) and got["keepalive_ok"] > 100, got
+    assert isinstance(got["private_403"], int) and got["private_403"] > 10, got
+    assert dev["connected"] == 0 and isinstance(dev["tries"], int) and dev["tries"] > 5, dev
