@@ -90,7 +90,7 @@ ACCESS_LOG_FIELDS: Mapping[str, str] = {
 @dataclass(frozen=True)
 class ProxySettings:
     """Everything translation needs besides the rules. ``secrets`` maps (namespace, name) → value;
-    a secret without a namespace is looked up as ``("", name)``."""
+    a secret without a namespace is looked up in ``default`` (as in Cilium)."""
 
     upstream_mark: int = 0
     access_log_path: str | None = None  # None: JSON lines on Envoy's stdout
@@ -187,7 +187,7 @@ class _ResolvedHeader:
 def _resolve(match: HeaderMatch, secrets: Mapping[SecretKey, str]) -> _ResolvedHeader | None:
     value = match.value
     if match.secret is not None:
-        found = secrets.get((match.secret.namespace or "", match.secret.name))
+        found = secrets.get((match.secret.namespace or "default", match.secret.name))
         if found is None:
             return None
         value = found
@@ -487,6 +487,6 @@ def _secrets_used(
     for rule in rules:
         for match in rule.header_matches or ():
             if match.secret is not None:
-                key = (match.secret.namespace or "", match.secret.name)
+                key = (match.secret.namespace or "default", match.secret.name)
                 used.append((key, secrets.get(key)))
     return tuple(used)

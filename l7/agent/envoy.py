@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from bpf.maps import MARK_FROM_PROXY, Action, Direction
 from l7.agent.plan import PlanError, direction_decisions
+from l7.agent.secrets import fingerprint, load_secrets
 from l7.agent.services import AppliedView, ServiceHost
 from l7.policy.model import HTTPRule
 from l7.resolve.types import L7RuleSet
@@ -181,6 +182,11 @@ class EnvoyPaths:
     def access_log(self) -> Path:
         return self.state_dir / f"flows-{self.node}-http.jsonl"
 
+    @property
+    def secrets(self) -> Path:
+        """Values of the Secrets ``headerMatches`` refer to (see :mod:`l7.agent.secrets`)."""
+        return self.state_dir / "secrets"
+
 
 def _start_time(pid: int) -> int | None:
     try:
@@ -322,6 +328,7 @@ class EnvoyService:
         self._acked_once = False
         self._stop = threading.Event()
         self._supervisor: threading.Thread | None = None
+        self._secrets_seen: str | None = None
 
     # ------------------------------------------------------------------------------------- lifecycle
     @property
@@ -337,6 +344,7 @@ class EnvoyService:
         _reap_left()
         self._host = host
         self._paths = EnvoyPaths(host.state_dir, host.node)
+        self._secrets_seen = fingerprint(self.paths.secrets)
         self.paths.workdir.mkdir(parents=True, exist_ok=True)
         self._start_server()
         self.paths.config.write_text(
@@ -394,9 +402,19 @@ class EnvoyService:
             return self._popen.poll() is None
         return self._record is not None and self._record.alive()
 
+    def _secrets_changed(self) -> None:
+        now = fingerprint(self.paths.secrets)
+        if now != self._secrets_seen:
+            changed = self._secrets_seen is not None
+            self._secrets_seen = now
+            if changed and self._host is not None:
+                log.info("secrets changed: re-applying")
+                self._host.reapply("secrets changed")
+
     def _supervise(self) -> None:
         backoff = BACKOFF_MIN
         while not self._stop.wait(SUPERVISE_INTERVAL):
+            self._secrets_changed()
             with self._lock:
                 if self._envoy_alive():
                     if time.monotonic() - self._spawned_at > BACKOFF_RESET:
@@ -455,7 +473,11 @@ class EnvoyService:
 
     # ------------------------------------------------------------------------------------ per apply
     def settings(self) -> ProxySettings:
-        return ProxySettings(upstream_mark=MARK_FROM_PROXY, access_log_path=str(self.paths.access_log))
+        return ProxySettings(
+            upstream_mark=MARK_FROM_PROXY,
+            access_log_path=str(self.paths.access_log),
+            secrets=load_secrets(self.paths.secrets),
+        )
 
     def prepare(self, view: AppliedView) -> None:
         """Publish the view's HTTP rules. A port that goes out of use keeps its listener (a listener

@@ -197,6 +197,42 @@ def test_method_case_denied(lab: Lab, tmp_path: Path) -> None:
     assert curl(lab, "client-prod", "http://service-svc/public", h2) == ok(PUBLIC_PAGE)
 
 
+SECRET_HEADER = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: token-from-secret}
+spec:
+  endpointSelector: {matchLabels: {app: service}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {env: prod}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - method: GET
+          path: /public
+          headerMatches: [{name: X-Token, secret: {namespace: default, name: api-token}}]
+"""
+
+
+def test_header_match_secret_from_file(lab: Lab, tmp_path: Path) -> None:
+    secret = agent_lab.agent_dir(lab.state) / "secrets" / "default" / "api-token"
+    try:
+        apply(tmp_path, extra={"secret.yaml": SECRET_HEADER})
+        token = ("-H", "X-Token: s3cret")
+        assert curl(lab, "client-prod", "http://service-svc/public", *token) == denied()  # no secret yet
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_text("s3cret\n")
+        deadline = time.monotonic() + 10
+        while curl(lab, "client-prod", "http://service-svc/public", *token) != ok(PUBLIC_PAGE):
+            assert time.monotonic() < deadline, "the secret's value never reached Envoy"
+            time.sleep(0.2)
+        assert curl(lab, "client-prod", "http://service-svc/public", "-H", "X-Token: other") == denied()
+        assert curl(lab, "client-prod", "http://service-svc/public") == denied()
+    finally:
+        secret.unlink(missing_ok=True)
+
+
 def test_live_change_applies_to_keepalive_and_new_connections(lab: Lab, tmp_path: Path) -> None:
     apply(tmp_path, *SEED_POLICIES)
     ip = lab.pod("service-pod").ips[0]

@@ -108,6 +108,12 @@ def test_header_matches_and_mismatch_actions() -> None:
     # A secret the caller could not resolve: the rule cannot match (only the deny routes remain).
     missing = HeaderMatch(name="X-Token", secret=Secret(name="absent"))
     assert len(routes((HTTPRule(header_matches=(missing,)),), settings)) == 2
+    # No namespace means "default"
+    defaulted = ProxySettings(secrets={("default", "absent"): "v"})
+    assert (
+        matchers(routes((HTTPRule(header_matches=(missing,)),), defaulted)[1])["x-token"].string_match.exact
+        == "v"
+    )
 
     def action(mismatch: Mismatch) -> list[Any]:
         rule = HTTPRule(path="/p", header_matches=(HeaderMatch(name="X-A", value="1", mismatch=mismatch),))
