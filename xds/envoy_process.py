@@ -94,6 +94,8 @@ class EnvoyProcess:
             str(drain_time_s),
             "--log-level",
             log_level,
+            "--file-flush-interval-msec",  # access log lines reach the flow log within 0.5 s
+            "500",
             *extra_args,
         ]
         workdir.mkdir(parents=True, exist_ok=True)
