@@ -46,11 +46,12 @@ POLL_INTERVAL = 0.5
 #: Service name → "module:Class"; the class is constructed with the AgentConfig (see services.py).
 SERVICES: Mapping[str, str] = {
     "envoy": "l7.agent.envoy:EnvoyService",
+    "dns": "l7.agent.dns:DnsService",
     "flows": "l7.agent.flows:FlowLogService",
     "metrics": "l7.agent.metrics:MetricsService",
 }
 #: What a lab node's agent runs.
-LAB_SERVICES: tuple[str, ...] = ("envoy", "flows", "metrics")
+LAB_SERVICES: tuple[str, ...] = ("envoy", "dns", "flows", "metrics")
 
 
 class AgentError(L7GateError):

@@ -17,6 +17,7 @@ def main() -> None:
     from l7.cli import (  # noqa: F401  (register commands)
         agent_cmds,
         demo_cmds,
+        fqdn_cmds,
         lab_cmds,
         observe_cmds,
         policy_cmds,

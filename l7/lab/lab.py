@@ -296,6 +296,7 @@ def endpoints(state: LabState) -> dict[str, Any]:
     {"endpoints": [{name, namespace, labels, ips, node, serviceAccount, ports}],
      "namespaces": {ns: {"labels": {...}}},
      "nodes": [{name, ips, labels}],
+     "services": [{name, namespace, selector}],
      "fqdns": {external name: [ips]}}
 
     The DNS pod is an endpoint like any other (kube-system, ``k8s-app: kube-dns``). Where each workload
@@ -323,6 +324,9 @@ def endpoints(state: LabState) -> dict[str, Any]:
         "namespaces": {ns: {"labels": dict(topo.namespaces.get(ns, {}))} for ns in namespaces},
         "nodes": [
             {"name": n.name, "ips": plan.node(n.name).ips, "labels": dict(n.labels)} for n in topo.nodes
+        ],
+        "services": [
+            {"name": s.name, "namespace": s.namespace, "selector": dict(s.selector)} for s in topo.services
         ],
         "fqdns": dns.world_addresses(topo, plan),
     }

@@ -1,0 +1,176 @@
+"""The FQDN cache: which IPs the DNS proxy saw for which names, and until when.
+
+::
+
+    allowed answer (name, [(ip, ttl)]) ─► add: TTL = max(lowest TTL in the chain, min_ttl);
+                                          at most max_ips per name (the oldest evicted)
+    learned() ─► IP → names            ─► the resolver (FQDN identities, ipcache)
+    expired(now, in_use) ─► removals   ─► TTL passed and no conntrack entry uses the IP, or
+                                          TTL + grace passed (then removed whatever uses it: the
+                                          datapath's conntrack keeps established flows' verdicts)
+
+Times are unix seconds (the state file survives a restart). Thread-safe: the DNS proxy's loop adds,
+the agent's apply reads, the expiry sweep removes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MIN_TTL = 0
+DEFAULT_MAX_IPS = 50
+DEFAULT_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    min_ttl: int = DEFAULT_MIN_TTL
+    """Seconds an IP stays allowed at least, whatever TTL the answer had."""
+    max_ips: int = DEFAULT_MAX_IPS
+    """IPs kept per name; a new one beyond that evicts the oldest."""
+    grace: float = DEFAULT_GRACE
+    """Seconds past the TTL an IP still used by a tracked connection is kept."""
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> CacheConfig:
+        """``L7GATE_DNS_MIN_TTL``, ``L7GATE_DNS_MAX_IPS``, ``L7GATE_DNS_GRACE`` (unset: defaults)."""
+        env = dict(os.environ) if env is None else env
+        return cls(
+            min_ttl=int(env.get("L7GATE_DNS_MIN_TTL", DEFAULT_MIN_TTL)),
+            max_ips=max(1, int(env.get("L7GATE_DNS_MAX_IPS", DEFAULT_MAX_IPS))),
+            grace=float(env.get("L7GATE_DNS_GRACE", DEFAULT_GRACE)),
+        )
+
+
+@dataclass(frozen=True)
+class CachedIP:
+    ip: str
+    ttl: int
+    learned: float  # unix time of the latest answer carrying it
+    expires: float  # learned + ttl
+
+
+def usable(ip: str) -> bool:
+    """Whether an answered address may be credited at all (never loopback, link-local, multicast,
+    unspecified)."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return not (addr.is_loopback or addr.is_link_local or addr.is_multicast or addr.is_unspecified)
+
+
+class FQDNCache:
+    def __init__(self, config: CacheConfig | None = None) -> None:
+        self.config = config or CacheConfig()
+        self._lock = threading.Lock()
+        self._names: dict[str, dict[str, CachedIP]] = {}  # name → ip → entry (oldest first)
+        self.version = 0  # bumped on every change (for saving)
+
+    # -- changes --------------------------------------------------------------------------------
+    def add(self, name: str, ips_with_ttl: Iterable[tuple[str, int]], now: float) -> list[str]:
+        """Credit ``ips_with_ttl`` to ``name``; returns the IPs that are new for the name."""
+        new: list[str] = []
+        with self._lock:
+            entries = self._names.setdefault(name, {})
+            for ip, answered in ips_with_ttl:
+                ttl = max(int(answered), self.config.min_ttl)
+                known = entries.pop(ip, None)  # re-inserted: the latest answer is the newest entry
+                if known is None:
+                    new.append(ip)
+                entries[ip] = CachedIP(ip, ttl, now, max(now + ttl, known.expires if known else 0.0))
+            while len(entries) > self.config.max_ips:
+                del entries[next(iter(entries))]
+            self.version += 1
+        return new
+
+    def expire(self, now: float, in_use: Callable[[str], bool]) -> list[tuple[str, str]]:
+        """Remove the entries whose TTL passed and that no connection uses (``in_use(ip)``), or whose
+        TTL + grace passed. Returns the removed (name, ip)."""
+        removed: list[tuple[str, str]] = []
+        with self._lock:
+            for name, entries in list(self._names.items()):
+                for ip, entry in list(entries.items()):
+                    if entry.expires > now:
+                        continue
+                    if entry.expires + self.config.grace > now and in_use(ip):
+                        continue
+                    del entries[ip]
+                    removed.append((name, ip))
+                if not entries:
+                    del self._names[name]
+            if removed:
+                self.version += 1
+        return removed
+
+    def next_expiry(self) -> float | None:
+        with self._lock:
+            times = [e.expires for entries in self._names.values() for e in entries.values()]
+        return min(times) if times else None
+
+    # -- views ----------------------------------------------------------------------------------
+    def learned(self) -> dict[str, list[str]]:
+        """IP → the names it is credited to (the resolver's ``learned``)."""
+        out: dict[str, list[str]] = {}
+        with self._lock:
+            for name, entries in self._names.items():
+                for ip in entries:
+                    out.setdefault(ip, []).append(name)
+        return out
+
+    def entries(self) -> dict[str, list[CachedIP]]:
+        with self._lock:
+            return {name: list(entries.values()) for name, entries in sorted(self._names.items())}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(e) for e in self._names.values())
+
+    # -- state file -----------------------------------------------------------------------------
+    def dumps(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "version": 1,
+                "names": {
+                    name: [[e.ip, e.ttl, e.learned, e.expires] for e in entries.values()]
+                    for name, entries in self._names.items()
+                },
+            }
+
+    def restore(self, data: dict[str, Any], now: float) -> int:
+        """Load a :meth:`dumps` (entries whose TTL + grace passed are dropped). Returns entries kept."""
+        kept = 0
+        with self._lock:
+            for name, rows in dict(data.get("names", {})).items():
+                entries: dict[str, CachedIP] = {}
+                for ip, ttl, learned, expires in rows:
+                    if float(expires) + self.config.grace > now and usable(str(ip)):
+                        entries[str(ip)] = CachedIP(str(ip), int(ttl), float(learned), float(expires))
+                if entries:
+                    self._names[str(name)] = entries
+                    kept += len(entries)
+            self.version += 1
+        return kept
+
+    def save(self, path: Path, extra: dict[str, Any] | None = None) -> None:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps({**self.dumps(), **(extra or {})}, sort_keys=True))
+        tmp.replace(path)
+
+    def load(self, path: Path, now: float) -> int:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return 0
+        return self.restore(data, now) if isinstance(data, dict) else 0
+
+
+def state_path(state_dir: Path, node: str) -> Path:
+    return state_dir / f"fqdn-cache-{node}.json"

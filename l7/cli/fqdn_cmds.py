@@ -1,0 +1,79 @@
+"""``l7gate fqdn cache``: what the node agents' DNS proxies learned (name, IPs, TTL, expiry, selectors).
+
+Reads each agent's ``fqdn-cache-<node>.json`` (saved by the DNS service about once a second).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from l7.cli import app
+
+fqdn_app = typer.Typer(no_args_is_help=True, help="toFQDNs: the names and IPs learned from DNS.")
+app.add_typer(fqdn_app, name="fqdn")
+console = Console()
+
+
+def _state_dir(lab: str | None, state_dir: Path | None) -> Path:
+    if state_dir is not None:
+        return state_dir
+    from l7.agent import lab as agent_lab
+    from l7.lab import DEFAULT_LAB, Lab
+
+    return agent_lab.agent_dir(Lab.load(lab or DEFAULT_LAB).state)
+
+
+def cache_rows(directory: Path, node: str | None = None) -> list[dict[str, Any]]:
+    """One row per (node, name, IP) from the state files under ``directory``."""
+    rows: list[dict[str, Any]] = []
+    now = time.time()
+    for path in sorted(directory.glob("fqdn-cache-*.json")):
+        this = path.stem.removeprefix("fqdn-cache-")
+        if node is not None and this != node:
+            continue
+        data = json.loads(path.read_text())
+        selectors = data.get("selectors", {})
+        for name, entries in sorted(data.get("names", {}).items()):
+            for ip, ttl, learned, expires in entries:
+                rows.append(
+                    {
+                        "node": this,
+                        "name": name,
+                        "ip": ip,
+                        "ttl": ttl,
+                        "learned": learned,
+                        "expires": expires,
+                        "expires_in": round(expires - now, 1),
+                        "selectors": selectors.get(name, []),
+                    }
+                )
+    return rows
+
+
+@fqdn_app.command("cache")
+def cache_cmd(
+    lab: Annotated[str | None, typer.Option("--lab", help="The lab whose agents to read.")] = None,
+    node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="An agent's state directory (files mode).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON rows instead of a table.")] = False,
+) -> None:
+    """Print the FQDN cache: name, IPs, TTL, time to expiry and the toFQDNs selectors it feeds."""
+    rows = cache_rows(_state_dir(lab, state_dir), node)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    table = Table("node", "name", "ip", "ttl", "expires in", "selectors")
+    for r in rows:
+        left = r["expires_in"]
+        expires = f"{left:.0f}s" if left >= 0 else f"expired {-left:.0f}s ago"
+        table.add_row(r["node"], r["name"], r["ip"], str(r["ttl"]), expires, ", ".join(r["selectors"]))
+    console.print(table)

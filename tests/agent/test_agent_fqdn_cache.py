@@ -1,0 +1,63 @@
+"""The FQDN cache (l7/agent/fqdn.py): TTLs, the per-name cap, expiry with conntrack and grace, the state
+file. Pure: no root, no lab."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from l7.agent.fqdn import CacheConfig, FQDNCache, usable
+
+
+def test_ttl_minimum_and_learned() -> None:
+    cache = FQDNCache(CacheConfig(min_ttl=30))
+    assert cache.add("a.test", [("192.0.2.1", 5), ("2001:db8::1", 60)], now=100.0) == [
+        "192.0.2.1",
+        "2001:db8::1",
+    ]
+    entries = {e.ip: e for e in cache.entries()["a.test"]}
+    assert entries["192.0.2.1"].ttl == 30 and entries["192.0.2.1"].expires == 130.0
+    assert entries["2001:db8::1"].expires == 160.0
+    cache.add("b.test", [("192.0.2.1", 300)], now=101.0)
+    assert cache.learned() == {"192.0.2.1": ["a.test", "b.test"], "2001:db8::1": ["a.test"]}
+    assert cache.add("a.test", [("192.0.2.1", 1)], now=102.0) == []  # not new; expiry never shortened
+    assert {e.ip: e.expires for e in cache.entries()["a.test"]}["192.0.2.1"] == 132.0
+
+
+def test_cap_evicts_the_oldest() -> None:
+    cache = FQDNCache(CacheConfig(max_ips=2))
+    cache.add("a.test", [("192.0.2.1", 60), ("192.0.2.2", 60)], now=0.0)
+    cache.add("a.test", [("192.0.2.1", 60)], now=1.0)  # refreshed: now the newest
+    cache.add("a.test", [("192.0.2.3", 60)], now=2.0)
+    assert [e.ip for e in cache.entries()["a.test"]] == ["192.0.2.1", "192.0.2.3"]
+
+
+def test_expiry_waits_for_connections_until_grace() -> None:
+    cache = FQDNCache(CacheConfig(grace=10))
+    cache.add("a.test", [("192.0.2.1", 5), ("192.0.2.2", 5), ("192.0.2.3", 50)], now=0.0)
+    in_use = {"192.0.2.2"}
+    assert cache.expire(4.0, in_use.__contains__) == []
+    assert cache.expire(6.0, in_use.__contains__) == [("a.test", "192.0.2.1")]  # unused: at the TTL
+    assert cache.expire(14.0, in_use.__contains__) == []  # used: kept within the grace period
+    assert cache.expire(15.0, in_use.__contains__) == [("a.test", "192.0.2.2")]  # TTL + grace: removed
+    assert cache.next_expiry() == 50.0
+    assert cache.expire(51.0, lambda _ip: False) == [("a.test", "192.0.2.3")]
+    assert cache.entries() == {} and cache.next_expiry() is None
+
+
+def test_state_file_round_trip(tmp_path: Path) -> None:
+    cache = FQDNCache(CacheConfig(grace=5))
+    cache.add("a.test", [("192.0.2.1", 60)], now=1000.0)
+    cache.add("old.test", [("192.0.2.9", 10)], now=900.0)
+    path = tmp_path / "fqdn-cache-n1.json"
+    cache.save(path, {"selectors": {"a.test": ["a.test"]}})
+    restored = FQDNCache(CacheConfig(grace=5))
+    assert restored.load(path, now=1010.0) == 1  # old.test expired long ago (TTL + grace)
+    assert restored.learned() == {"192.0.2.1": ["a.test"]}
+    assert restored.entries()["a.test"][0].expires == 1060.0
+    assert FQDNCache().load(tmp_path / "missing.json", now=0.0) == 0
+
+
+def test_usable_addresses() -> None:
+    assert usable("192.0.2.1") and usable("2001:db8::1")
+    for ip in ("127.0.0.1", "::1", "169.254.1.1", "fe80::1", "224.0.0.1", "0.0.0.0", "::", "nonsense"):
+        assert not usable(ip), ip
