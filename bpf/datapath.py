@@ -283,6 +283,13 @@ class Datapath:
         raw = self._progs.map("l7g_config").get(_u32(int(key)))
         return _u64.from_buffer_copy(raw).value if raw else 0
 
+    def bump_policy_revision(self) -> int:
+        """Mark every conntrack verdict as taken under an older policy: each established flow is
+        decided again on its next forward packet (see conntrack.h, CT_STALE). Returns the new revision."""
+        rev = (self.get_config(Config.POLICY_REV) + 1) & 0xFFFFFFFF or 1
+        self.set_config(Config.POLICY_REV, rev)
+        return rev
+
     def set_verdict_events(self, on: bool) -> None:
         self.set_config(Config.VERDICT_EVENTS, 1 if on else 0)
 

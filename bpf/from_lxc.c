@@ -6,7 +6,7 @@
  *    endpoint's id (else DROP_SOURCE_SPOOFED);
  * 4. non-first fragments pass only when tied to an allowed first fragment;
  * 5. conntrack: replies pass; established flows keep their verdict (and
- *    proxy port);
+ *    proxy port) until the policy changes (CT_STALE: decided again);
  * 6. new flows: the endpoint's egress policy towards the destination's
  *    identity (ipcache; miss = world) and, when the destination is a local
  *    endpoint, that endpoint's ingress policy from this endpoint's identity;
@@ -63,6 +63,8 @@ int l7g_from_lxc(struct __sk_buff *skb)
         if (res == CT_FORWARD)
             return l7g_finish(skb, HOOK_FROM_LXC, &f, ct.verdict, ct.proxy_port, ep.endpoint_id,
                               ep.identity, dst.identity);
+        if (res == CT_STALE)
+            l7g_ct_delete(&f);  /* decided again below under the current policy */
     }
 
     l7g_policy_decide(&ep, DIR_EGRESS, dst.identity, &f, &de);

@@ -51,6 +51,8 @@ int l7g_from_uplink(struct __sk_buff *skb)
         if (res == CT_FORWARD)
             return l7g_finish(skb, HOOK_FROM_UPLINK, &f, ct.verdict, ct.proxy_port,
                               dst.endpoint_id, src.identity, dst.identity);
+        if (res == CT_STALE)
+            l7g_ct_delete(&f);  /* decided again below under the current policy */
     }
 
     id = dst.endpoint_id;

@@ -89,6 +89,7 @@ class Config(IntEnum):
     FROM_PROXY_MARK = 6
     FROM_PROXY_MASK = 7
     FRAG_NS = 8
+    POLICY_REV = 9
 
 
 CONFIG_SIZE = 16
@@ -168,6 +169,8 @@ class CtValue(ctypes.Structure):
         ("proxy_port", u16),
         ("verdict", u8),
         ("flags", u8),
+        ("rev", u32),
+        ("pad", u32),
     )
 
 

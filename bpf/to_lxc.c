@@ -45,11 +45,17 @@ int l7g_to_lxc(struct __sk_buff *skb)
                             IDENTITY_HOST, ep.identity);
         return TC_ACT_OK;
     }
-    if (f.ct_ok && l7g_ct_lookup(&f, &ct) != CT_NEW) {
-        if (f.frag == FRAG_FIRST)
-            return l7g_finish(skb, HOOK_TO_LXC, &f, VERDICT_ALLOW, 0, ep.endpoint_id,
-                              IDENTITY_HOST, ep.identity);
-        return TC_ACT_OK;
+    if (f.ct_ok) {
+        int res = l7g_ct_lookup(&f, &ct);
+
+        if (res == CT_STALE) {
+            l7g_ct_delete(&f);  /* decided again below under the current policy */
+        } else if (res != CT_NEW) {
+            if (f.frag == FRAG_FIRST)
+                return l7g_finish(skb, HOOK_TO_LXC, &f, VERDICT_ALLOW, 0, ep.endpoint_id,
+                                  IDENTITY_HOST, ep.identity);
+            return TC_ACT_OK;
+        }
     }
 
     pmark = l7g_cfg(CFG_FROM_PROXY_MARK, MARK_FROM_PROXY);

@@ -71,6 +71,7 @@
 #define CFG_FROM_PROXY_MARK     6
 #define CFG_FROM_PROXY_MASK     7
 #define CFG_FRAG_NS             8
+#define CFG_POLICY_REV          9   /* bumped by the agent on every policy change */
 #define CFG_MAX                 16
 
 #define SEC_NS 1000000000ULL

@@ -4,7 +4,13 @@
  *   int  l7g_ct_lookup(struct l7g_flow *f, struct l7g_ct_entry *out)
  *        CT_NEW, CT_FORWARD (packet goes the way the flow started) or CT_REPLY;
  *        a hit refreshes the entry (counters, flags, expiry); an expired
- *        entry is deleted and reported as CT_NEW.
+ *        entry is deleted and reported as CT_NEW. A forward hit whose verdict
+ *        was taken under an older policy revision (CFG_POLICY_REV, bumped by
+ *        the agent on every policy change) is CT_STALE: the caller deletes it
+ *        (l7g_ct_delete) and decides again, so a policy change applies to
+ *        established flows too (denied now: dropped; redirected now: sent to
+ *        the proxy) — replies keep passing while the entry lives.
+ *   void l7g_ct_delete(struct l7g_flow *f)
  *   void l7g_ct_create(struct l7g_flow *f, __u8 verdict, __u16 proxy_port,
  *                      __u32 endpoint_id, __u32 src_id, __u32 dst_id, __u8 flags)
  * Lifetimes (config map, ns; 0 = default): TCP before a reply is seen
@@ -21,6 +27,7 @@
 #define CT_NEW     0
 #define CT_FORWARD 1
 #define CT_REPLY   2
+#define CT_STALE   3
 
 static __always_inline __u64 l7g_ct_lifetime(__u8 proto, __u8 flags)
 {
@@ -49,6 +56,8 @@ static __always_inline int l7g_ct_refresh(struct l7g_ct_key *k, struct l7g_flow 
         l7g_ct.delete(k);
         return 0;
     }
+    if (!reply && e->rev != (__u32)l7g_cfg(CFG_POLICY_REV, 0))
+        return 2;
     flags = e->flags;
     if (reply) {
         flags |= CT_F_SEEN_REPLY;
@@ -68,6 +77,7 @@ static __always_inline int l7g_ct_refresh(struct l7g_ct_key *k, struct l7g_flow 
 static __always_inline int l7g_ct_lookup(struct l7g_flow *f, struct l7g_ct_entry *out)
 {
     struct l7g_ct_key k = {};
+    int res;
 
     k.family = f->family;
     k.proto = f->proto;
@@ -75,7 +85,10 @@ static __always_inline int l7g_ct_lookup(struct l7g_flow *f, struct l7g_ct_entry
     k.dport = f->dport;
     __builtin_memcpy(k.saddr, f->saddr, 16);
     __builtin_memcpy(k.daddr, f->daddr, 16);
-    if (l7g_ct_refresh(&k, f, out, 0))
+    res = l7g_ct_refresh(&k, f, out, 0);
+    if (res == 2)
+        return CT_STALE;
+    if (res)
         return CT_FORWARD;
     k.sport = f->dport;
     k.dport = f->sport;
@@ -110,7 +123,21 @@ static __always_inline void l7g_ct_create(struct l7g_flow *f, __u8 verdict, __u1
     e.proxy_port = proxy_port;
     e.verdict = verdict;
     e.flags = flags;
+    e.rev = (__u32)l7g_cfg(CFG_POLICY_REV, 0);
     l7g_ct.update(&k, &e);
+}
+
+static __always_inline void l7g_ct_delete(struct l7g_flow *f)
+{
+    struct l7g_ct_key k = {};
+
+    k.family = f->family;
+    k.proto = f->proto;
+    k.sport = f->sport;
+    k.dport = f->dport;
+    __builtin_memcpy(k.saddr, f->saddr, 16);
+    __builtin_memcpy(k.daddr, f->daddr, 16);
+    l7g_ct.delete(&k);
 }
 
 #endif

@@ -97,6 +97,8 @@ struct l7g_ct_entry {
     __u16 proxy_port;    /* host order; VERDICT_REDIRECT only */
     __u8  verdict;       /* VERDICT_ALLOW / VERDICT_REDIRECT / VERDICT_AUDIT */
     __u8  flags;         /* CT_F_* */
+    __u32 rev;           /* CFG_POLICY_REV when the verdict was taken */
+    __u32 pad;
 };
 
 struct l7g_frag_key {

@@ -39,6 +39,7 @@ class DatapathLike(Protocol):
     def delete_ipcache(self, prefix: IPNetwork) -> bool: ...
     def ipcache(self) -> dict[IPNetwork, IpcacheValue]: ...
     def sync_policy(self, endpoint_id: int, decisions: list[PolicyDecision]) -> tuple[int, int]: ...
+    def bump_policy_revision(self) -> int: ...
 
 
 @dataclass
@@ -131,4 +132,6 @@ def sync(dp: DatapathLike, desired: DesiredState, uplink: int | None = None) -> 
     for net in sorted(set(have_ip) - set(desired.ipcache), key=str):
         dp.delete_ipcache(net)
         stats.ipcache_deleted += 1
+    if stats.changes:
+        dp.bump_policy_revision()  # established flows are decided again under the new policy
     return stats

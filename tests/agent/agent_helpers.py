@@ -42,6 +42,7 @@ class FakeDatapath:
         self.pol: dict[int, dict[PolicyEntryKey, PolicyEntryValue]] = {}
         self.writes = 0
         self.closed = False
+        self.revision = 0
 
     def devices(self) -> dict[int, DeviceKind]:
         return dict(self.devs)
@@ -82,6 +83,10 @@ class FakeDatapath:
         self.eps.pop(endpoint_id, None)
         self.pol.pop(endpoint_id, None)
         self.writes += 1
+
+    def bump_policy_revision(self) -> int:
+        self.revision += 1
+        return self.revision
 
     def endpoints(self) -> dict[int, EndpointValue]:
         return dict(self.eps)

@@ -302,3 +302,26 @@ def test_records_for_other_names_are_not_credited(lab: Lab, tmp_path: Path) -> N
     assert curl(lab, "demo/probe", f"http://{bystander}/") == 0
     status = agent_status(lab, NODE)["services"]["dns"]
     assert status["refused_source"] == 0 and status["slow"] >= 1, status
+
+
+def test_flow_established_before_the_dns_rule_goes_through_the_proxy(lab: Lab, tmp_path: Path) -> None:
+    """A pod that queried kube-dns before any policy (its UDP flow allowed in conntrack) gets REFUSED
+    on the *same* source port once a DNS rule applies: the policy change re-decides established flows
+    (the revision in conntrack), so no query slips past the proxy."""
+    apply(NAME, tmp_path)  # no policy: DNS goes straight to kube-dns
+    bind = ("-b", f"{lab.pod('demo/probe').ips[0]}#40053")
+    rc, out = dig(lab, "demo/probe", *bind, "github.com")
+    assert status_of(out) == "NOERROR", out
+    probe_dns = cnp(
+        "probe-dns",
+        "demo",
+        {
+            "endpointSelector": {"matchLabels": {"app": "probe"}},
+            "egress": [dns_to("kube-dns", pattern="google.com")],
+        },
+    )
+    apply(NAME, tmp_path, probe_dns)
+    rc, out = dig(lab, "demo/probe", *bind, "github.com")
+    assert status_of(out) == "REFUSED", out
+    rc, out = dig(lab, "demo/probe", *bind, "+short", "google.com")
+    assert rc == 0 and answers(out) == [world(lab, "google")], out

@@ -254,3 +254,52 @@ def test_orphan_fragment_is_dropped(lab: Lab) -> None:
         raw.sendto(hdr + payload, (b.ip4, 0))
     ev = lab.wait_event(lambda e: isinstance(e, Event) and e.reason == DropReason.FRAG_NO_FIRST)
     assert isinstance(ev, Event) and ev.endpoint_id == a.index
+
+
+def test_policy_change_applies_to_established_flows(lab: Lab) -> None:
+    """An established flow keeps its verdict only while the policy stays: after a change (the agent
+    bumps the policy revision) its next packet is decided again — a now-denied UDP flow and TCP
+    connection are cut, a still-allowed one goes on."""
+    a, b = lab.pod("a"), lab.pod("b")
+    enforce(lab, "b", ingress=True)
+    lab.dp.sync_policy(b.index, [allow(IN, IDENTITY["a"], None)])  # type: ignore[attr-defined]
+    with netlab.in_netns(a.name):
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        t = socket.create_connection((b.ip4, 80), timeout=2)
+    try:
+        u.settimeout(0.6)
+
+        def udp_ok() -> bool:
+            u.sendto(b"u", (b.ip4, 53))
+            try:
+                return u.recv(100) == b"u"
+            except OSError:
+                return False
+
+        def tcp_ok() -> bool:
+            try:
+                t.settimeout(0.6)
+                t.sendall(b"t")
+                return t.recv(100) == b"t"
+            except OSError:
+                return False
+
+        assert udp_ok() and tcp_ok()
+        # still allowed after a change elsewhere: both flows go on under the new revision
+        lab.dp.sync_policy(b.index, [allow(IN, IDENTITY["a"], 6), allow(IN, IDENTITY["a"], 17)])  # type: ignore[attr-defined]
+        lab.dp.bump_policy_revision()  # type: ignore[attr-defined]
+        assert udp_ok() and tcp_ok()
+        # now only TCP: the established UDP flow is cut, the TCP connection goes on
+        lab.dp.sync_policy(b.index, [allow(IN, IDENTITY["a"], 6)])  # type: ignore[attr-defined]
+        assert udp_ok(), "without a revision bump the established flow keeps its verdict"
+        lab.dp.bump_policy_revision()  # type: ignore[attr-defined]
+        assert not udp_ok() and tcp_ok()
+        ev = lab.wait_event(lambda e: isinstance(e, Event) and e.type == EventType.DROP and e.dport == 53)
+        assert isinstance(ev, Event) and ev.reason == DropReason.POLICY_DENIED
+        # nothing at all: the established TCP connection is cut too
+        lab.dp.sync_policy(b.index, [])  # type: ignore[attr-defined]
+        lab.dp.bump_policy_revision()  # type: ignore[attr-defined]
+        assert not tcp_ok()
+    finally:
+        u.close()
+        t.close()
