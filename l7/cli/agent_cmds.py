@@ -1,4 +1,7 @@
-"""``l7gate agent``: the node agent (policies + endpoints → datapath), from a lab or from files."""
+"""``l7gate agent``: the node agent (policies + endpoints → datapath), from a lab, from files, or from a
+Kubernetes cluster (``--kubernetes``: the controller of :mod:`l7.k8s.controller` writes the files-mode
+inputs under ``<state-dir>/k8s/`` and the same agent loop enforces them). ``l7gate agent-probe`` is the
+liveness/readiness check of the DaemonSet."""
 
 from __future__ import annotations
 
@@ -11,6 +14,9 @@ import typer
 
 from l7.cli import app
 
+DEFAULT_STATE_DIR = Path("/run/l7gate/agent")
+K8S_SYNC_TIMEOUT = 120.0
+
 
 @app.command("agent")
 def agent_cmd(  # noqa: PLR0917  (typer options)
@@ -22,8 +28,27 @@ def agent_cmd(  # noqa: PLR0917  (typer options)
         Path | None, typer.Option("--policies", help="Policy directory or file (watched).")
     ] = None,
     endpoints: Annotated[Path | None, typer.Option("--endpoints", help="Endpoints file (watched).")] = None,
+    kubernetes: Annotated[
+        bool,
+        typer.Option("--kubernetes", help="Take policies and endpoints from the cluster (list+watch)."),
+    ] = False,
+    cilium_policies: Annotated[
+        bool,
+        typer.Option(
+            "--cilium-policies",
+            envvar="L7GATE_CILIUM_POLICIES",
+            help="Kubernetes mode: also enforce cilium.io/v2 CNP/CCNP (migration).",
+        ),
+    ] = False,
+    kubeconfig: Annotated[
+        Path | None,
+        typer.Option("--kubeconfig", help="Kubernetes mode: kubeconfig (default: in-cluster, then ~/.kube)."),
+    ] = None,
     state_dir: Annotated[
-        Path | None, typer.Option("--state-dir", help="Identity state and agent-<node>.json status.")
+        Path | None,
+        typer.Option(
+            "--state-dir", envvar="L7GATE_STATE_DIR", help="Identity state and agent-<node>.json status."
+        ),
     ] = None,
     uplink: Annotated[
         str | None, typer.Option("--uplink", help="Files mode: the node's uplink device to attach.")
@@ -32,6 +57,14 @@ def agent_cmd(  # noqa: PLR0917  (typer options)
         str | None,
         typer.Option("--datapath-name", help="Files mode: pin directory name (default: the node name)."),
     ] = None,
+    services: Annotated[
+        str,
+        typer.Option(
+            "--services",
+            envvar="L7GATE_SERVICES",
+            help="Files/Kubernetes mode: node services, comma separated (envoy,dns,...).",
+        ),
+    ] = "",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the node agent until SIGTERM (run it in the node's netns: nsenter --net=/run/netns/NODE).
@@ -48,26 +81,124 @@ def agent_cmd(  # noqa: PLR0917  (typer options)
     if os.geteuid() != 0:
         typer.echo("error: the agent needs root (BPF, tc)", err=True)
         raise typer.Exit(1)
+    modes = sum((lab is not None, policies is not None or endpoints is not None, kubernetes))
+    if modes > 1:
+        typer.echo("error: give one of --lab, --policies/--endpoints, --kubernetes", err=True)
+        raise typer.Exit(2)
+    service_names = tuple(s.strip() for s in services.split(",") if s.strip())
     if lab is not None:
-        if policies is not None or endpoints is not None:
-            typer.echo("error: --lab excludes --policies/--endpoints", err=True)
-            raise typer.Exit(2)
         try:
             cfg = lab_config(lab, node, state_dir)
         except (LabError, AgentError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
-    else:
-        if policies is None or endpoints is None:
-            typer.echo("error: give --lab NAME or both --policies DIR and --endpoints FILE", err=True)
-            raise typer.Exit(2)
+        raise typer.Exit(run_agent(cfg))
+    state = (state_dir or DEFAULT_STATE_DIR).resolve()
+    if kubernetes:
+        raise typer.Exit(
+            _run_kubernetes(node, state, kubeconfig, cilium_policies, uplink, datapath_name, service_names)
+        )
+    if policies is None or endpoints is None:
+        typer.echo(
+            "error: give --lab NAME, --kubernetes, or both --policies DIR and --endpoints FILE", err=True
+        )
+        raise typer.Exit(2)
+    cfg = AgentConfig(
+        node=node,
+        policies=policies.resolve(),
+        endpoints=endpoints.resolve(),
+        state_dir=state,
+        datapath_name=datapath_name or node,
+        interfaces=route_interfaces(node),
+        uplink=uplink,
+        services=service_names,
+    )
+    raise typer.Exit(run_agent(cfg))
+
+
+def _run_kubernetes(  # noqa: PLR0917
+    node: str,
+    state: Path,
+    kubeconfig: Path | None,
+    cilium: bool,
+    uplink: str | None,
+    datapath_name: str | None,
+    services: tuple[str, ...],
+) -> int:
+    """The controller (threads) writes the inputs; the agent loop runs on this thread until SIGTERM."""
+    from l7.agent import watch
+    from l7.agent.node import AgentConfig, route_interfaces, run_agent
+    from l7.k8s.controller import Controller, ControllerConfig
+    from l7.k8s.errors import KubeError
+    from l7.kube import KubeClient
+
+    log = logging.getLogger("l7gate.agent")
+    ccfg = ControllerConfig(
+        node=node,
+        directory=state / "k8s",
+        agent_status=watch.status_path(state, node),
+        cilium=cilium,
+        secrets_dir=state / "secrets",  # where the agent's Envoy service reads them (l7.agent.secrets)
+    )
+    try:
+        client = KubeClient.from_config(kubeconfig)
+    except KubeError as exc:
+        log.error("%s", exc)
+        return 1
+    controller = Controller(client, ccfg)
+    controller.start()
+    try:
+        if not controller.wait_written(K8S_SYNC_TIMEOUT):
+            errors = {str(r): i.last_error for r, i in controller.informers.items() if i.last_error}
+            log.error("no initial sync with the API server in %.0fs: %s", K8S_SYNC_TIMEOUT, errors)
+            return 1
         cfg = AgentConfig(
             node=node,
-            policies=policies.resolve(),
-            endpoints=endpoints.resolve(),
-            state_dir=(state_dir or Path("/run/l7gate/agent")).resolve(),
+            policies=ccfg.policies,
+            endpoints=ccfg.endpoints,
+            state_dir=state,
             datapath_name=datapath_name or node,
             interfaces=route_interfaces(node),
             uplink=uplink,
+            services=services,
         )
-    raise typer.Exit(run_agent(cfg))
+        return run_agent(cfg)
+    finally:
+        controller.stop()
+        client.close()
+
+
+@app.command("agent-probe")
+def agent_probe_cmd(
+    node: Annotated[str, typer.Option("--node", help="The node whose agent to check.")],
+    state_dir: Annotated[Path, typer.Option("--state-dir")] = DEFAULT_STATE_DIR,
+    ready: Annotated[
+        bool, typer.Option("--ready", help="Readiness (applied, no errors, cluster synced), not liveness.")
+    ] = False,
+) -> None:
+    """Exit 0 when the node's agent is alive (``--ready``: ready). For DaemonSet probes."""
+    from l7.agent import watch
+
+    st = watch.read_status(watch.status_path(state_dir, node))
+    problem = None
+    if st is None:
+        problem = "no status file"
+    elif st.get("state") == "stopped":
+        problem = "stopped"
+    else:
+        try:
+            os.kill(int(st.get("pid") or 0), 0)
+        except (OSError, ValueError):
+            problem = f"agent pid {st.get('pid')} not running"
+    if problem is None and ready:
+        controller = watch.read_status(state_dir / "k8s" / f"controller-{node}.json")
+        if not st or not st.get("ready"):
+            problem = "not ready"
+        elif st.get("errors"):
+            problem = f"{len(st['errors'])} input error(s)"
+        elif controller is not None and not controller.get("synced"):
+            problem = "not synced with the API server"
+    if problem is not None:
+        typer.echo(f"agent {node}: {problem}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"agent {node}: {'ready' if ready else 'alive'}")

@@ -1,0 +1,376 @@
+"""The controller of one node: informers → the agent's files-mode inputs → status back to the objects.
+
+Threads only (the Kubernetes client is synchronous): one per informer and one reconciler. The reconciler
+wakes on a store change (after a short debounce) or every ``poll`` seconds (to read the agent's status)
+and then, in one pass:
+
+1. translates and validates every policy object (:mod:`l7.k8s.policies`); the valid ones become the
+   policy set (:class:`l7.k8s.output.PolicySet`), remembered by content hash;
+2. writes the endpoints file from pods, namespaces, nodes and services (:mod:`l7.k8s.endpoints`);
+3. reads the agent's status (``agent-<node>.json``): the policy set hash it *applied* says which
+   policy contents this node enforces; errors for the set it *saw* say why not;
+4. patches the status of each of our objects whose status differs from what it should say
+   (:mod:`l7.k8s.status`), at most once per ``status_interval`` per object and ``status_rate`` per
+   second overall; a 409 waits for the watch to bring the newer object.
+
+Nothing is written before every informer has listed once (a half-known cluster would deny too much).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from l7.agent import watch
+from l7.endpoints import EndpointsError, parse_endpoints
+from l7.k8s import endpoints as k8s_endpoints
+from l7.k8s import output
+from l7.k8s import secrets as k8s_secrets
+from l7.k8s.errors import Conflict, KubeError
+from l7.k8s.informer import ClusterAPI, Informer, Store, key_of
+from l7.k8s.policies import (
+    CILIUM_RESOURCES,
+    NAMESPACES,
+    NODES,
+    PODS,
+    POLICY_RESOURCES,
+    SECRETS,
+    SERVICES,
+    STATUS_RESOURCES,
+    Resource,
+    Translated,
+    translate,
+)
+from l7.k8s.status import NodeEnforcement, desired_status, status_patch
+
+log = logging.getLogger("l7gate.k8s")
+
+HISTORY = 64  # policy sets remembered (hash → contents) to interpret the agent's applied hash
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    node: str
+    directory: Path  # policies link, policies.d/ and endpoints.json go here
+    agent_status: Path  # the agent's agent-<node>.json
+    cilium: bool = False  # also cilium.io/v2 CNP/CCNP (migration)
+    poll: float = 0.5
+    debounce: float = 0.05
+    status_interval: float = 1.0  # per object
+    status_rate: float = 20.0  # patches per second, overall
+    watch_timeout: int = 300
+    backoff: tuple[float, float] = (0.2, 10.0)
+    secret_refresh: float = 30.0  # referenced secrets are read again this often (they are not watched)
+    secrets_dir: Path | None = None  # the agent's secrets directory (default: <directory>/secrets)
+
+    @property
+    def policies(self) -> Path:
+        return self.directory / "policies"
+
+    @property
+    def endpoints(self) -> Path:
+        return self.directory / "endpoints.json"
+
+    @property
+    def secrets(self) -> Path:
+        return self.secrets_dir or self.directory / "secrets"
+
+    @property
+    def status_file(self) -> Path:
+        return self.directory / f"controller-{self.node}.json"
+
+
+@dataclass
+class ControllerStats:
+    passes: int = 0
+    policy_sets: int = 0
+    endpoint_writes: int = 0
+    patches: int = 0
+    conflicts: int = 0
+    patch_errors: int = 0
+    invalid: int = 0
+    last_errors: list[str] = field(default_factory=list)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Controller:
+    def __init__(
+        self, api: ClusterAPI, cfg: ControllerConfig, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.api = api
+        self.cfg = cfg
+        self.clock = clock
+        self.stop_event = threading.Event()
+        self._wake = threading.Event()
+        self.store = Store(on_change=self._wake.set)
+        self.policy_resources: tuple[Resource, ...] = POLICY_RESOURCES + (
+            CILIUM_RESOURCES if cfg.cilium else ()
+        )
+        resources = (*self.policy_resources, PODS, NAMESPACES, NODES, SERVICES)
+        self.informers = {
+            r: Informer(
+                api,
+                r,
+                self.store,
+                self.stop_event,
+                watch_timeout=cfg.watch_timeout,
+                backoff=cfg.backoff,
+                optional=r in CILIUM_RESOURCES,
+            )
+            for r in resources
+        }
+        self.policy_set = output.PolicySet(cfg.directory)
+        self.history: OrderedDict[str, dict[str, str]] = OrderedDict()  # set hash → {key: text digest}
+        self.current: dict[str, Translated] = {}
+        self.stats = ControllerStats()
+        self.written = threading.Event()  # set once the first inputs were written
+        self._next_patch: dict[tuple[Resource, tuple[str, str]], float] = {}
+        self._tokens = cfg.status_rate
+        self._tokens_at = clock()
+        self._threads: list[threading.Thread] = []
+        self._wake_at: float | None = None  # a throttled status patch is due then
+        self._secrets: dict[tuple[str, str], dict[str, Any] | None] = {}  # lookup key → object read
+        self._secrets_read_at = -1e9
+        self._memo: dict[tuple[Resource, tuple[str, str]], tuple[object, Translated]] = {}
+        self._translated: dict[str, tuple[Resource, dict[str, Any], Translated]] | None = None
+        self._done_changes = -1  # store.changes at the last pass
+        self._done_report: dict[str, Any] | None = None  # the agent's report at the last pass
+        self._status_due = False  # a status write was throttled or conflicted: look again
+
+    # ------------------------------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self.cfg.directory.mkdir(parents=True, exist_ok=True)
+        for resource, informer in self.informers.items():
+            t = threading.Thread(target=informer.run, name=f"informer-{resource.plural}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        t = threading.Thread(target=self._run, name="reconciler", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def synced(self) -> bool:
+        return all(i.synced.is_set() for i in self.informers.values())
+
+    def wait_written(self, timeout: float) -> bool:
+        return self.written.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stop_event.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout if t.name == "reconciler" else 0.1)
+
+    def _run(self) -> None:
+        while not self.stop_event.is_set():
+            timeout = self.cfg.poll
+            if self._wake_at is not None:
+                timeout = max(0.0, min(timeout, self._wake_at - self.clock()))
+                self._wake_at = None
+            self._wake.wait(timeout)
+            if self.stop_event.is_set():
+                return
+            if self._wake.is_set():
+                self.stop_event.wait(self.cfg.debounce)  # let a burst of events land first
+                self._wake.clear()
+            try:
+                self.reconcile()
+            except Exception:  # the reconciler must survive a bad pass; the next pass retries
+                log.exception("reconcile pass failed")
+
+    # ------------------------------------------------------------------------------------ one pass
+    def reconcile(self) -> None:
+        """One pass. Inputs are rebuilt only when the store changed; statuses are looked at when the store
+        or the agent's report changed, or a throttled/conflicting status write is still due."""
+        if not self.synced():
+            return
+        changes = self.store.changes
+        agent = watch.read_status(self.cfg.agent_status)
+        report = (
+            None if agent is None else {k: v for k, v in agent.items() if k not in ("updated", "services")}
+        )
+        if changes == self._done_changes and report == self._done_report and not self._status_due:
+            return
+        self.stats.passes += 1
+        if changes != self._done_changes or self._translated is None:
+            self._translated = self._translate()
+            self._write_policies(self._translated)
+            self._write_secrets(self._translated)
+            self._write_endpoints()
+            self.written.set()
+        self._done_changes, self._done_report = changes, report
+        self._status_due = False
+        self._write_statuses(self._translated, agent)
+        output.write_json(self.cfg.status_file, self.status())
+
+    def _translate(self) -> dict[str, tuple[Resource, dict[str, Any], Translated]]:
+        out: dict[str, tuple[Resource, dict[str, Any], Translated]] = {}
+        memo: dict[tuple[Resource, tuple[str, str]], tuple[object, Translated]] = {}
+        for resource in self.policy_resources:
+            for obj in self.store.objects(resource):
+                meta = obj.get("metadata") or {}
+                version = (meta.get("uid"), meta.get("generation"))  # the spec changes with generation
+                cached = self._memo.get((resource, key_of(obj)))
+                if cached is not None and cached[0] == version and version[1]:
+                    t = cached[1]
+                else:
+                    t = translate(resource, obj)
+                memo[(resource, key_of(obj))] = (version, t)
+                out[t.key] = (resource, obj, t)
+        self._memo = memo
+        self.current = {k: v[2] for k, v in out.items()}
+        self.stats.invalid = sum(1 for _, _, t in out.values() if t.errors)
+        return out
+
+    def _write_policies(self, translated: dict[str, tuple[Resource, dict[str, Any], Translated]]) -> None:
+        files = {t.file: t.text for _, _, t in translated.values() if t.text is not None}
+        digest, wrote = self.policy_set.write(files)
+        if wrote:
+            self.stats.policy_sets += 1
+            log.info("policy set %s: %d valid policies", digest, len(files))
+        self.history[digest] = {
+            t.key: _digest(t.text) for _, _, t in translated.values() if t.text is not None
+        }
+        self.history.move_to_end(digest)
+        while len(self.history) > HISTORY:
+            self.history.popitem(last=False)
+
+    def _write_secrets(self, translated: dict[str, tuple[Resource, dict[str, Any], Translated]]) -> None:
+        """Read the referenced secrets (new references at once, all every ``secret_refresh`` seconds)."""
+        refs = {ref for _, _, t in translated.values() for ref in t.secrets}
+        wanted = {k8s_secrets.lookup(ref) for ref in refs}
+        stale = self.clock() - self._secrets_read_at > self.cfg.secret_refresh
+        missing = wanted - set(self._secrets)
+        if stale or missing:
+            for namespace, name in sorted(wanted if stale else missing):
+                try:
+                    self._secrets[(namespace, name)] = self.api.get(SECRETS, namespace, name)
+                except KubeError as exc:  # keep what was read before
+                    log.warning("secret %s/%s: %s", namespace, name, exc)
+            if stale:
+                self._secrets_read_at = self.clock()
+        self._secrets = {k: v for k, v in self._secrets.items() if k in wanted}
+        output.write_secrets(self.cfg.secrets, k8s_secrets.secret_values(refs, self._secrets))
+
+    def _write_endpoints(self) -> None:
+        try:
+            doc = k8s_endpoints.endpoints_document(
+                self.store.objects(PODS),
+                self.store.objects(NAMESPACES),
+                self.store.objects(NODES),
+                self.store.objects(SERVICES),
+            )
+            parse_endpoints(doc, "<kubernetes>")  # only a file the agent accepts is written
+        except EndpointsError as exc:
+            log.error("endpoints from the cluster are invalid (the last good file stays): %s", exc)
+            self.stats.last_errors = [str(exc)]
+            return
+        if output.write_json(self.cfg.endpoints, doc):
+            self.stats.endpoint_writes += 1
+            log.info("endpoints: %d pods, %d nodes", len(doc["endpoints"]), len(doc["nodes"]))
+
+    # ---------------------------------------------------------------------------------- enforcement
+    def enforcement(self, t: Translated, agent: dict[str, Any] | None) -> NodeEnforcement:
+        """What this node's agent (its status file's content) says about ``t`` (``enforced`` None:
+        nothing new to say)."""
+        if t.text is None or agent is None:
+            return NodeEnforcement(None)
+        applied = self.history.get(str(agent.get("policies_hash")))
+        if agent.get("ready") and applied is not None and applied.get(t.key) == _digest(t.text):
+            return NodeEnforcement(True)
+        errors = [str(e) for e in agent.get("errors") or []]
+        if errors and agent.get("seen_policies_hash") == self.policy_set.digest:
+            mine = [e for e in errors if t.file in e] or errors
+            return NodeEnforcement(False, "agent: " + "; ".join(mine))
+        return NodeEnforcement(None)
+
+    def _known_nodes(self) -> set[str] | None:
+        if not self.informers[NODES].synced.is_set():
+            return None
+        return {key_of(n)[1] for n in self.store.objects(NODES)}
+
+    def _write_statuses(
+        self, translated: dict[str, tuple[Resource, dict[str, Any], Translated]], agent: dict[str, Any] | None
+    ) -> None:
+        known = self._known_nodes()
+        now = _now()
+        for resource, obj, t in translated.values():
+            if resource not in STATUS_RESOURCES:
+                continue
+            desired = desired_status(
+                obj.get("status"),
+                self.cfg.node,
+                generation=t.generation,
+                errors=t.errors,
+                view=self.enforcement(t, agent),
+                known_nodes=known,
+                now=now,
+            )
+            patch = status_patch(obj, desired)
+            if patch is None:
+                continue
+            key = (resource, key_of(obj))
+            if not self._may_patch(key):
+                self._status_due = True
+                continue
+            try:
+                self.api.patch_status(resource, t.namespace, t.name, patch)
+                self.stats.patches += 1
+            except Conflict:
+                self.stats.conflicts += 1  # the watch brings the newer object; then we look again
+                self._status_due = True
+            except KubeError as exc:
+                self.stats.patch_errors += 1
+                self._status_due = True
+                self._next_patch[key] = self.clock() + 10 * self.cfg.status_interval  # back off
+                log.warning("status of %s: %s", t.key, exc)
+
+    def _may_patch(self, key: tuple[Resource, tuple[str, str]]) -> bool:
+        """Per object at most one patch per ``status_interval``; overall a token bucket."""
+        now = self.clock()
+        if now < self._next_patch.get(key, 0.0):
+            self._wake_later(self._next_patch[key] - now)
+            return False
+        self._tokens = min(
+            self.cfg.status_rate, self._tokens + (now - self._tokens_at) * self.cfg.status_rate
+        )
+        self._tokens_at = now
+        if self._tokens < 1:
+            self._wake_later(1 / self.cfg.status_rate)
+            return False
+        self._tokens -= 1
+        self._next_patch[key] = now + self.cfg.status_interval
+        return True
+
+    def _wake_later(self, seconds: float) -> None:
+        at = self.clock() + seconds
+        self._wake_at = at if self._wake_at is None else min(self._wake_at, at)
+
+    # --------------------------------------------------------------------------------------- status
+    def status(self) -> dict[str, Any]:
+        return {
+            "node": self.cfg.node,
+            "synced": self.synced(),
+            "policies": len(self.current),
+            "invalid": self.stats.invalid,
+            "policy_set": self.policy_set.digest,
+            "stats": {k: v for k, v in vars(self.stats).items() if k != "passes"},
+            "informers": {
+                str(r): {**vars(i.stats), "resourceVersion": i.resource_version, "error": i.last_error}
+                for r, i in self.informers.items()
+            },
+        }
