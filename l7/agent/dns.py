@@ -29,6 +29,7 @@ import ipaddress
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Awaitable
@@ -43,6 +44,7 @@ from dnsproxy.wire import NXDOMAIN
 from dnsproxy.wire import REFUSED as RCODE_REFUSED
 from l7.agent.fqdn import CacheConfig, FQDNCache, state_path, usable
 from l7.agent.services import AppliedView, Learned, ServiceHost
+from l7.agent.socket_keeper import KeeperClient, KeeperError, ensure_keeper
 from l7.flows import flow_path
 from l7.identity import Network, fqdn_labels
 from l7.labels import CIDR
@@ -133,6 +135,7 @@ class DnsService:
         self._reapply_lock = threading.Lock()
         self.counters = {"fast": 0, "slow": 0, "reapplies": 0, "expired": 0, "refused_source": 0}
         self.lookup_to_allowed: list[float] = []  # seconds, answer arrived → IPs allowed (last 4096)
+        self._keeper: KeeperClient | None = None
 
     # -- NodeService ----------------------------------------------------------------------------
     def start(self, host: ServiceHost) -> None:
@@ -143,6 +146,14 @@ class DnsService:
             log.info("FQDN cache: %d IPs restored from %s", restored, self._state_file)
         self._saved = self.cache.version
         self._flows = FlowLog(flow_path(host.state_dir, host.node, "dns"))
+        path = keeper_path(host.state_dir, host.node)
+        try:
+            pid = ensure_keeper(path, host.state_dir / f"dns-sockets-{host.node}.log")
+        except KeeperError as exc:  # the proxy still works; queries are lost while it restarts
+            log.error("no socket keeper: %s", exc)
+        else:
+            self._keeper = KeeperClient(path)
+            log.info("socket keeper pid %d holds the DNS listening sockets", pid)
         host.set_learned_source(self._learned)
         self._thread.start()
         self._sweeper.start()
@@ -165,6 +176,9 @@ class DnsService:
             proxy = self._proxies.pop(port)
             self._run(proxy.aclose())
             self._rules.pop(port, None)
+            if self._keeper is not None:
+                with contextlib.suppress(KeeperError):
+                    self._keeper.drop(_keeper_key(port))
             log.info("DNS proxy on port %d closed", port)
         self._known = self._known_from(view)
 
@@ -201,9 +215,35 @@ class DnsService:
     def _run(self, work: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(work, self._loop).result(10)
 
+    def _listeners(self, port: int) -> Listeners:
+        """The listening sockets of ``port``: the very sockets an earlier agent used when the keeper
+        still holds them (with the queries that queued up meanwhile), else new ones, handed to the
+        keeper so they outlive this process."""
+        if self._keeper is not None:
+            try:
+                kept = self._keeper.get(_keeper_key(port))
+            except KeeperError as exc:
+                log.error("socket keeper: %s", exc)
+                kept = []
+            if kept and all(s.getsockname()[1] == port for s in kept):
+                log.info("DNS proxy port %d: took over %d kept sockets", port, len(kept))
+                return Listeners(
+                    udp=[s for s in kept if s.type == socket.SOCK_DGRAM],
+                    tcp=[s for s in kept if s.type == socket.SOCK_STREAM],
+                )
+            for s in kept:
+                s.close()
+        made = Listeners.create(port)
+        if self._keeper is not None:
+            try:
+                self._keeper.put(_keeper_key(port), made.udp + made.tcp)
+            except KeeperError as exc:
+                log.error("socket keeper: %s", exc)
+        return made
+
     async def _open(self, port: int) -> DNSProxy:
         proxy = DNSProxy(
-            Listeners.create(port),
+            self._listeners(port),
             self._decider(port),
             self._on_answer,
             config=self.proxy_config,
@@ -401,3 +441,23 @@ class DnsService:
             self._saved = version
         except OSError as exc:
             log.warning("FQDN cache state: %s", exc)
+
+
+def keeper_path(state_dir: Path, node: str) -> Path:
+    """The unix socket of the node's socket keeper (holds the DNS listening sockets across restarts)."""
+    return state_dir / f"dns-sockets-{node}.sock"
+
+
+def _keeper_key(port: int) -> str:
+    return f"dns-{port}"
+
+
+def stop_keeper(state_dir: Path, node: str) -> bool:
+    """Stop the node's socket keeper (lab down): it closes the sockets it holds and exits."""
+    client = KeeperClient(keeper_path(state_dir, node))
+    pid = client.alive()
+    if pid is None:
+        return False
+    client.stop()
+    return True
+

@@ -156,8 +156,9 @@ def apply(name: str, source: Path, timeout: float = APPLY_TIMEOUT) -> tuple[str,
 
 
 def stop_proxies(state: LabState) -> list[str]:
-    """Stop the Envoy each node agent started (by the PID and start time in its PID file); the agents
-    are stopped already, and Envoy outlives its agent on purpose."""
+    """Stop the Envoy each node agent started (by the PID and start time in its PID file) and the socket
+    keeper holding its DNS sockets; the agents are stopped already, and both outlive an agent on purpose."""
+    from l7.agent.dns import stop_keeper
     from l7.agent.envoy import stop_envoy
     from xds.errors import XdsError
 
@@ -168,6 +169,8 @@ def stop_proxies(state: LabState) -> list[str]:
                 removed.append(f"envoy of {node['name']}")
         except XdsError as exc:
             raise LabError(str(exc)) from None
+        if stop_keeper(agent_dir(state), str(node["name"])):
+            removed.append(f"DNS socket keeper of {node['name']}")
     return removed
 
 
