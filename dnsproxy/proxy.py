@@ -134,6 +134,23 @@ class DNSProxy:
             await self.aclose()
             raise
 
+    async def drain(self, timeout: float) -> int:
+        """Stop taking new queries (they stay queued in the listening sockets for whoever serves them
+        next) and wait up to ``timeout`` seconds for the queries in flight to be answered. Returns how
+        many were still in flight."""
+        loop = self._loop
+        if loop is None:
+            return 0
+        for sock in self.listeners.udp:
+            if sock.fileno() >= 0:
+                loop.remove_reader(sock.fileno())
+        for server in self._servers:
+            server.close()  # no new TCP connections; open ones finish their queries
+        deadline = loop.time() + timeout
+        while self.stats.in_flight > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        return self.stats.in_flight
+
     async def aclose(self) -> None:
         loop = self._loop
         if loop is None:

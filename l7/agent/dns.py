@@ -160,6 +160,7 @@ class DnsService:
 
     def prepare(self, view: AppliedView) -> None:
         ports = view.ports_of("dns")
+        self._known = self._known_from(view)  # before a proxy opens: it checks the source endpoint
         for port, members in ports.items():
             self._rules[port] = dns_matchers(members)  # replaced whole: read without a lock
             if port not in self._proxies:
@@ -198,6 +199,9 @@ class DnsService:
     def close(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
+            # stop reading (queries queue in the kept sockets for the next agent), answer those in flight
+            with contextlib.suppress(Exception):
+                self._run(self._drain_all(self.proxy_config.timeout))
             for port in list(self._proxies):
                 with contextlib.suppress(Exception):
                     self._run(self._proxies.pop(port).aclose())
@@ -210,6 +214,11 @@ class DnsService:
         self._save(force=True)
         if self._flows is not None:
             self._flows.close()
+
+    async def _drain_all(self, timeout: float) -> None:
+        left = await asyncio.gather(*(p.drain(timeout) for p in self._proxies.values()))
+        if any(left):
+            log.warning("closing with %d DNS queries unanswered", sum(left))
 
     # -- event loop -----------------------------------------------------------------------------
     def _run(self, work: Any) -> Any:

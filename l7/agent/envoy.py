@@ -542,7 +542,11 @@ class EnvoyService:
         if timeout is None:
             timeout = ACK_TIMEOUT if self._acked_once else FIRST_ACK_TIMEOUT
         listen = set(ports if wait_for is None else wait_for)
-        ok = self.wait_applied(snapshot, listen, timeout, nacks_before)
+        # An adopted Envoy may still be talking to the previous agent (a graceful restart) and only
+        # reconnect here once that one stops: what the datapath needs first is its listeners, which it
+        # kept; the snapshot reaches it when it reconnects.
+        ack = not (self._adopted and not self._acked_once)
+        ok = self.wait_applied(snapshot, listen, timeout, nacks_before, ack=ack)
         self._acked_once = self._acked_once or ok
         return ok
 
@@ -550,10 +554,11 @@ class EnvoyService:
         log.error("%s", message)
         self.errors = [*self.errors[-9:], message]
 
-    def applied(self, snapshot: Snapshot, ports: set[int]) -> bool:
-        """Envoy ACKed the snapshot's clusters, listeners and routes, and every port listens."""
+    def applied(self, snapshot: Snapshot, ports: set[int], ack: bool = True) -> bool:
+        """Envoy ACKed the snapshot's clusters, listeners and routes (unless not ``ack``), and every
+        port listens."""
         acked = self.stats.acked
-        for type_url in (rt.CLUSTER, rt.LISTENER, rt.ROUTE):
+        for type_url in (rt.CLUSTER, rt.LISTENER, rt.ROUTE) if ack else ():
             if acked.get((self.node_id, type_url)) != snapshot.version(type_url):
                 if type_url == rt.ROUTE and not snapshot.resources(rt.ROUTE):
                     continue  # nothing to subscribe to: Envoy may never ask
@@ -575,12 +580,18 @@ class EnvoyService:
         return None
 
     def wait_applied(
-        self, snapshot: Snapshot, ports: set[int], timeout: float, nacks_before: int | None = None
+        self,
+        snapshot: Snapshot,
+        ports: set[int],
+        timeout: float,
+        nacks_before: int | None = None,
+        *,
+        ack: bool = True,
     ) -> bool:
         """Wait until :meth:`applied`; ``False`` on timeout or when Envoy NACKed part of it."""
         deadline = time.monotonic() + timeout
         with self.stats.changed:
-            while not self.applied(snapshot, ports):
+            while not self.applied(snapshot, ports, ack):
                 if nacks_before is not None and self.rejected(snapshot, nacks_before) is not None:
                     self._error("Envoy rejected the new configuration; it keeps enforcing the previous one")
                     return False

@@ -193,18 +193,22 @@ def destroy_datapaths(state: LabState) -> list[str]:
 
 
 def restart_agent(
-    name: str, node: str, timeout: float = AGENT_READY_TIMEOUT
+    name: str, node: str, timeout: float = AGENT_READY_TIMEOUT, *, graceful: bool = False
 ) -> tuple[procs.ProcRecord, float]:
-    """Start the agent of ``node`` again (after it died or was stopped) and wait until it has applied
-    the lab's current inputs; the new process replaces the old one in the lab state."""
+    """Start the agent of ``node`` again and wait until it has applied the lab's current inputs; the new
+    process replaces the old one in the lab state. Without ``graceful`` the old agent must be gone
+    already (it died or was stopped). With ``graceful`` the old agent is still running: the new one
+    starts beside it (adopting the datapath and Envoy, serving the same kept DNS sockets), and only
+    once it is ready is the old one stopped with SIGTERM — no moment without a DNS proxy."""
     from l7.lab.lab import _env
 
     state = load_state(name)
     if state is None:
         raise LabError(f"no lab named {name!r}")
     old = agent_records(state).get(node)
-    if old is not None and procs.alive(old):
-        raise LabError(f"lab {name}: the agent of {node} is running (pid {old.pid})")
+    running = old if old is not None and procs.alive(old) else None
+    if running is not None and not graceful:
+        raise LabError(f"lab {name}: the agent of {node} is running (pid {running.pid})")
     nodes = {n["name"]: n for n in datapath_info(state)["nodes"]}
     if node not in nodes:
         raise LabError(f"lab {name}: no node {node!r}")
@@ -223,4 +227,6 @@ def restart_agent(
         seconds = watch.wait_status([expect], timeout, alive=lambda _e: procs.alive(rec))
     except watch.WaitError as exc:
         raise LabError(f"agent of {node} not ready: {exc}\n{procs.tail(rec, 15)}") from None
+    if running is not None:
+        procs.stop(running, timeout=10.0)  # drains its DNS queries; the new agent serves the rest
     return rec, seconds

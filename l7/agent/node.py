@@ -387,8 +387,26 @@ class Agent:
         key = {k: v for k, v in st.items() if k != "updated"}
         if key == self._last_status:
             return
+        if self._replaced():
+            return  # a newer agent of this node took over (a graceful restart): its status stands
         watch.write_status(self.cfg.status_file, st)
         self._last_status = key
+
+
+    def _replaced(self) -> bool:
+        current = watch.read_status(self.cfg.status_file)
+        pid = current.get("pid") if current else None
+        return isinstance(pid, int) and pid != os.getpid() and _alive(pid) and self._last_status is not None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _open_datapath(name: str) -> DatapathLike:

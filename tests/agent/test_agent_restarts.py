@@ -5,6 +5,10 @@ over a plain L3/L4-allowed keep-alive connection, and a denied client keeps tryi
 Nothing allowed may be cut (every request on the long-lived connections succeeds, no reconnect), and
 nothing denied may get through (``/private`` is always 403, the dev client never connects). Enforcement
 lives in the pinned datapath and in Envoy, which both outlive the agent.
+
+The DNS proxy runs inside the agent; its listening sockets are held by a socket keeper, so queries sent
+while the agent restarts queue up and are answered by the next agent: a steady query load sees no
+failed query (only a pause as long as the restart).
 """
 
 from __future__ import annotations
@@ -103,6 +107,46 @@ print(json.dumps({"tries": tries, "connected": connected}))
 """
 
 
+# Runs inside mediabot: one UDP query every 20 ms (a fresh socket each, so each is its own flow), as a
+# stub resolver does it (resolv.conf defaults: 2 attempts; 3 s each here). Counts answers, queries that
+# needed the second attempt, failures and the slowest answer.
+QUERIES = r"""
+import json, os, random, socket, struct, sys, time
+server, stop = sys.argv[1], sys.argv[2]
+name = b"".join(bytes([len(p)]) + p.encode() for p in "api.github.com".split(".")) + b"\0"
+out = {"ok": 0, "retried": 0, "failed": [], "slowest_ms": 0.0}
+def attempt():
+    q = struct.pack("!HHHHHH", random.randrange(65536), 0x0100, 1, 0, 0, 0) + name + struct.pack("!HH", 1, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    try:
+        s.sendto(q, (server, 53))
+        while True:
+            data = s.recv(4096)
+            if data[:2] == q[:2]:
+                break
+        rcode = data[3] & 0xF
+        return "ok" if rcode == 0 and struct.unpack("!H", data[6:8])[0] > 0 else f"rcode {rcode}"
+    except OSError as exc:
+        return repr(exc)
+    finally:
+        s.close()
+while not os.path.exists(stop):
+    t0 = time.monotonic()
+    first = attempt()
+    result = first if first == "ok" else attempt()
+    if first != "ok":
+        out["retried"] += 1
+    if result == "ok":
+        out["ok"] += 1
+    else:
+        out["failed"].append([first, result])
+    out["slowest_ms"] = max(out["slowest_ms"], round((time.monotonic() - t0) * 1000, 1))
+    time.sleep(0.02)
+print(json.dumps(out))
+"""
+
+
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     try:
@@ -123,14 +167,14 @@ def _result(proc: subprocess.Popen[str], timeout: float) -> dict[str, object]:
     return data
 
 
-def _kill_and_restart(node: str, sig: int) -> float:
+def _kill_and_restart(node: str, sig: int, downtime: float = 0.5) -> float:
     rec = agent_lab.agent_records(Lab.load(NAME).state)[node]  # the current agent (restarts replace it)
     os.kill(rec.pid, sig)  # the agent this lab started (recorded pid)
     deadline = time.monotonic() + 10
     while procs.alive(rec) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not procs.alive(rec), f"agent of {node} ignored signal {sig}"
-    time.sleep(0.5)  # the node runs without an agent for a while
+    time.sleep(downtime)  # the node runs without an agent for a while
     _, seconds = agent_lab.restart_agent(NAME, node)
     return seconds
 
@@ -165,3 +209,39 @@ def test_agent_restarts_cut_nothing_allowed_and_open_nothing_denied(lab: Lab, tm
     assert isinstance(got["keepalive_ok"], int) and got["keepalive_ok"] > 100, got
     assert isinstance(got["private_403"], int) and got["private_403"] > 10, got
     assert dev["connected"] == 0 and isinstance(dev["tries"], int) and dev["tries"] > 5, dev
+
+
+def test_dns_queries_survive_agent_restarts(lab: Lab, tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "fqdn.yaml").write_text((SEEDS / "002-fqdn.yaml").read_text())
+    agent_lab.apply(NAME, policies)
+    server = _resolver(lab, "mediabot")
+    stop = tmp_path / "stop"
+    load = _python(lab, "mediabot", QUERIES, server, str(stop))
+    try:
+        time.sleep(1.0)
+        restarts = []
+        # mediabot's node: its DNS proxy restarts. Killed: queries queue in the kept sockets until the
+        # next agent serves them (one in flight may need the second attempt). Graceful: none waits.
+        restarts.append(("SIGKILL", _kill_and_restart("k8s-w2", signal.SIGKILL, downtime=0.0)))
+        time.sleep(1.0)
+        _, seconds = agent_lab.restart_agent(NAME, "k8s-w2", graceful=True)
+        restarts.append(("graceful", seconds))
+        time.sleep(1.0)
+        stop.touch()
+        got = _result(load, 30)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.communicate()
+    print(f"DNS under restarts (kind, ready seconds): {restarts}; {got}")
+    assert got["failed"] == [], got
+    assert isinstance(got["retried"], int) and got["retried"] <= 2, got
+    assert isinstance(got["ok"], int) and got["ok"] > 50, got
+
+
+def _resolver(lab: Lab, pod: str) -> str:
+    """The nameserver in the pod's resolv.conf (the lab's kube-dns)."""
+    out = lab.exec(pod, ["cat", "/etc/resolv.conf"], timeout=10).stdout
+    return next(line.split()[1] for line in out.splitlines() if line.startswith("nameserver"))
