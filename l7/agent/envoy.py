@@ -299,6 +299,8 @@ class EnvoyService:
     """The node's Envoy and xDS server (a :class:`l7.agent.services.NodeService`)."""
 
     name = "envoy"
+    external = False  # True: Envoy runs elsewhere (see XdsOnlyService)
+    netns_pid: int | None = None  # external: a process in Envoy's network namespace (default: this one)
 
     def __init__(
         self, cfg: AgentConfig | None = None, *, binary: Path | None = None, argv_prefix: tuple[str, ...] = ()
@@ -358,7 +360,10 @@ class EnvoyService:
         )
         with self._lock:
             record = EnvoyRecord.load(self.paths.pid_file)
-            if record is not None and record.config == str(self.paths.config) and record.alive():
+            if self.external:
+                self._adopted = True  # someone else's Envoy: it connects (and reconnects) by itself
+                log.info("serving xDS at %s for an Envoy run elsewhere", self.paths.xds_address)
+            elif record is not None and record.config == str(self.paths.config) and record.alive():
                 self._record, self._adopted = record, True
                 log.info("adopted the running Envoy (pid %d)", record.pid)
             else:
@@ -415,6 +420,8 @@ class EnvoyService:
         backoff = BACKOFF_MIN
         while not self._stop.wait(SUPERVISE_INTERVAL):
             self._secrets_changed()
+            if self.external:
+                continue
             with self._lock:
                 if self._envoy_alive():
                     if time.monotonic() - self._spawned_at > BACKOFF_RESET:
@@ -566,7 +573,9 @@ class EnvoyService:
         if not ports:
             return True
         listening = {
-            port for family, port in listening_ports(self.pid or "self", ipv6=False) if family == "4"
+            port
+            for family, port in listening_ports(self.pid or self.netns_pid or "self", ipv6=False)
+            if family == "4"
         }
         return ports <= listening
 
@@ -639,3 +648,13 @@ class EnvoyService:
 
     def _node_or_empty(self) -> str:
         return self._paths.node if self._paths else ""
+
+
+class XdsOnlyService(EnvoyService):
+    """The xDS server alone, for an Envoy the agent does not run — on Kubernetes the Envoy DaemonSet,
+    whose bootstrap points at ``unix:<state>/xds-<node>.sock`` on the shared hostPath. Readiness waits
+    for Envoy's listeners (same network namespace: hostNetwork) as with the agent's own Envoy."""
+
+    name = "xds"
+    external = True
+

@@ -46,6 +46,7 @@ POLL_INTERVAL = 0.5
 #: Service name → "module:Class"; the class is constructed with the AgentConfig (see services.py).
 SERVICES: Mapping[str, str] = {
     "envoy": "l7.agent.envoy:EnvoyService",
+    "xds": "l7.agent.envoy:XdsOnlyService",
     "dns": "l7.agent.dns:DnsService",
     "flows": "l7.agent.flows:FlowLogService",
     "metrics": "l7.agent.metrics:MetricsService",

@@ -23,6 +23,7 @@ from l7.agent.envoy import (
     EnvoyRecord,
     EnvoyService,
     Redirects,
+    XdsOnlyService,
     follow,
     listening_ports,
     stop_envoy,
@@ -166,3 +167,35 @@ def test_envoy_is_adopted_restarted_and_stopped(netns: str, state_dir: Path) -> 
     assert stop_envoy(state_dir, "hxn")
     assert not (state_dir / "envoy-hxn.pid").exists()
     assert new is not None and not new.alive()
+
+
+@pytest.mark.root
+def test_xds_only_service_serves_an_envoy_it_does_not_run(netns: str, state_dir: Path) -> None:
+    """Kubernetes: Envoy is its own DaemonSet; the agent's ``xds`` service only serves the socket its
+    bootstrap points at, and waits for that Envoy's listeners like for its own."""
+    from xds.bootstrap import bootstrap, render
+    from xds.envoy_process import EnvoyProcess
+
+    svc = XdsOnlyService()
+    svc.start(host(state_dir))
+    config = state_dir / "external" / "bootstrap.yaml"
+    config.parent.mkdir()
+    config.write_text(
+        render(
+            bootstrap(
+                node_id="hxn",
+                xds_address=f"unix:{state_dir / 'xds-hxn.sock'}",
+                admin_address=f"unix:{state_dir / 'external' / 'admin.sock'}",
+            )
+        )
+    )
+    envoy = EnvoyProcess.start(config, config.parent, argv_prefix=("nsenter", f"--net=/run/netns/{netns}"))
+    try:
+        svc.netns_pid = envoy.popen.pid
+        assert svc.publish({15001: GET_PUBLIC}, timeout=10)
+        assert svc.pid is None and ("4", 15001) in listening_ports(envoy.popen.pid)
+        assert svc.status()["acked"]["LDS"]
+        assert not (state_dir / "envoy-hxn.pid").exists()  # nothing of its own to adopt or stop
+    finally:
+        svc.close()
+        envoy.stop()
