@@ -148,17 +148,18 @@ def parse_http(obj: Mapping[str, Any], node: str) -> Flow:
     route (Cilium's 403 ``Access denied``) is ``denied``."""
     route = str(obj.get("route") or "")
     denied = route.startswith("deny")
+    audited = route == "audit"  # xds.translate.AUDIT_ROUTE: no rule allows it, let through in audit mode
     src_ip, src_port = _split_addr(obj.get("downstream_remote"))
     dst_ip, dst_port = _split_addr(obj.get("downstream_local"))
     flags = str(obj.get("response_flags") or "")
-    reason = "no-http-rule-matches" if denied else (f"route:{route}" if route else "")
+    reason = "no-http-rule-matches" if denied or audited else (f"route:{route}" if route else "")
     if flags and flags != "-":
         reason = f"{reason} flags:{flags}".strip()
     return Flow(
         time=_envoy_time(obj.get("start_time")),
         node=node,
         type="http",
-        verdict="denied" if denied else "allowed",
+        verdict="denied" if denied else ("audit" if audited else "allowed"),
         reason=reason,
         proto="TCP",
         src_ip=src_ip,

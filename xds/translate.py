@@ -280,10 +280,16 @@ def _deny(routes: Any, name: str) -> rc.Route:
     return route
 
 
+AUDIT_ROUTE = "audit"
+"""The route that lets through, in audit mode, what no rule allows (the access log names it)."""
+
+
 def build_route_configuration(
-    name: str, rules: RuleSet, settings: ProxySettings, *, deny_all: bool = False
+    name: str, rules: RuleSet, settings: ProxySettings, *, deny_all: bool = False, audit: bool = False
 ) -> route_pb2.RouteConfiguration:
-    """The routes of one rule set; ``deny_all`` ignores the rules and denies every request."""
+    """The routes of one rule set; ``deny_all`` ignores the rules and denies every request. In ``audit``
+    mode a request no rule allows is forwarded by the :data:`AUDIT_ROUTE` route instead of getting 403
+    (CONNECT stays refused: it is no policy decision)."""
     config = route_pb2.RouteConfiguration(name=name)
     virtual_host = config.virtual_hosts.add(name="any", domains=["*"])
     routes = virtual_host.routes
@@ -294,7 +300,10 @@ def build_route_configuration(
         _allow(routes, "allow-all", [], settings)
     for index, rule in enumerate(rules):
         _rule_routes(routes, index, rule, settings)
-    _deny(routes, "deny").match.prefix = ""
+    if audit and not deny_all:
+        _allow(routes, AUDIT_ROUTE, [], settings)
+    else:
+        _deny(routes, "deny").match.prefix = ""
     return config
 
 
@@ -405,7 +414,10 @@ def build_cluster(settings: ProxySettings) -> cluster_pb2.Cluster:
 
 
 def translate(
-    ports: Mapping[int, RuleSet], settings: ProxySettings, deny: AbstractSet[int] = frozenset()
+    ports: Mapping[int, RuleSet],
+    settings: ProxySettings,
+    deny: AbstractSet[int] = frozenset(),
+    audit: AbstractSet[int] = frozenset(),
 ) -> list[tuple[str, Any]]:
     """(type URL, message) for every resource; deterministic, no side effects. Ports in ``deny`` keep
     their listener but deny every request (their rules are ignored)."""
@@ -414,15 +426,21 @@ def translate(
         out.append((rt.LISTENER, build_listener(port, route_config_name(port), settings)))
     for port in sorted(ports):
         name = route_config_name(port)
-        out.append((rt.ROUTE, build_route_configuration(name, ports[port], settings, deny_all=port in deny)))
+        config = build_route_configuration(
+            name, ports[port], settings, deny_all=port in deny, audit=port in audit
+        )
+        out.append((rt.ROUTE, config))
     return out
 
 
 def snapshot_of(
-    ports: Mapping[int, RuleSet], settings: ProxySettings, deny: AbstractSet[int] = frozenset()
+    ports: Mapping[int, RuleSet],
+    settings: ProxySettings,
+    deny: AbstractSet[int] = frozenset(),
+    audit: AbstractSet[int] = frozenset(),
 ) -> Snapshot:
     """Translate and encode everything (no memo); see :class:`Translator` for repeated builds."""
-    return Snapshot(Resource.encode(type_url, m) for type_url, m in translate(ports, settings, deny))
+    return Snapshot(Resource.encode(type_url, m) for type_url, m in translate(ports, settings, deny, audit))
 
 
 class Translator:
@@ -438,7 +456,11 @@ class Translator:
         return self._encoder.encoded
 
     def snapshot(
-        self, ports: Mapping[int, RuleSet], settings: ProxySettings, deny: AbstractSet[int] = frozenset()
+        self,
+        ports: Mapping[int, RuleSet],
+        settings: ProxySettings,
+        deny: AbstractSet[int] = frozenset(),
+        audit: AbstractSet[int] = frozenset(),
     ) -> Snapshot:
         """Like :func:`snapshot_of`, re-encoding only what changed since the last call."""
         encoder = self._encoder
@@ -461,11 +483,12 @@ class Translator:
                 )
             else:
                 secrets = _secrets_used(rules, settings.secrets)
+                audited = port in audit
                 routes.append(
                     encoder.encode(
                         rt.ROUTE,
-                        ("route", name, key, secrets, common),
-                        lambda n=name, r=rules: build_route_configuration(n, r, settings),  # type: ignore[misc]
+                        ("route", name, key, secrets, audited, common),
+                        lambda n=name, r=rules, a=audited: build_route_configuration(n, r, settings, audit=a),  # type: ignore[misc]
                     )
                 )
             out.append(

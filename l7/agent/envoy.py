@@ -512,7 +512,7 @@ class EnvoyService:
             if successor is None:
                 deny.add(port)
         self._view = view
-        self.publish({**ports, **retired}, deny=deny, wait_for=set(ports))
+        self.publish({**ports, **retired}, deny=deny, wait_for=set(ports), audit=view.audit_ports())
 
     def commit(self, view: AppliedView) -> None:
         pass
@@ -524,13 +524,14 @@ class EnvoyService:
         *,
         deny: AbstractSet[int] = frozenset(),
         wait_for: AbstractSet[int] | None = None,
+        audit: AbstractSet[int] = frozenset(),
     ) -> bool:
         """Build, publish and wait (bounded) until Envoy ACKed it and listens on every port. Returns
         ``False`` (after logging why) when the snapshot could not be built or was not confirmed in time;
         the previous snapshot then stays published if this one could not be built."""
         nacks_before = self.stats.nacks
         try:
-            snapshot = self._translator.snapshot(ports, self.settings(), deny)
+            snapshot = self._translator.snapshot(ports, self.settings(), deny, audit)
         except XdsError as exc:
             self._error(f"HTTP rules not translated (the previous configuration stays): {exc}")
             return False
@@ -657,4 +658,3 @@ class XdsOnlyService(EnvoyService):
 
     name = "xds"
     external = True
-

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -406,13 +407,8 @@ def down_state(state: LabState) -> list[str]:
     if errors:
         raise LabError(f"lab {state.name}: down incomplete:\n  " + "\n  ".join(errors))
     directory = lab_dir(state.name)
-    for path in sorted(directory.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        if path.is_dir():
-            path.rmdir()
-        else:
-            path.unlink()
-    with contextlib.suppress(FileNotFoundError):
-        directory.rmdir()
+    if directory.exists():
+        shutil.rmtree(directory)  # never follows symlinks (a policy link may point anywhere)
     removed.append(f"state {directory}")
     return removed
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,8 @@ import yaml
 from agent_helpers import REPO
 
 from l7.agent import lab as agent_lab
+from l7.agent.envoy import stop_envoy
+from l7.flows import parse_http
 from l7.lab import Lab, down, procs
 from l7.lab.topology import parse_topology
 
@@ -46,6 +49,19 @@ spec:
   ingress:
   - fromEndpoints: [{{matchLabels: {{env: {env}}}}}]
     toPorts: [{{ports: [{{port: "80", protocol: TCP}}]}}]
+"""
+
+WEB_L7 = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-from}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {env: prod}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules: {http: [{method: GET, path: /}]}
 """
 
 BROKEN = """
@@ -86,6 +102,8 @@ class FilesAgent:
             str(node["uplink"]),
             "--datapath-name",
             str(node["netns"]),
+            "--services",
+            "envoy,flows",
         ]
         self.rec = procs.launch("files-agent", str(node["netns"]), argv, root / "agent.log", None)
 
@@ -133,6 +151,27 @@ def agent(lab: Lab, tmp_path: Path) -> Iterator[FilesAgent]:
         yield a
     finally:
         procs.stop(a.rec)
+        stop_envoy(a.state, NODE)  # the agent's Envoy outlives it on purpose
+
+
+def http(lab: Lab, pod: str, path: str) -> tuple[int, bytes]:
+    ip = lab.pod("web").ips[0]
+    argv = ["curl", "-s", "-m", "3", "-o", "-", "-w", "\n%{http_code}", f"http://{ip}{path}"]
+    out = subprocess.run(lab.exec_argv(pod, argv), capture_output=True, timeout=15, check=False).stdout
+    body, _, code = out.rpartition(b"\n")
+    return int(code or 0), body
+
+
+def set_audit(agent: FilesAgent, on: bool) -> None:
+    data = json.loads(agent.endpoints.read_text())
+    for ep in data["endpoints"]:
+        if ep["name"] == "web":
+            ep["policyAuditMode"] = on
+    before = agent.status()["generation"]
+    tmp = agent.endpoints.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(agent.endpoints)
+    agent.wait("endpoints applied", lambda s: s.get("generation", 0) > before)
 
 
 def connects(lab: Lab, pod: str) -> bool:
@@ -163,13 +202,24 @@ def test_hot_reload_broken_file_and_audit(lab: Lab, agent: FilesAgent) -> None:
     assert connects(lab, "dev") and not connects(lab, "prod")
 
     # audit mode for the web pod (endpoints file): the would-be drop of prod goes through
-    data = json.loads(agent.endpoints.read_text())
-    for ep in data["endpoints"]:
-        if ep["name"] == "web":
-            ep["policyAuditMode"] = True
-    before = agent.status()["generation"]
-    tmp = agent.endpoints.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(agent.endpoints)
-    agent.wait("audit applied", lambda s: s.get("generation", 0) > before)
+    set_audit(agent, True)
     assert connects(lab, "prod") and connects(lab, "dev")
+
+    # ... and at L7: what no HTTP rule allows is forwarded (the server's own 404, not 403) and logged
+    # with verdict audit; out of audit mode it is 403 again
+    generation = agent.status()["generation"]
+    agent.write_policy("web.yaml", WEB_L7)
+    agent.wait("L7 policy applied", lambda s: s.get("generation", 0) > generation)
+    assert http(lab, "prod", "/") == (200, b"hello\n")
+    assert http(lab, "prod", "/nope")[0] == 404
+    log = agent.state / f"flows-{NODE}-http.jsonl"
+    deadline = time.monotonic() + 10
+    audited: list[str] = []
+    while not audited and time.monotonic() < deadline:
+        lines = log.read_text().splitlines() if log.exists() else []
+        audited = [x for x in lines if parse_http(json.loads(x), NODE).verdict == "audit"]
+        time.sleep(0.2)
+    assert audited and '"/nope"' in audited[-1], audited
+    set_audit(agent, False)
+    assert http(lab, "prod", "/nope") == (403, b"Access denied\r\n")
+    assert http(lab, "prod", "/") == (200, b"hello\n")

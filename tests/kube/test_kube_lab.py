@@ -13,7 +13,6 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +23,6 @@ from l7.agent import lab as agent_lab
 from l7.agent import watch
 from l7.k8s.controller import Controller, ControllerConfig
 from l7.lab import Lab, down
-from l7.lab.state import lab_dir
 from l7.lab.topology import parse_topology
 
 pytestmark = pytest.mark.root
@@ -73,12 +71,7 @@ def lab() -> Iterator[Lab]:
     try:
         yield Lab.up(parse_topology(topology(), "<test_kube_lab>"), NAME)
     finally:
-        # the inputs pointed at the controller's output are links out of the lab: drop them first
-        for name in ("policies", "endpoints.json"):
-            link = lab_dir(NAME) / name
-            if link.is_symlink() and Path(os.readlink(link)).is_absolute():
-                link.unlink()
-        down(NAME)
+        down(NAME)  # the inputs are links to the controller's output: down removes links, not targets
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from xds.bootstrap import EXAMPLE, bootstrap, render
 from xds.errors import PortAllocationError, TranslationError
 from xds.ports import assign_ports
 from xds.translate import (
+    AUDIT_ROUTE,
     DENY_BODY,
     ProxySettings,
     Translator,
@@ -188,3 +189,21 @@ def test_bootstrap_example_is_current() -> None:
     assert config["dynamic_resources"]["ads_config"]["set_node_on_first_message_only"] is True
     assert (REPO / "envoy" / "bootstrap.example.yaml").read_text() == render(config)
     assert yaml.safe_load(render(config)) == config
+
+
+def test_audit_mode_forwards_what_no_rule_allows() -> None:
+    rules = (HTTPRule(method="GET", path="/public"),)
+    config = build_route_configuration("r", rules, ProxySettings(), audit=True)
+    (virtual_host,) = config.virtual_hosts
+    last = virtual_host.routes[-1]
+    assert last.name == AUDIT_ROUTE and last.match.prefix == "" and last.route.cluster
+    assert not any(r.HasField("direct_response") and r.name == "deny" for r in virtual_host.routes)
+    assert virtual_host.routes[0].direct_response.status == 403  # CONNECT stays refused
+    # deny_all wins over audit (a retired port), and the translator keeps audit and enforcing apart
+    deny_all = build_route_configuration("r", rules, ProxySettings(), deny_all=True, audit=True)
+    assert deny_all.virtual_hosts[0].routes[-1].direct_response.status == 403
+    translator = Translator()
+    enforcing = translator.snapshot({15001: rules}, ProxySettings())
+    audited = translator.snapshot({15001: rules}, ProxySettings(), audit={15001})
+    assert enforcing.version(rt.ROUTE) != audited.version(rt.ROUTE)
+    assert enforcing.version(rt.LISTENER) == audited.version(rt.LISTENER)
