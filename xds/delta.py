@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -132,6 +132,7 @@ class DeltaStream:
                 nonce,
                 ", ".join(sent.names),
                 request.error_detail.message,
+                extra={"fields": {"event": "nack", **asdict(event)}},
             )
             if self._observer is not None:
                 self._observer.on_nack(event)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -116,6 +116,7 @@ class SotwStream:
                 ", ".join(state.sent_names),
                 request.error_detail.message,
                 request.version_info or "none",
+                extra={"fields": {"event": "nack", **asdict(event)}},
             )
             if self._observer is not None:
                 self._observer.on_nack(event)

@@ -5,6 +5,7 @@ liveness/readiness check of the DaemonSet."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Annotated
 import typer
 
 from l7.cli import app
+from l7.logs import configure as configure_logs
 
 DEFAULT_STATE_DIR = Path("/run/l7gate/agent")
 K8S_SYNC_TIMEOUT = 120.0
@@ -65,6 +67,18 @@ def agent_cmd(  # noqa: PLR0917  (typer options)
             help="Files/Kubernetes mode: node services, comma separated (envoy,dns,...).",
         ),
     ] = "",
+    audit: Annotated[
+        bool,
+        typer.Option(
+            "--audit",
+            envvar="L7GATE_AUDIT",
+            help="Audit mode for every endpoint: would-be drops and 403s pass and are reported as audit.",
+        ),
+    ] = False,
+    log_format: Annotated[
+        str,
+        typer.Option("--log-format", envvar="L7GATE_LOG_FORMAT", help="text or json (one object per line)."),
+    ] = "text",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the node agent until SIGTERM (run it in the node's netns: nsenter --net=/run/netns/NODE).
@@ -74,10 +88,11 @@ def agent_cmd(  # noqa: PLR0917  (typer options)
     from l7.agent.node import AgentConfig, AgentError, lab_config, route_interfaces, run_agent
     from l7.lab import LabError
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format=f"%(asctime)s agent[{node}] %(levelname)s %(message)s",
-    )
+    try:
+        configure_logs(f"agent[{node}]", verbose=verbose, fmt=log_format)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     if os.geteuid() != 0:
         typer.echo("error: the agent needs root (BPF, tc)", err=True)
         raise typer.Exit(1)
@@ -92,11 +107,13 @@ def agent_cmd(  # noqa: PLR0917  (typer options)
         except (LabError, AgentError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
-        raise typer.Exit(run_agent(cfg))
+        raise typer.Exit(run_agent(dataclasses.replace(cfg, audit=audit or cfg.audit)))
     state = (state_dir or DEFAULT_STATE_DIR).resolve()
     if kubernetes:
         raise typer.Exit(
-            _run_kubernetes(node, state, kubeconfig, cilium_policies, uplink, datapath_name, service_names)
+            _run_kubernetes(
+                node, state, kubeconfig, cilium_policies, uplink, datapath_name, service_names, audit
+            )
         )
     if policies is None or endpoints is None:
         typer.echo(
@@ -112,6 +129,7 @@ def agent_cmd(  # noqa: PLR0917  (typer options)
         interfaces=route_interfaces(node),
         uplink=uplink,
         services=service_names,
+        audit=audit,
     )
     raise typer.Exit(run_agent(cfg))
 
@@ -124,6 +142,7 @@ def _run_kubernetes(  # noqa: PLR0917
     uplink: str | None,
     datapath_name: str | None,
     services: tuple[str, ...],
+    audit: bool = False,
 ) -> int:
     """The controller (threads) writes the inputs; the agent loop runs on this thread until SIGTERM."""
     from l7.agent import watch
@@ -161,6 +180,7 @@ def _run_kubernetes(  # noqa: PLR0917
             interfaces=route_interfaces(node),
             uplink=uplink,
             services=services,
+            audit=audit,
         )
         return run_agent(cfg)
     finally:
