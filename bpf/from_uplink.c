@@ -3,7 +3,7 @@
  * Only packets whose destination is a local endpoint (ipcache value with an
  * endpoint id) are judged; everything else is not ours and passes.
  * Replies of pod-originated flows pass via conntrack; established flows keep
- * their verdict; new flows get the destination's ingress policy with the
+ * their verdict until the policy changes (then they are decided again); new flows get the destination's ingress policy with the
  * source identity from the ipcache (miss = world). Non-first fragments pass
  * only when tied to an allowed first fragment.
  */

@@ -74,17 +74,23 @@ static __always_inline int l7g_ct_refresh(struct l7g_ct_key *k, struct l7g_flow 
     return 1;
 }
 
+/* The conntrack key of the flow's own direction (the originator's tuple). */
+static __always_inline void l7g_ct_forward_key(struct l7g_flow *f, struct l7g_ct_key *k)
+{
+    k->family = f->family;
+    k->proto = f->proto;
+    k->sport = f->sport;
+    k->dport = f->dport;
+    __builtin_memcpy(k->saddr, f->saddr, 16);
+    __builtin_memcpy(k->daddr, f->daddr, 16);
+}
+
 static __always_inline int l7g_ct_lookup(struct l7g_flow *f, struct l7g_ct_entry *out)
 {
     struct l7g_ct_key k = {};
     int res;
 
-    k.family = f->family;
-    k.proto = f->proto;
-    k.sport = f->sport;
-    k.dport = f->dport;
-    __builtin_memcpy(k.saddr, f->saddr, 16);
-    __builtin_memcpy(k.daddr, f->daddr, 16);
+    l7g_ct_forward_key(f, &k);
     res = l7g_ct_refresh(&k, f, out, 0);
     if (res == 2)
         return CT_STALE;
@@ -106,12 +112,7 @@ static __always_inline void l7g_ct_create(struct l7g_flow *f, __u8 verdict, __u1
     struct l7g_ct_entry e = {};
     __u64 now = bpf_ktime_get_ns();
 
-    k.family = f->family;
-    k.proto = f->proto;
-    k.sport = f->sport;
-    k.dport = f->dport;
-    __builtin_memcpy(k.saddr, f->saddr, 16);
-    __builtin_memcpy(k.daddr, f->daddr, 16);
+    l7g_ct_forward_key(f, &k);
     if (f->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
         flags |= CT_F_CLOSING;
     e.expires_ns = now + l7g_ct_lifetime(f->proto, flags);
@@ -131,12 +132,7 @@ static __always_inline void l7g_ct_delete(struct l7g_flow *f)
 {
     struct l7g_ct_key k = {};
 
-    k.family = f->family;
-    k.proto = f->proto;
-    k.sport = f->sport;
-    k.dport = f->dport;
-    __builtin_memcpy(k.saddr, f->saddr, 16);
-    __builtin_memcpy(k.daddr, f->daddr, 16);
+    l7g_ct_forward_key(f, &k);
     l7g_ct.delete(&k);
 }
 

@@ -71,6 +71,7 @@ class _Known:
     identities: frozenset[int] = frozenset()  # identities the policy entries were resolved with
     prefixes: tuple[Network, ...] = ()  # the policy CIDR prefixes (part of an FQDN identity's labels)
     signatures: dict[Signature, int] = field(default_factory=dict)  # seen in the view's ipcache
+    audited: frozenset[str] = frozenset()  # local endpoint IPs in audit mode
 
 
 def dns_matchers(rule_sets: Any) -> tuple[NameMatcher, ...]:
@@ -136,6 +137,7 @@ class DnsService:
         self.counters = {"fast": 0, "slow": 0, "reapplies": 0, "expired": 0, "refused_source": 0}
         self.lookup_to_allowed: list[float] = []  # seconds, answer arrived → IPs allowed (last 4096)
         self._keeper: KeeperClient | None = None
+        self._audited: dict[tuple[str, str], float] = {}  # (source IP, name) let through in audit mode
 
     # -- NodeService ----------------------------------------------------------------------------
     def start(self, host: ServiceHost) -> None:
@@ -272,6 +274,11 @@ class DnsService:
             for matcher in self._rules.get(port, ()):
                 if matcher.matches(qname):
                     return ALLOWED
+            if source_ip in self._known.audited:  # audit mode: forwarded, reported as audit
+                if len(self._audited) > 10_000:  # events never came for these: forget them
+                    self._audited.clear()
+                self._audited[(source_ip, qname)] = time.monotonic()
+                return ALLOWED
             return REFUSED
 
         return decide
@@ -280,6 +287,8 @@ class DnsService:
         if self._flows is None:
             return
         record: dict[str, Any] = {"time": time.time(), **event._asdict()}
+        if self._audited and self._audited.pop((event.source_ip, event.qname), None) is not None:
+            record["verdict"] = "audit"  # no DNS rule allows it; the endpoint is in audit mode
         record["ips"] = [list(pair) for pair in event.ips]
         record["endpoint"] = self._known.local.get(event.source_ip)
         try:
@@ -389,7 +398,9 @@ class DnsService:
             labels = allocator.lookup(e.identity)
             if labels is not None and any(lb.source == CIDR and lb.key == e.prefix for lb in labels):
                 prefixes.append(ipaddress.ip_network(e.prefix))
+        audited = {r.endpoint.key for r in view.resolved.endpoints} if self.cfg.audit else file.audited()
         known = _Known(
+            audited=frozenset(ip for ip, key in local.items() if key in audited),
             local=local,
             managed=frozenset(managed),
             selectors=tuple(selectors[k] for k in sorted(selectors)),

@@ -397,17 +397,7 @@ class Agent:
     def _replaced(self) -> bool:
         current = watch.read_status(self.cfg.status_file)
         pid = current.get("pid") if current else None
-        return isinstance(pid, int) and pid != os.getpid() and _alive(pid) and self._last_status is not None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return pid != os.getpid() and watch.pid_alive(pid) and self._last_status is not None
 
 
 def _open_datapath(name: str) -> DatapathLike:

@@ -77,6 +77,19 @@ def write_status(path: Path, status: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def pid_alive(pid: object) -> bool:
+    """Whether ``pid`` (as read from a status file) is a live process."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def read_status(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())

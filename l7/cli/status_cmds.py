@@ -5,7 +5,6 @@ policy set the agents watch (accepted documents, rejected ones with their field 
 from __future__ import annotations
 
 import json
-import os
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -26,15 +25,9 @@ class Output(StrEnum):
 
 
 def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from l7.agent.watch import pid_alive
+
+    return pid_alive(pid)
 
 
 def read_statuses(agent_dir: Path) -> list[dict[str, Any]]:

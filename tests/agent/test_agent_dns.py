@@ -325,3 +325,40 @@ def test_flow_established_before_the_dns_rule_goes_through_the_proxy(lab: Lab, t
     assert status_of(out) == "REFUSED", out
     rc, out = dig(lab, "demo/probe", *bind, "+short", "google.com")
     assert rc == 0 and answers(out) == [world(lab, "google")], out
+
+
+def test_audit_mode_forwards_names_no_rule_allows(lab: Lab, tmp_path: Path) -> None:
+    """An endpoint in audit mode gets the answer for a name its DNS rules do not allow; the flow log
+    says ``audit``. Out of audit mode the same query is REFUSED again."""
+    apply(NAME, tmp_path, seed("000-demo-policy", "demo"))
+    path = lab.state.directory / "endpoints.json"
+    original = path.read_text()
+
+    def set_audit(on: bool) -> None:
+        data = json.loads(original)
+        for ep in data["endpoints"]:
+            if (ep.get("namespace"), ep["name"]) == ("demo", "demo-app"):
+                ep["policyAuditMode"] = on
+        before = agent_status(lab, NODE)["generation"]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(path)
+        deadline = time.monotonic() + 10
+        while agent_status(lab, NODE)["generation"] == before:
+            assert time.monotonic() < deadline, "the agent did not apply the endpoints file"
+            time.sleep(0.1)
+
+    try:
+        set_audit(True)
+        rc, out = dig(lab, "demo/demo-app", "+short", "github.com")
+        assert rc == 0 and answers(out) == [world(lab, "github")], out
+        log = (lab.state.directory / "agent" / f"flows-{NODE}-dns.jsonl").read_text().splitlines()
+        mine = [json.loads(x) for x in log if '"github.com"' in x and "demo/demo-app" in x]
+        assert mine and mine[-1]["verdict"] == "audit", mine[-1:]
+        set_audit(False)
+        rc, out = dig(lab, "demo/demo-app", "github.com")
+        assert status_of(out) == "REFUSED", out
+    finally:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(original)
+        tmp.replace(path)
