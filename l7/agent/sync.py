@@ -132,6 +132,9 @@ def sync(dp: DatapathLike, desired: DesiredState, uplink: int | None = None) -> 
     for net in sorted(set(have_ip) - set(desired.ipcache), key=str):
         dp.delete_ipcache(net)
         stats.ipcache_deleted += 1
-    if stats.changes:
-        dp.bump_policy_revision()  # established flows are decided again under the new policy
+    if stats.policy_written or stats.policy_deleted or stats.endpoints_written or stats.endpoints_deleted:
+        # What is allowed changed: established flows are decided again under the new policy. An
+        # ipcache-only change (an FQDN address learned or expired, a peer appearing) changes who an
+        # address is, not what is allowed: established connections keep their verdict, as in Cilium.
+        dp.bump_policy_revision()
     return stats

@@ -282,3 +282,22 @@ def test_editing_l7_rules_in_place_keeps_the_port() -> None:
     after = l7_unions(resolve(policies(edited)))
     assert set(after) == set(before)  # same keys: same proxy ports, same listeners
     assert after != before  # different rules behind them
+
+
+def test_policy_revision_bumped_only_when_what_is_allowed_changes() -> None:
+    dp = FakeDatapath()
+    r = resolve(seeds("002-allow-public-from-prod"))
+    d = desired(r)
+    sync(dp, d, uplink=None)
+    assert dp.revision == 1  # first programming
+    sync(dp, d, uplink=None)
+    assert dp.revision == 1  # nothing changed
+    # an ipcache-only change (an FQDN address learned, then expired): established flows keep going
+    extra = ipaddress.ip_network("10.99.0.1/32")
+    learned = DesiredState(d.endpoints, {**d.ipcache, extra: d.ipcache[next(iter(d.ipcache))]}, d.policy)
+    sync(dp, learned, uplink=None)
+    sync(dp, d, uplink=None)
+    assert dp.revision == 1
+    # a policy change: every established flow is decided again
+    sync(dp, desired(resolve(seeds("002-allow-public-from-prod", "002-dev-to-host"))), uplink=None)
+    assert dp.revision == 2
