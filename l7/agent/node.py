@@ -4,7 +4,8 @@
 
     policy dir ──┐  (poll ~0.5 s: stat signature, then content hash)
     endpoints ───┴─► load (keep the last good set on errors) ─► Resolver ─► plan ─► sync ─► Datapath
-                                                                                       │
+                                                      ▲            │                   │
+                              learned FQDN IPs (dns) ─┘   services.prepare / commit    │
                                            <state-dir>/agent-<node>.json  ◄─ status ───┘
 
 Run it inside the node's network namespace (``nsenter --net=/run/netns/NODE``, not ``ip netns exec``,
