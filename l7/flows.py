@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 FLOW_TYPES = ("l3l4", "http", "dns")
 VERDICTS = ("allowed", "denied", "audit")
@@ -364,3 +364,32 @@ def select(
         if type and flow.type != type:
             continue
         yield flow
+
+
+FLOW_LOG_MAX_BYTES = 64 << 20
+"""Size at which a flow-log file is rotated to ``.1`` (one older file is kept)."""
+
+
+class FlowLog:
+    """Append-only JSON lines with size-capped rotation to ``.1``."""
+
+    def __init__(self, path: Path, max_bytes: int = FLOW_LOG_MAX_BYTES) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._fh: IO[str] | None = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = self.path.open("a", encoding="utf-8")
+        self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._fh.flush()
+        if self._fh.tell() >= self.max_bytes:
+            self._fh.close()
+            self._fh = None
+            self.path.replace(self.path.with_name(self.path.name + ".1"))
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
 import os
 import socket
@@ -45,7 +44,7 @@ from dnsproxy.wire import REFUSED as RCODE_REFUSED
 from l7.agent.fqdn import CacheConfig, FQDNCache, state_path, usable
 from l7.agent.services import AppliedView, Learned, ServiceHost
 from l7.agent.socket_keeper import KeeperClient, KeeperError, ensure_keeper
-from l7.flows import flow_path
+from l7.flows import FlowLog, flow_path
 from l7.identity import Network, fqdn_labels
 from l7.labels import CIDR
 from l7.policy.fqdn import NameMatcher
@@ -57,7 +56,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("l7gate.agent.dns")
 
 SWEEP_INTERVAL = 1.0
-FLOW_LOG_MAX_BYTES = 64 << 20
 Signature = tuple[frozenset[str], str | None, int]
 
 
@@ -84,25 +82,6 @@ def dns_matchers(rule_sets: Any) -> tuple[NameMatcher, ...]:
             elif rule.match_pattern is not None:
                 out.append(NameMatcher(match_pattern=rule.match_pattern))
     return tuple(out)
-
-
-class FlowLog:
-    """``flows-<node>-dns.jsonl``: one JSON object per query, flushed per line, rotated to ``.1``."""
-
-    def __init__(self, path: Path, max_bytes: int = FLOW_LOG_MAX_BYTES) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self._file = path.open("a", buffering=1)
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
-        if self._file.tell() > self.max_bytes:
-            self._file.close()
-            self.path.replace(self.path.with_name(self.path.name + ".1"))
-            self._file = self.path.open("a", buffering=1)
-
-    def close(self) -> None:
-        self._file.close()
 
 
 class DnsService:
@@ -480,4 +459,3 @@ def stop_keeper(state_dir: Path, node: str) -> bool:
         return False
     client.stop()
     return True
-

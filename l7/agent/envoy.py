@@ -23,26 +23,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-import signal
 import subprocess
 import threading
 import time
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Mapping
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bpf.maps import MARK_FROM_PROXY, Action, Direction
-from l7.agent.plan import PlanError, direction_decisions
+from bpf.maps import MARK_FROM_PROXY
+from l7.agent.envoy_files import STOP_TIMEOUT, EnvoyPaths, EnvoyRecord, listening_ports, process_start_time
+from l7.agent.http_redirects import follow, http_ports, redirects, successors
 from l7.agent.secrets import fingerprint, load_secrets
 from l7.agent.services import AppliedView, ServiceHost
-from l7.policy.model import HTTPRule
-from l7.resolve.types import L7RuleSet
 from xds import resources as rt
 from xds.bootstrap import bootstrap, render
 from xds.cache import SnapshotCache
@@ -64,189 +59,8 @@ ACK_TIMEOUT = 2.0
 SUPERVISE_INTERVAL = 0.5
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
 BACKOFF_RESET = 30.0  # running this long since its start: the next crash restarts quickly again
-STOP_TIMEOUT = 5.0
 _LEFT_RUNNING: list[subprocess.Popen[bytes]] = []  # Envoys close() left running (kept, not "leaked")
 RETIRE_AFTER = 300.0  # how long the listener of a port that went out of use is kept (see prepare)
-
-
-# ------------------------------------------------------------------------------------ pure helpers
-def union_rules(members: Iterable[L7RuleSet]) -> RuleSet:
-    """The HTTP rules of a union of rule sets: any rule of any member may match; a member without rules
-    allows everything, so the union does too."""
-    rules: list[HTTPRule] = []
-    for member in members:
-        if not member.http:
-            return ()
-        rules.extend(rule for rule in member.http if rule not in rules)
-    return tuple(rules)
-
-
-def http_ports(view: AppliedView) -> dict[int, RuleSet]:
-    return {port: union_rules(members) for port, members in sorted(view.ports_of("http").items())}
-
-
-Redirects = dict[tuple[str, int, int, int | None], list[tuple[int, int, int]]]
-
-
-def redirects(view: AppliedView) -> Redirects:
-    """(endpoint, direction, peer identity, protocol) → [(port lo, port hi, proxy port)] of the
-    view's HTTP redirects."""
-    http = set(view.ports_of("http"))
-    out: Redirects = {}
-    for resolved in view.resolved.endpoints:
-        key = f"{resolved.endpoint.namespace}/{resolved.endpoint.name}"
-        for policy, direction in ((resolved.ingress, Direction.INGRESS), (resolved.egress, Direction.EGRESS)):
-            try:
-                decisions = direction_decisions(policy, direction, view.ports)
-            except PlanError:
-                continue
-            for d in decisions:
-                if d.action is Action.REDIRECT and d.proxy_port in http:
-                    out.setdefault((key, int(direction), d.peer_identity, d.proto), []).append(
-                        (d.port_lo, d.port_hi, d.proxy_port)
-                    )
-    return out
-
-
-def successors(before: Redirects, after: Redirects, gone: Iterable[int]) -> dict[int, int | None]:
-    """For each proxy port that went out of use: the one port that now judges *all* the traffic it
-    judged, or None (the traffic is split over several ports, or no longer all goes through Envoy)."""
-    found: dict[int, set[int | None]] = {port: set() for port in gone}
-    for flow, entries in before.items():
-        later = after.get(flow, [])
-        for lo, hi, port in entries:
-            if port not in found:
-                continue
-            overlapping = [(a, b, p) for a, b, p in later if a <= hi and lo <= b]
-            found[port].update(p for _, _, p in overlapping)
-            covered = sum(min(b, hi) - max(a, lo) + 1 for a, b, _ in overlapping)  # segments are disjoint
-            if covered < hi - lo + 1:
-                found[port].add(None)
-    return {port: next(iter(s)) if len(s) == 1 else None for port, s in found.items()}
-
-
-def follow(successor: int | None, found: Mapping[int, int | None], active: AbstractSet[int]) -> int | None:
-    """Where a retired port's traffic goes now: its successor, or the successor's successor when that
-    went out of use too; None when it ends nowhere active."""
-    seen: set[int] = set()
-    while successor is not None and successor not in active and successor in found and successor not in seen:
-        seen.add(successor)
-        successor = found[successor]
-    return successor if successor in active else None
-
-
-def listening_ports(pid: int | str = "self", ipv6: bool = True) -> set[tuple[str, int]]:
-    """(family, port) of every TCP socket in LISTEN state in the network namespace of process ``pid``."""
-    out: set[tuple[str, int]] = set()
-    for family, path in (("4", f"/proc/{pid}/net/tcp"), ("6", f"/proc/{pid}/net/tcp6")):
-        if family == "6" and not ipv6:
-            continue
-        with contextlib.suppress(OSError), open(path) as f:
-            next(f, None)
-            for line in f:
-                fields = line.split()
-                if len(fields) > 3 and fields[3] == "0A":
-                    out.add((family, int(fields[1].rsplit(":", 1)[1], 16)))
-    return out
-
-
-# ------------------------------------------------------------------------------------ process files
-@dataclass(frozen=True)
-class EnvoyPaths:
-    """Where one node's Envoy keeps its files (several nodes share a lab's state directory)."""
-
-    state_dir: Path
-    node: str
-
-    @property
-    def pid_file(self) -> Path:
-        return self.state_dir / f"envoy-{self.node}.pid"
-
-    @property
-    def workdir(self) -> Path:
-        return self.state_dir / f"envoy-{self.node}"
-
-    @property
-    def config(self) -> Path:
-        return self.workdir / "bootstrap.yaml"
-
-    @property
-    def xds_address(self) -> str:
-        return f"unix:{self.state_dir / f'xds-{self.node}.sock'}"
-
-    @property
-    def admin_address(self) -> str:
-        return f"unix:{self.state_dir / f'envoy-{self.node}-admin.sock'}"
-
-    @property
-    def access_log(self) -> Path:
-        return self.state_dir / f"flows-{self.node}-http.jsonl"
-
-    @property
-    def secrets(self) -> Path:
-        """Values of the Secrets ``headerMatches`` refer to (see :mod:`l7.agent.secrets`)."""
-        return self.state_dir / "secrets"
-
-
-def _start_time(pid: int) -> int | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-@dataclass(frozen=True)
-class EnvoyRecord:
-    """An Envoy process by PID and start time (a recycled PID is never mistaken for it)."""
-
-    pid: int
-    start_time: int
-    config: str
-
-    def alive(self) -> bool:
-        if self.start_time != _start_time(self.pid):
-            return False
-        argv = _cmdline(self.pid)
-        return bool(argv) and Path(argv[0]).name == "envoy" and self.config in argv
-
-    def dump(self) -> str:
-        return json.dumps({"pid": self.pid, "start_time": self.start_time, "config": self.config}) + "\n"
-
-    @classmethod
-    def load(cls, path: Path) -> EnvoyRecord | None:
-        try:
-            data = json.loads(path.read_text())
-            return cls(int(data["pid"]), int(data["start_time"]), str(data["config"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
-        """SIGTERM, SIGKILL at the deadline; ``True`` if it was running. Signals only this PID."""
-        if not self.alive():
-            return False
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGTERM)
-        for sig in (signal.SIGKILL, None):
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if _start_time(self.pid) != self.start_time:
-                    return True
-                time.sleep(0.02)
-            if sig is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, sig)
-        raise XdsError(f"Envoy (pid {self.pid}) did not stop")
 
 
 def stop_envoy(state_dir: Path, node: str) -> bool:
@@ -394,7 +208,7 @@ class EnvoyService:
         )
         self._popen = process.popen
         self._spawned_at = time.monotonic()
-        start_time = _start_time(process.pid) or 0
+        start_time = process_start_time(process.pid) or 0
         self._record = EnvoyRecord(process.pid, start_time, str(self.paths.config))
         self._adopted = False
         tmp = self.paths.pid_file.with_suffix(".tmp")

@@ -2,21 +2,19 @@
 
 A thread polls the datapath's ring buffer (``poll_events``: drops always; policy verdicts of new flows,
 which this service switches on) and appends one JSON object per event, flushed per line, rotated to
-``.1`` at :data:`MAX_BYTES`. ``l7.flows.parse_l3l4`` reads the lines back. Event times are the kernel's
+``.1`` (:class:`l7.flows.FlowLog`). ``l7.flows.parse_l3l4`` reads the lines back. Event times are the kernel's
 monotonic clock, converted to wall time here.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections import Counter
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
-from l7.flows import flow_path
+from l7.flows import FlowLog, flow_path
 
 if TYPE_CHECKING:
     from bpf.maps import Event
@@ -24,7 +22,7 @@ if TYPE_CHECKING:
     from l7.agent.services import AppliedView, ServiceHost
 
 log = logging.getLogger("l7gate.agent.flows")
-MAX_BYTES = 20 * 1024 * 1024
+
 POLL_SECONDS = 0.2
 
 
@@ -47,31 +45,6 @@ def event_record(ev: Event, wall_offset: float) -> dict[str, Any]:
         "dst_identity": ev.dst_identity,
         "proxy_port": ev.proxy_port,
     }
-
-
-class FlowLog:
-    """Append-only JSON lines with size-capped rotation to ``.1``."""
-
-    def __init__(self, path: Path, max_bytes: int = MAX_BYTES) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self._fh: IO[str] | None = None
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = self.path.open("a", encoding="utf-8")
-        self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._fh.flush()
-        if self._fh.tell() >= self.max_bytes:
-            self._fh.close()
-            self._fh = None
-            self.path.replace(self.path.with_name(self.path.name + ".1"))
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
 
 
 class FlowLogService:

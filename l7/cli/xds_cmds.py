@@ -37,7 +37,7 @@ class Inputs:
 
 def http_ports_of_files(inputs: Inputs) -> dict[int, RuleSet]:
     """Proxy port → HTTP rules for the inputs (raises L7GateError on invalid files)."""
-    from l7.agent.envoy import http_ports
+    from l7.agent.http_redirects import http_ports
     from l7.agent.plan import ProxyPorts, l7_unions
     from l7.agent.services import AppliedView
     from l7.endpoints import build_topology, load_endpoints

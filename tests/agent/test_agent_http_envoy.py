@@ -19,17 +19,9 @@ from typing import cast
 
 import pytest
 
-from l7.agent.envoy import (
-    EnvoyRecord,
-    EnvoyService,
-    Redirects,
-    XdsOnlyService,
-    follow,
-    listening_ports,
-    stop_envoy,
-    successors,
-    union_rules,
-)
+from l7.agent.envoy import EnvoyService, XdsOnlyService, stop_envoy
+from l7.agent.envoy_files import EnvoyRecord, listening_ports
+from l7.agent.http_redirects import Redirects, follow, successors, union_rules
 from l7.agent.services import ServiceHost
 from l7.policy.model import HTTPRule
 from l7.resolve.types import L7RuleSet
