@@ -458,8 +458,29 @@ class EnvoyService:
             },
             "nacks": self.stats.nacks,
             "last_nack": last_nack,
+            "rejected": self.rejected_now(),
             "errors": list(self.errors),
         }
+
+    def rejected_now(self) -> dict[str, Any] | None:
+        """The NACK of the configuration published last, while Envoy has not ACKed it (it enforces
+        the previous one): type, resources and error; None when the latest configuration is fine."""
+        snapshot, node = self._snapshot, self._node_or_empty()
+        if snapshot is None:
+            return None
+        for (nack_node, type_url), event in self.stats.last_nack.items():
+            version = snapshot.version(type_url)
+            if (
+                nack_node == node
+                and event.version == version
+                and self.stats.acked.get((node, type_url)) != version
+            ):
+                return {
+                    "type": rt.short(type_url),
+                    "resources": list(event.resource_names),
+                    "error": event.message,
+                }
+        return None
 
     def _node_or_empty(self) -> str:
         return self._paths.node if self._paths else ""

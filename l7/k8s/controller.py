@@ -18,16 +18,19 @@ Nothing is written before every informer has listed once (a half-known cluster w
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from l7.agent import watch
 from l7.endpoints import EndpointsError, parse_endpoints
@@ -291,6 +294,9 @@ class Controller:
             return NodeEnforcement(None)
         applied = self.history.get(str(agent.get("policies_hash")))
         if agent.get("ready") and applied is not None and applied.get(t.key) == _digest(t.text):
+            rejected = proxy_rejection(agent)
+            if rejected is not None and has_http_rules(t.text):
+                return NodeEnforcement(False, rejected)
             return NodeEnforcement(True)
         errors = [str(e) for e in agent.get("errors") or []]
         if errors and agent.get("seen_policies_hash") == self.policy_set.digest:
@@ -374,3 +380,33 @@ class Controller:
                 for r, i in self.informers.items()
             },
         }
+
+
+def proxy_rejection(agent: Mapping[str, Any]) -> str | None:
+    """The node's Envoy rejected the latest HTTP configuration (it keeps enforcing the previous one)."""
+    for name in ("envoy", "xds"):
+        service = (agent.get("services") or {}).get(name) or {}
+        rejected = service.get("rejected")
+        if isinstance(rejected, Mapping):
+            where = ", ".join(str(r) for r in rejected.get("resources") or [])
+            return (
+                f"Envoy rejected the HTTP configuration ({rejected.get('type')} {where}): "
+                f"{rejected.get('error')}; it keeps enforcing the previous one"
+            )
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def has_http_rules(text: str) -> bool:
+    """Whether a policy document (YAML) has ``toPorts[].rules.http``."""
+    doc = yaml.safe_load(text) or {}
+    rules = [r for r in (doc.get("spec"), *(doc.get("specs") or [])) if isinstance(r, dict)]
+    return any(
+        isinstance(port, dict)
+        and isinstance(port.get("rules"), dict)
+        and port["rules"].get("http") is not None
+        for rule in rules
+        for direction in ("ingress", "egress")
+        for entry in rule.get(direction) or []
+        for port in (entry.get("toPorts") or [])
+    )

@@ -120,9 +120,11 @@ def test_service_publishes_waits_and_reports_nacks(netns: str, state_dir: Path) 
         assert status["last_nack"]["type"] == "RDS"
         assert status["last_nack"]["resources"] == ["l7gate-http-15001"]
         assert "missing )" in status["last_nack"]["error"]
+        assert status["rejected"]["type"] == "RDS" and "missing )" in status["rejected"]["error"]
         assert status["running"] and status["pid"] == svc.pid
         # A second port: the wait covers its listening socket.
         assert svc.publish({15001: GET_PRIVATE, 15002: ()})
+        assert svc.status()["rejected"] is None  # the latest configuration is ACKed
         assert {("4", 15001), ("4", 15002)} <= listening_ports(svc.pid or 0)
     finally:
         svc.close()
