@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from l7.k8s.controller import proxy_rejection, has_http_rules
+from l7.k8s.controller import has_http_rules, proxy_rejection
 
 HTTP_POLICY = """
 apiVersion: l7gate.io/v1alpha1
