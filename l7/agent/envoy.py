@@ -140,6 +140,7 @@ class EnvoyService:
         self._spawned_at = 0.0
         self.restarts = 0
         self.pushes = 0
+        self.convergence_seconds: float | None = None  # last publish: change → Envoy ACKed and listening
         self.errors: list[str] = []
         self._acked_once = False
         self._stop = threading.Event()
@@ -344,6 +345,7 @@ class EnvoyService:
         ``False`` (after logging why) when the snapshot could not be built or was not confirmed in time;
         the previous snapshot then stays published if this one could not be built."""
         nacks_before = self.stats.nacks
+        started = time.monotonic()
         try:
             snapshot = self._translator.snapshot(ports, self.settings(), deny, audit)
         except XdsError as exc:
@@ -369,6 +371,8 @@ class EnvoyService:
         # kept; the snapshot reaches it when it reconnects.
         ack = not (self._adopted and not self._acked_once)
         ok = self.wait_applied(snapshot, listen, timeout, nacks_before, ack=ack)
+        if ok and ack:
+            self.convergence_seconds = round(time.monotonic() - started, 4)  # build → ACKed and listening
         self._acked_once = self._acked_once or ok
         return ok
 
@@ -456,7 +460,9 @@ class EnvoyService:
                 for (node, type_url), version in sorted(self.stats.acked.items())
                 if node == self._node_or_empty()
             },
+            "acks": self.stats.acks,
             "nacks": self.stats.nacks,
+            "convergence_seconds": self.convergence_seconds,
             "last_nack": last_nack,
             "rejected": self.rejected_now(),
             "errors": list(self.errors),

@@ -163,7 +163,7 @@ class AgentCollector(Collector):
         yield dns
 
         services = st.get("services") or {}
-        yield from self._envoy(services.get("envoy") or {})
+        yield from self._envoy(services.get("envoy") or services.get("xds") or {})
         yield from self._dns(services.get("dns") or {})
 
     def _maps(self) -> Iterator[Metric]:

@@ -244,6 +244,7 @@ def test_metrics_served_and_linted(lab: Lab, traffic: object) -> None:
     assert "l7gate_agent_ready 1.0" in text
     assert 'l7gate_datapath_map_entries{map="endpoints"} 4.0' in text
     assert 'l7gate_dns_queries_total{rcode="REFUSED"}' in text
+    assert "l7gate_xds_acks_total" in text and "l7gate_xds_convergence_seconds" in text
 
 
 def test_flow_files_follow_the_contract(lab: Lab, traffic: object) -> None:
