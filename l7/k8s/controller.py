@@ -41,6 +41,7 @@ from l7.k8s.errors import Conflict, KubeError
 from l7.k8s.informer import ClusterAPI, Informer, Store, key_of
 from l7.k8s.policies import (
     CILIUM_RESOURCES,
+    ENDPOINT_SLICES,
     NAMESPACES,
     NODES,
     PODS,
@@ -124,7 +125,7 @@ class Controller:
         self.policy_resources: tuple[Resource, ...] = POLICY_RESOURCES + (
             CILIUM_RESOURCES if cfg.cilium else ()
         )
-        resources = (*self.policy_resources, PODS, NAMESPACES, NODES, SERVICES)
+        resources = (*self.policy_resources, PODS, NAMESPACES, NODES, SERVICES, ENDPOINT_SLICES)
         self.informers = {
             r: Informer(
                 api,
@@ -276,6 +277,7 @@ class Controller:
                 self.store.objects(NAMESPACES),
                 self.store.objects(NODES),
                 self.store.objects(SERVICES),
+                self.store.objects(ENDPOINT_SLICES),
             )
             parse_endpoints(doc, "<kubernetes>")  # only a file the agent accepts is written
         except EndpointsError as exc:

@@ -6,8 +6,9 @@
   (remote ones enter the ipcache only); the agent attaches to those whose ``node`` is its own.
 * an IP claimed by two pods (an old pod not yet gone) goes to the most recently created one.
 * Namespaces give their labels; Nodes their ``InternalIP``/``ExternalIP`` addresses and labels;
-  Services with a selector are listed with it (a Service without a selector has no backends here:
-  EndpointSlices are not watched).
+  Services with a selector are listed with it; a Service without a selector gets the addresses of its
+  EndpointSlices (label ``kubernetes.io/service-name``) as ``backends``, endpoints known to be unready
+  left out.
 """
 
 from __future__ import annotations
@@ -91,7 +92,32 @@ def node_entry(node: Obj) -> dict[str, Any]:
     return {"name": _meta(node).get("name"), "ips": ips, "labels": _labels(node)}
 
 
-def service_entry(service: Obj) -> dict[str, Any]:
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+def slice_backends(slices: Iterable[Obj]) -> dict[tuple[str, str], list[str]]:
+    """(namespace, Service name) → the addresses of its EndpointSlices' endpoints that are not known to
+    be unready (``conditions.ready`` false), for the Services without a selector."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for s in slices:
+        meta = _meta(s)
+        service = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+        if not service:
+            continue
+        ips = out.setdefault((str(meta.get("namespace") or "default"), str(service)), [])
+        for endpoint in s.get("endpoints") or []:
+            if ((endpoint or {}).get("conditions") or {}).get("ready") is False:
+                continue
+            for address in (endpoint or {}).get("addresses") or []:
+                ip = _valid_ip(address)
+                if ip and ip not in ips:
+                    ips.append(ip)
+    return out
+
+
+def service_entry(
+    service: Obj, backends: Mapping[tuple[str, str], list[str]] | None = None
+) -> dict[str, Any]:
     meta = _meta(service)
     selector = (service.get("spec") or {}).get("selector") or None
     out: dict[str, Any] = {
@@ -101,6 +127,10 @@ def service_entry(service: Obj) -> dict[str, Any]:
     }
     if selector:
         out["selector"] = {str(k): str(v) for k, v in selector.items()}
+    else:  # a Service without a selector: its backends are its EndpointSlices' addresses
+        ips = (backends or {}).get((str(out["namespace"]), str(out["name"])))
+        if ips:
+            out["backends"] = sorted(ips)
     return out
 
 
@@ -110,10 +140,15 @@ def _sort_key(obj: Obj) -> tuple[str, str]:
 
 
 def endpoints_document(
-    pods: Iterable[Obj], namespaces: Iterable[Obj], nodes: Iterable[Obj], services: Iterable[Obj]
+    pods: Iterable[Obj],
+    namespaces: Iterable[Obj],
+    nodes: Iterable[Obj],
+    services: Iterable[Obj],
+    slices: Iterable[Obj] = (),
 ) -> dict[str, Any]:
     """The endpoints file content (deterministic: sorted by namespace and name)."""
     pods = sorted(pods, key=_sort_key)
+    backends = slice_backends(slices)
     # newest first for the IP claims: creationTimestamp is RFC 3339 in UTC, so it sorts as text
     owner: dict[str, tuple[str, str]] = {}
     for pod in sorted(pods, key=lambda p: str(_meta(p).get("creationTimestamp") or ""), reverse=True):
@@ -133,7 +168,7 @@ def endpoints_document(
             str(_meta(ns).get("name")): {"labels": _labels(ns)} for ns in sorted(namespaces, key=_sort_key)
         },
         "nodes": [node_entry(n) for n in sorted(nodes, key=_sort_key)],
-        "services": [service_entry(s) for s in sorted(services, key=_sort_key)],
+        "services": [service_entry(s, backends) for s in sorted(services, key=_sort_key)],
     }
 
 

@@ -49,6 +49,7 @@ PODS = Resource("", "v1", "pods", "Pod", True)
 NAMESPACES = Resource("", "v1", "namespaces", "Namespace", False)
 NODES = Resource("", "v1", "nodes", "Node", False)
 SERVICES = Resource("", "v1", "services", "Service", True)
+ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True)
 SECRETS = Resource("", "v1", "secrets", "Secret", True)  # read one by one (get), never listed
 
 POLICY_RESOURCES = (L7NP, L7CCNP)

@@ -60,6 +60,7 @@ KINDS = [
     Kind("", "v1", "nodes", "Node", False),
     Kind("", "v1", "services", "Service", True),
     Kind("", "v1", "secrets", "Secret", True),
+    Kind("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True),
     Kind("l7gate.io", "v1alpha1", "l7networkpolicies", "L7NetworkPolicy", True),
     Kind("l7gate.io", "v1alpha1", "l7clusterwidenetworkpolicies", "L7ClusterwideNetworkPolicy", False),
     Kind("cilium.io", "v2", "ciliumnetworkpolicies", "CiliumNetworkPolicy", True),

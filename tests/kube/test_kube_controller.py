@@ -361,3 +361,42 @@ def test_secrets_referenced_by_header_matches(server: FakeAPIServer, tmp_path: P
     assert any(p.endswith("/namespaces/shop/secrets/api-key") for p in gets)
     assert any(p.endswith("/namespaces/default/secrets/missing") for p in gets)
     assert not [p for m, p, _ in server.requests if m in ("LIST", "WATCH") and "secrets" in p]
+
+
+def test_services_without_selector_get_endpointslice_backends(server: FakeAPIServer, tmp_path: Path) -> None:
+    seed_cluster(server)
+    server.create(
+        "services", {"metadata": {"name": "web", "namespace": "shop"}, "spec": {"selector": {"app": "web"}}}
+    )
+    server.create(
+        "services", {"metadata": {"name": "db", "namespace": "shop", "labels": {"tier": "data"}}, "spec": {}}
+    )
+    endpoint_slice = {
+        "metadata": {"name": "db-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "db"}},
+        "addressType": "IPv4",
+        "endpoints": [
+            {"addresses": ["10.9.0.2"], "conditions": {"ready": True}},
+            {"addresses": ["10.9.0.1"]},
+            {"addresses": ["10.9.0.3"], "conditions": {"ready": False}},  # not ready: not a backend
+        ],
+    }
+    server.create("endpointslices", endpoint_slice)
+    cfg = controller_config(tmp_path, "n1")
+    with running_controller(server, cfg):
+        services = wait_for("the services", lambda: endpoints(cfg).get("services") or None)
+        by_name = {s["name"]: s for s in services}
+        assert by_name["web"]["selector"] == {"app": "web"} and "backends" not in by_name["web"]
+        assert by_name["db"]["backends"] == ["10.9.0.1", "10.9.0.2"] and by_name["db"]["labels"] == {
+            "tier": "data"
+        }
+        # a slice change reaches the file
+        changed = server.get("endpointslices", "db-1", "shop")
+        changed["endpoints"] = [{"addresses": ["10.9.0.7"]}]
+        server.update("endpointslices", changed)
+        wait_for(
+            "the new backend",
+            lambda: (
+                next(s for s in endpoints(cfg)["services"] if s["name"] == "db").get("backends")
+                == ["10.9.0.7"]
+            ),
+        )
