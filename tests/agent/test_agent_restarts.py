@@ -245,3 +245,64 @@ def _resolver(lab: Lab, pod: str) -> str:
     """The nameserver in the pod's resolv.conf (the lab's kube-dns)."""
     out = lab.exec(pod, ["cat", "/etc/resolv.conf"], timeout=10).stdout
     return next(line.split()[1] for line in out.splitlines() if line.startswith("nameserver"))
+
+
+# Runs inside client-prod: new connections for /public and /private until the stop file exists;
+# counts what came back (a request Envoy is not there for fails: its SYN finds no listener).
+THROUGH_ENVOY = r"""
+import http.client, json, os, sys, time
+service, stop = sys.argv[1], sys.argv[2]
+out = {"public": {}, "private": {}}
+while not os.path.exists(stop):
+    for path in ("/public", "/private"):
+        c = http.client.HTTPConnection(service, 80, timeout=1)
+        try:
+            c.request("GET", path)
+            r = c.getresponse()
+            key = f"{r.status} {r.read()[:20]!r}"
+        except Exception as exc:
+            key = type(exc).__name__
+        finally:
+            c.close()
+        out[path.strip("/")][key] = out[path.strip("/")].get(key, 0) + 1
+    time.sleep(0.05)
+print(json.dumps(out))
+"""
+
+
+def test_envoy_killed_fails_closed_and_comes_back(lab: Lab, tmp_path: Path) -> None:
+    """SIGKILL of a node's Envoy while requests flow: requests fail (closed) until the agent's
+    supervisor has it back, none is let through unjudged — /private never gets 200."""
+    from l7.agent.envoy_files import EnvoyRecord
+
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "public.yaml").write_text((SEEDS / "002-allow-public-from-prod.yaml").read_text())
+    agent_lab.apply(NAME, policies)
+    record = EnvoyRecord.load(agent_lab.agent_dir(Lab.load(NAME).state) / "envoy-k8s-w1.pid")
+    assert record is not None and record.alive()
+    stop = tmp_path / "stop"
+    client = _python(lab, "client-prod", THROUGH_ENVOY, lab.pod("service-pod").ips[0], str(stop))
+    try:
+        time.sleep(1.0)
+        os.kill(record.pid, signal.SIGKILL)  # the Envoy the lab's agent started (PID + start time)
+        deadline = time.monotonic() + 20
+        while True:
+            new = EnvoyRecord.load(agent_lab.agent_dir(Lab.load(NAME).state) / "envoy-k8s-w1.pid")
+            if new is not None and new.pid != record.pid and new.alive():
+                break
+            assert time.monotonic() < deadline, "the agent did not restart Envoy"
+            time.sleep(0.1)
+        time.sleep(3.0)  # requests succeed again once the new Envoy has its listeners
+        stop.touch()
+        got = _result(client, 30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+    print(f"through a killed Envoy: {got}")
+    public, private = got["public"], got["private"]
+    assert isinstance(public, dict) and isinstance(private, dict)
+    assert not any(k.startswith("200") for k in private), private  # never let through
+    assert all(k.startswith("403") or not k[0].isdigit() for k in private), private
+    assert sum(n for k, n in public.items() if k.startswith("200")) > 20, public  # before and after
