@@ -24,12 +24,24 @@ Name matching (matchName/matchPattern) is ``l7.policy.fqdn``; the decision is th
 
 from .errors import DNSProxyError, MalformedMessage, SocketSetupError, UpstreamError, UpstreamTimeout
 from .metrics import ProxyStats, StatsCollector
-from .policy import ALLOWED, REFUSED, Allowed, Decide, OnAnswer, OnEvent, QueryEvent, Refused, allow_names
+from .policy import (
+    ALLOWED,
+    AUDITED,
+    REFUSED,
+    Allowed,
+    Decide,
+    OnAnswer,
+    OnEvent,
+    QueryEvent,
+    Refused,
+    allow_names,
+)
 from .proxy import DNSProxy, ProxyConfig
 from .sockets import Listeners
 
 __all__ = [
     "ALLOWED",
+    "AUDITED",
     "REFUSED",
     "Allowed",
     "DNSProxy",

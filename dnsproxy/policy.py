@@ -23,6 +23,8 @@ class Allowed:
 
     rule: str = ""
     """What allowed it, for the flow log (free text, optional)."""
+    audit: bool = False
+    """Forwarded only because the client is in audit mode: the flow log says ``audit``, not ``allowed``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,7 @@ class Refused:
 
 
 ALLOWED = Allowed()
+AUDITED = Allowed(audit=True)
 REFUSED = Refused()
 
 Verdict = Allowed | Refused

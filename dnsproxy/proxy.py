@@ -196,8 +196,9 @@ class DNSProxy:
 
     def _admit(
         self, data: bytes, protocol: Protocol_, client: tuple[Any, ...], server: tuple[str, int]
-    ) -> wire.Query | _Immediate:
-        """Parse and decide: the query to forward, or what to answer right away."""
+    ) -> tuple[wire.Query, str] | _Immediate:
+        """Parse and decide: the query to forward with the verdict it will be logged with (``allowed``
+        or ``audit``), or what to answer right away."""
         try:
             query = wire.parse_query(data)
         except MalformedMessage:
@@ -219,7 +220,7 @@ class DNSProxy:
             return self._refuse(
                 query, protocol, client, server, rcode=self.config.refuse_rcode, verdict="refused"
             )
-        return query
+        return query, "audit" if verdict.audit else "allowed"
 
     def _refuse(
         self, query: wire.Query, protocol: Protocol_, client: tuple[Any, ...], server: tuple[str, int],
@@ -256,16 +257,16 @@ class DNSProxy:
     ) -> None:
         server = (socket.inet_ntop(family, origin[0]), origin[1])
         admitted = self._admit(data, "udp", client, server)
-        if type(admitted) is _Immediate:
+        if isinstance(admitted, _Immediate):
             if admitted.reply is not None:
                 self._udp_send(family, admitted.reply, origin, client)
             return
-        assert type(admitted) is wire.Query
+        query, allowed = admitted
         assert self._loop is not None
         address = server if family == socket.AF_INET else (server[0], server[1], 0, 0)
         pending = Pending(
-            address, admitted.question, self._loop.time() + self.config.timeout,
-            (family, client, origin, admitted, server),
+            address, query.question, self._loop.time() + self.config.timeout,
+            (family, client, origin, query, server, allowed),
         )
         self.stats.in_flight += 1
         try:
@@ -318,16 +319,16 @@ class DNSProxy:
             self._udp_release(pending, answer, ips)
 
     def _udp_release(self, pending: Pending, answer: bytes, ips: tuple[tuple[str, int], ...]) -> None:
-        family, client, origin, query, server = pending.context
+        family, client, origin, query, server, allowed = pending.context
         self.stats.in_flight -= 1
         self._udp_send(family, query.id.to_bytes(2, "big") + answer[2:], origin, client)
-        self._finish(query, "udp", client, server, rcode=answer[3] & 0x0F, ips=ips, verdict="allowed")
+        self._finish(query, "udp", client, server, rcode=answer[3] & 0x0F, ips=ips, verdict=allowed)
 
     def _udp_expired(self, pending: Pending) -> None:
         self._udp_fail(pending, "timeout")
 
     def _udp_fail(self, pending: Pending, verdict: str) -> None:
-        family, client, origin, query, server = pending.context
+        family, client, origin, query, server, _ = pending.context
         self.stats.in_flight -= 1
         reply = wire.error_reply(query.id, query.flags, query.question, wire.SERVFAIL)
         self._udp_send(family, reply, origin, client)
@@ -364,12 +365,11 @@ class DNSProxy:
     ) -> None:
         server = (str(address[0]), int(address[1]))
         admitted = self._admit(message, "tcp", client, server)
-        if type(admitted) is _Immediate:
+        if isinstance(admitted, _Immediate):
             if admitted.reply is not None:
                 self._tcp_write(writer, admitted.reply)
             return
-        assert type(admitted) is wire.Query
-        query = admitted
+        query, allowed = admitted
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.timeout
         self.stats.in_flight += 1
@@ -394,7 +394,7 @@ class DNSProxy:
             log.exception("on_answer failed for %s", query.qname)
             reply, rcode, ips, verdict = None, wire.SERVFAIL, _NO_IPS, "servfail"
         else:
-            reply, rcode, verdict = query.id.to_bytes(2, "big") + answer[2:], answer[3] & 0x0F, "allowed"
+            reply, rcode, verdict = query.id.to_bytes(2, "big") + answer[2:], answer[3] & 0x0F, allowed
         finally:
             self.stats.in_flight -= 1
         if reply is None:

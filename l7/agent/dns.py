@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bpf.maps import MARK_FROM_PROXY
-from dnsproxy import ALLOWED, REFUSED, DNSProxy, Listeners, ProxyConfig, QueryEvent, SocketSetupError
+from dnsproxy import ALLOWED, AUDITED, REFUSED, DNSProxy, Listeners, ProxyConfig, QueryEvent, SocketSetupError
 from dnsproxy.policy import Protocol_, Verdict
 from dnsproxy.wire import NXDOMAIN
 from dnsproxy.wire import REFUSED as RCODE_REFUSED
@@ -116,7 +116,6 @@ class DnsService:
         self.counters = {"fast": 0, "slow": 0, "reapplies": 0, "expired": 0, "refused_source": 0}
         self.lookup_to_allowed: list[float] = []  # seconds, answer arrived → IPs allowed (last 4096)
         self._keeper: KeeperClient | None = None
-        self._audited: dict[tuple[str, str], float] = {}  # (source IP, name) let through in audit mode
 
     # -- NodeService ----------------------------------------------------------------------------
     def start(self, host: ServiceHost) -> None:
@@ -254,10 +253,7 @@ class DnsService:
                 if matcher.matches(qname):
                     return ALLOWED
             if source_ip in self._known.audited:  # audit mode: forwarded, reported as audit
-                if len(self._audited) > 10_000:  # events never came for these: forget them
-                    self._audited.clear()
-                self._audited[(source_ip, qname)] = time.monotonic()
-                return ALLOWED
+                return AUDITED
             return REFUSED
 
         return decide
@@ -266,8 +262,6 @@ class DnsService:
         if self._flows is None:
             return
         record: dict[str, Any] = {"time": time.time(), **event._asdict()}
-        if self._audited and self._audited.pop((event.source_ip, event.qname), None) is not None:
-            record["verdict"] = "audit"  # no DNS rule allows it; the endpoint is in audit mode
         record["ips"] = [list(pair) for pair in event.ips]
         record["endpoint"] = self._known.local.get(event.source_ip)
         try:
