@@ -188,28 +188,19 @@ class KubeClient:
     def patch_status(self, resource: Resource, namespace: str | None, name: str, patch: Obj) -> Obj:
         what = f"patch {resource} {namespace + '/' if namespace else ''}{name} status"
         try:
+            options: dict[str, Any] = {
+                "field_manager": "l7gate-agent",
+                "_content_type": "application/merge-patch+json",
+                "_request_timeout": (CONNECT_TIMEOUT, 30),
+            }
+            where = (resource.group, resource.version)
             if resource.namespaced:
                 result = self.custom.patch_namespaced_custom_object_status(
-                    resource.group,
-                    resource.version,
-                    namespace or "default",
-                    resource.plural,
-                    name,
-                    patch,
-                    field_manager="l7gate-agent",
-                    _content_type="application/merge-patch+json",
-                    _request_timeout=(CONNECT_TIMEOUT, 30),
+                    *where, namespace or "default", resource.plural, name, patch, **options
                 )
             else:
                 result = self.custom.patch_cluster_custom_object_status(
-                    resource.group,
-                    resource.version,
-                    resource.plural,
-                    name,
-                    patch,
-                    field_manager="l7gate-agent",
-                    _content_type="application/merge-patch+json",
-                    _request_timeout=(CONNECT_TIMEOUT, 30),
+                    *where, resource.plural, name, patch, **options
                 )
         except kubernetes.client.exceptions.ApiException as exc:
             raise _error(exc, what) from None

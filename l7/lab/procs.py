@@ -100,20 +100,14 @@ def stop(rec: ProcRecord, timeout: float = 3.0) -> bool:
     _reap(rec.pid)
     if not alive(rec):
         return False
-    _signal(rec, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _reap(rec.pid)
-        if not alive(rec):
-            return True
-        time.sleep(0.01)
-    _signal(rec, signal.SIGKILL)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _reap(rec.pid)
-        if not alive(rec):
-            return True
-        time.sleep(0.01)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        _signal(rec, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _reap(rec.pid)
+            if not alive(rec):
+                return True
+            time.sleep(0.01)
     raise LabError(f"process {rec.name} (pid {rec.pid}) did not stop")
 
 

@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from bpf.maps import DeviceKind, EndpointFlags, EndpointValue, IpcacheValue, endpoint_value
 from bpf.policy_entries import PolicyDecision, PolicyEntryKey, PolicyEntryValue, policy_entries
 from l7.agent.plan import IPNetwork
-from l7.endpoints import EndpointsFile, load_endpoints
-from l7.policy.documents import Policy, load_paths, load_text
+from tests.unit.resolve.resolve_helpers import ENDPOINTS, REPO, SEEDS, policies, seed_002, seeds
 
-REPO = Path(__file__).resolve().parents[2]
-SEEDS = REPO / "deploy" / "examples" / "seeds"
-SEED_002_ENDPOINTS = REPO / "deploy" / "endpoints" / "seed-002.yaml"
+SEED_002_ENDPOINTS = ENDPOINTS / "seed-002.yaml"
 SEED_002_LAB = REPO / "deploy" / "lab" / "seed-002.yaml"
 
-
-def seeds(*names: str) -> tuple[Policy, ...]:
-    result = load_paths([SEEDS / f"{name}.yaml" for name in names])
-    assert not result.errors, result.errors
-    return result.policies
-
-
-def policies(text: str) -> tuple[Policy, ...]:
-    result = load_text(text)
-    assert not result.errors, [str(e) for e in result.errors]
-    return result.policies
-
-
-def seed_002() -> EndpointsFile:
-    return load_endpoints(SEED_002_ENDPOINTS)
+__all__ = [
+    "REPO",
+    "SEEDS",
+    "SEED_002_ENDPOINTS",
+    "SEED_002_LAB",
+    "FakeDatapath",
+    "policies",
+    "seed_002",
+    "seeds",
+]
 
 
 class FakeDatapath:
