@@ -88,6 +88,10 @@ class Snapshot:
     def type_urls(self) -> tuple[str, ...]:
         return tuple(self._by_type)
 
+    def same_as(self, other: Snapshot | None) -> bool:
+        """Whether ``other`` holds exactly the same resources (every type's version is equal)."""
+        return other is not None and self._versions == other._versions
+
     def version(self, type_url: str) -> str:
         """The version of all resources of a type (the empty set has a version too)."""
         return self._versions.get(type_url) or subset_version(())

@@ -146,6 +146,7 @@ class EnvoyService:
         self._stop = threading.Event()
         self._supervisor: threading.Thread | None = None
         self._secrets_seen: str | None = None
+        self._secrets: dict[tuple[str, str], str] = {}
 
     # ------------------------------------------------------------------------------------- lifecycle
     @property
@@ -162,6 +163,7 @@ class EnvoyService:
         self._host = host
         self._paths = EnvoyPaths(host.state_dir, host.node)
         self._secrets_seen = fingerprint(self.paths.secrets)
+        self._secrets = load_secrets(self.paths.secrets)
         self.paths.workdir.mkdir(parents=True, exist_ok=True)
         self._start_server()
         self.paths.config.write_text(
@@ -227,6 +229,7 @@ class EnvoyService:
         if now != self._secrets_seen:
             changed = self._secrets_seen is not None
             self._secrets_seen = now
+            self._secrets = load_secrets(self.paths.secrets)  # read once per change, not per apply
             if changed and self._host is not None:
                 log.info("secrets changed: re-applying")
                 self._host.reapply("secrets changed")
@@ -298,7 +301,7 @@ class EnvoyService:
         return ProxySettings(
             upstream_mark=MARK_FROM_PROXY,
             access_log_path=str(self.paths.access_log),
-            secrets=load_secrets(self.paths.secrets),
+            secrets=self._secrets,
         )
 
     def prepare(self, view: AppliedView) -> None:
@@ -355,7 +358,7 @@ class EnvoyService:
         async def set_snapshot() -> None:
             self.cache.set_snapshot(self.node_id, snapshot)
 
-        if snapshot is not self._snapshot:
+        if not snapshot.same_as(self._snapshot):  # e.g. a re-apply for a DNS answer: nothing to push
             try:
                 self._run(set_snapshot())
             except XdsError as exc:
