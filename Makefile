@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: setup demo test bench lint clean-lab
+.PHONY: setup demo test conformance bench lint clean-lab
 
 setup:
 	@bash deploy/setup.sh
@@ -15,6 +15,13 @@ demo: setup
 # Every test, including ruff, mypy and import-linter, and the tests that need root and the kernel.
 test: setup
 	@$(PY) -m pytest -p no:cacheprovider tests
+
+# Checks against reference material outside the repository (the seed posts, Cilium's CRD schemas):
+# `make conformance REFERENCE=DIR`, or L7GATE_REFERENCE=DIR, default ../shared. Fails, never skips,
+# when the directory is missing.
+REFERENCE := $(or $(L7GATE_REFERENCE),../shared)
+conformance: setup
+	@L7GATE_REFERENCE="$(abspath $(REFERENCE))" $(PY) -m pytest -p no:cacheprovider tests/conformance
 
 bench: setup
 	@$(PY) -m tests.bench.run --output bench/results.json
