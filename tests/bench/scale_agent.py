@@ -1,0 +1,418 @@
+"""Cluster scale through the public interface: a files-mode agent on the issue-12 workload.
+
+::
+
+    scale_workload ─► DIR/policies/*.yaml, DIR/endpoints.json
+                        │
+    ip netns add l7gsb-<hex>; one veth + /32 route per local endpoint (the agent finds each endpoint's
+    interface from the route to its IP, as on a plain host)
+                        │
+    nsenter --net=/run/netns/l7gsb-<hex> l7gate agent --node node-00 --policies DIR/policies
+                                                      --endpoints DIR/endpoints.json --state-dir DIR/state
+                        │                              (no --services: the policy engine and the datapath)
+                        ▼
+    DIR/state/agent-node-00.json  ◄── polled every 2 ms: ready, generation, policies_hash, endpoints_hash
+
+Measured (each against the issue's target):
+
+- agent start → status ready with the expected input hashes (the bcc compile/load, from the agent's
+  log line ``datapath … open (N s since start)``, is reported separately);
+- one HTTP policy file changed (written beside, ``os.rename`` into place) → status shows the new
+  ``policies_hash``: p50/p99 over N changes;
+- one endpoint added on the local node (its veth and route exist first, as a CNI makes them) to the
+  endpoints file → status shows the new ``endpoints_hash``: p50/p99;
+- the agent's RSS (``VmRSS``, and its peak ``VmHWM``) at the end.
+
+A change that is not applied within the per-change timeout counts as the timeout (a lower bound) and
+fails its target; the run goes on. Everything is removed at the end: the agent (SIGTERM, then SIGKILL),
+the network namespace, the pinned maps under /sys/fs/bpf/l7gate/l7gsb-<hex>, the temporary directory.
+
+The expected hashes are computed from what the bench wrote, the way ``l7.agent.watch.content_hash``
+does; the first status is checked against ``content_hash`` itself so a change of that function is a
+clear error here, not a timeout.
+
+    .venv/bin/python -m tests.bench.scale_agent [--quick] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.bench import scale_workload as sw
+from tests.bench.common import Figure, Options, sh, stop
+
+NAME = "scale_agent"
+REPO = Path(__file__).resolve().parents[2]
+START_TARGET_S = 2.0
+CHANGE_P99_TARGET_MS = 100.0
+POD_ADD_P99_TARGET_MS = 50.0
+RSS_TARGET_MB = 400.0
+POLL = 0.002
+
+
+@dataclass(frozen=True)
+class Settings:
+    params: sw.Params
+    changes: int
+    pod_adds: int
+    start_timeout: float
+    change_timeout: float
+
+
+QUICK = Settings(sw.QUICK, changes=5, pod_adds=5, start_timeout=90.0, change_timeout=20.0)
+FULL = Settings(sw.FULL, changes=5, pod_adds=5, start_timeout=240.0, change_timeout=60.0)
+
+
+# ------------------------------------------------------------------------------------ hashes
+def dir_hash(files: dict[str, bytes]) -> str:
+    """``watch.content_hash`` of a flat policy directory holding ``files`` (name → content)."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(name.encode() + b"\0")
+        h.update(files[name])
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def file_hash(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------- netns
+def veth_names(k: int) -> tuple[str, str]:
+    return f"lxc{k:05d}", f"lxp{k:05d}"
+
+
+def make_netns(name: str, endpoints: list[dict[str, Any]]) -> None:
+    """The node's namespace: lo up, and for every local endpoint a veth pair with a /32 route to its IP
+    through the host side (both ends stay in the node namespace: nothing is sent)."""
+    sh("ip", "netns", "add", name)
+    lines = ["link set lo up"]
+    for k, ep in enumerate(endpoints):
+        host, peer = veth_names(k)
+        lines += [
+            f"link add {host} type veth peer name {peer}",
+            f"link set {peer} up",
+            f"link set {host} up",
+            f"route add {ep['ips'][0]}/32 dev {host}",
+        ]
+    sh("ip", "-n", name, "-batch", "-", stdin="\n".join(lines) + "\n", timeout=120)
+
+
+def delete_netns(name: str) -> None:
+    sh("ip", "netns", "delete", name, check=False)
+
+
+def unpin(datapath: str) -> None:
+    pin_dir = Path("/sys/fs/bpf/l7gate") / datapath
+    if not pin_dir.exists():
+        return
+    try:
+        from bpf.loader import unpin as loader_unpin
+
+        loader_unpin(pin_dir)
+    finally:
+        if pin_dir.exists():
+            shutil.rmtree(pin_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------- agent
+def rss_mb(pid: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = round(int(value.split()[0]) / 1024, 1)
+    return out
+
+
+@dataclass
+class Run:
+    settings: Settings
+    root: Path
+    netns: str
+    node: str
+    workload: sw.Workload
+    paths: sw.Paths
+    files: dict[str, bytes] = field(default_factory=dict)
+    endpoints_data: dict[str, Any] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    @property
+    def status_file(self) -> Path:
+        return self.root / "state" / f"agent-{self.node}.json"
+
+    def status(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.status_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def start(self) -> None:
+        self.log = self.root / "agent.log"
+        argv = [
+            "nsenter",
+            f"--net=/run/netns/{self.netns}",
+            str(REPO / ".venv" / "bin" / "l7gate"),
+            "agent",
+            "--node",
+            self.node,
+            "--policies",
+            str(self.paths.policies),
+            "--endpoints",
+            str(self.paths.endpoints),
+            "--state-dir",
+            str(self.root / "state"),
+            "--datapath-name",
+            self.netns,
+            "--services",
+            "",
+        ]
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def wait(self, timeout: float, policies: str | None = None, endpoints: str | None = None) -> float | None:
+        """Seconds until the status is ready with these hashes; ``None`` at the timeout."""
+        start = time.monotonic()
+        deadline = start + timeout
+        while True:
+            st = self.status()
+            if (
+                st.get("ready")
+                and st.get("state") == "running"
+                and (policies is None or st.get("policies_hash") == policies)
+                and (endpoints is None or st.get("endpoints_hash") == endpoints)
+            ):
+                return time.monotonic() - start
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"the agent exited ({self.proc.returncode}):\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(POLL)
+
+    def log_tail(self, lines: int = 15) -> str:
+        if self.log is None or not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def datapath_open_seconds(self) -> float | None:
+        if self.log is None or not self.log.exists():
+            return None
+        found = re.search(
+            r"datapath \S+ open \(([0-9.]+)s since start\)", self.log.read_text(errors="replace")
+        )
+        return float(found.group(1)) if found else None
+
+    def stop(self) -> None:
+        stop(self.proc, timeout=10)
+
+
+def _ms(samples: list[float]) -> dict[str, Any]:
+    ordered = sorted(samples)
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1000, 1),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 1),
+        "max_ms": round(ordered[-1] * 1000, 1),
+        "min_ms": round(ordered[0] * 1000, 1),
+        "n": len(ordered),
+    }
+
+
+def measure(settings: Settings, keep: bool = False) -> dict[str, Any]:
+    if os.geteuid() != 0:
+        raise RuntimeError("needs root (network namespace, BPF)")
+    p = settings.params
+    netns = f"l7gsb-{secrets.token_hex(3)}"
+    root = Path(tempfile.mkdtemp(prefix=f"{netns}-"))
+    workload = sw.generate(p)
+    paths = sw.write(workload, root)
+    run = Run(settings, root, netns, p.local_node, workload, paths)
+    run.files = {f.name: f.read_bytes() for f in paths.policies.iterdir() if f.suffix == ".yaml"}
+    run.endpoints_data = json.loads(paths.endpoints.read_text())
+    local = workload.local_endpoints
+    extra = [sw.new_endpoint(p, k) for k in range(settings.pod_adds)]
+    out: dict[str, Any] = {
+        "workload": {
+            "endpoints": len(run.endpoints_data["endpoints"]),
+            "local_endpoints": len(local),
+            "namespaces": p.namespaces,
+            "nodes": p.nodes,
+            "policies": len(run.files),
+            "learned_ips": 0,
+        },
+        "netns": netns,
+    }
+    try:
+        make_netns(netns, local + extra)
+        started = time.monotonic()
+        run.start()
+        assert run.proc is not None
+        waited = run.wait(settings.start_timeout)
+        st = run.status()
+        out["start"] = {
+            "seconds": None if waited is None else round(time.monotonic() - started, 3),
+            "timeout": settings.start_timeout,
+            "datapath_open_s": run.datapath_open_seconds(),
+            "agent_ready_seconds": st.get("ready_seconds"),
+            "last_apply": st.get("last_apply"),
+            "missing": len(st.get("missing") or ()),
+        }
+        if waited is None:
+            out["rss_mb"] = rss_mb(run.proc.pid)
+            return out
+        mine = (dir_hash(run.files), file_hash(paths.endpoints.read_bytes()))
+        if (st.get("policies_hash"), st.get("endpoints_hash")) != mine:
+            from l7.agent.watch import content_hash
+
+            real = (content_hash(paths.policies), content_hash(paths.endpoints))
+            raise RuntimeError(f"the bench's hashes {mine} differ from the agent's {real}: update dir_hash")
+        out["rss_after_start_mb"] = rss_mb(run.proc.pid)
+
+        changes: list[float] = []
+        applies: list[float] = []
+        timeouts = 0
+        for k in range(settings.changes):
+            doc = sw.changed_http_policy(workload, k)
+            name = sw.policy_file_name(doc)
+            text = sw.dump_policy(doc)
+            run.files[name] = text.encode()
+            expect = dir_hash(run.files)
+            t0 = time.monotonic()
+            sw.replace_file(paths.policies / name, text)
+            took = run.wait(settings.change_timeout, policies=expect)
+            if took is None:
+                timeouts += 1
+                took = settings.change_timeout
+                run.wait(settings.start_timeout, policies=expect)  # let it settle before the next one
+            else:
+                took = time.monotonic() - t0
+                applies.append(float((run.status().get("last_apply") or {}).get("seconds") or 0.0))
+            changes.append(took)
+        out["policy_change"] = {
+            **_ms(changes),
+            "timeouts": timeouts,
+            "timeout_s": settings.change_timeout,
+            "agent_apply_ms": _ms(applies) if applies else None,
+        }
+
+        adds: list[float] = []
+        applies = []
+        timeouts = 0
+        for ep in extra:
+            run.endpoints_data["endpoints"].append(ep)
+            content = sw.dump_endpoints(run.endpoints_data)
+            expect = file_hash(content.encode())
+            t0 = time.monotonic()
+            sw.replace_file(paths.endpoints, content)
+            took = run.wait(settings.change_timeout, endpoints=expect)
+            if took is None:
+                timeouts += 1
+                took = settings.change_timeout
+                run.wait(settings.start_timeout, endpoints=expect)
+            else:
+                took = time.monotonic() - t0
+                applies.append(float((run.status().get("last_apply") or {}).get("seconds") or 0.0))
+            adds.append(took)
+        st = run.status()
+        out["pod_add"] = {
+            **_ms(adds),
+            "timeouts": timeouts,
+            "timeout_s": settings.change_timeout,
+            "agent_apply_ms": _ms(applies) if applies else None,
+            "missing_after": len(st.get("missing") or ()),
+        }
+        out["rss_mb"] = rss_mb(run.proc.pid)
+        out["generation"] = st.get("generation")
+        return out
+    finally:
+        out["log_tail"] = run.log_tail(5)
+        run.stop()
+        delete_netns(netns)
+        unpin(netns)
+        if keep:
+            out["kept"] = str(root)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def run(opts: Options) -> list[Figure]:
+    settings = QUICK if opts.quick else FULL
+    raw = measure(settings)
+    w = raw["workload"]
+    scale = f"{w['endpoints']:,} endpoints, {w['policies']:,} policies, {w['local_endpoints']} local"
+    start = raw["start"]
+    figures = [
+        Figure(
+            name=f"agent start → applied ({scale})",
+            value=start["seconds"] if start["seconds"] is not None else start["timeout"],
+            unit="s",
+            target=f"<= {START_TARGET_S:g} s",
+            met=start["seconds"] is not None and start["seconds"] <= START_TARGET_S,
+            details=start,
+        )
+    ]
+    if start["datapath_open_s"] is not None:
+        figures.append(
+            Figure(
+                name="agent start: of which datapath open (bcc compile + load)",
+                value=start["datapath_open_s"],
+                unit="s",
+            )
+        )
+    for key, label, target in (
+        ("policy_change", "one policy file renamed into place → applied, p99", CHANGE_P99_TARGET_MS),
+        ("pod_add", "one endpoint added to the endpoints file → applied, p99", POD_ADD_P99_TARGET_MS),
+    ):
+        got = raw.get(key)
+        if got is None:
+            continue
+        figures.append(
+            Figure(
+                name=f"{label} (n={got['n']}, p50 {got['p50_ms']:,.0f} ms)",
+                value=got["p99_ms"],
+                unit="ms",
+                target=f"<= {target:g} ms",
+                met=got["timeouts"] == 0 and got["p99_ms"] <= target,
+                details=got,
+            )
+        )
+    rss = raw["rss_mb"]
+    figures.append(
+        Figure(
+            name="agent RSS at the end (VmRSS)",
+            value=rss.get("VmRSS", 0.0),
+            unit="MB",
+            target=f"<= {RSS_TARGET_MB:g} MB",
+            met=rss.get("VmRSS", 0.0) <= RSS_TARGET_MB,
+            details={**rss, "after_start": raw.get("rss_after_start_mb"), "workload": w},
+        )
+    )
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (log, state)")
+    args = parser.parse_args()
+    print(json.dumps(measure(QUICK if args.quick else FULL, keep=args.keep), indent=2))
+
+
+if __name__ == "__main__":
+    main()
