@@ -145,12 +145,14 @@ class IdentityAllocator:
     def __init__(self) -> None:
         self._by_id: dict[int, Identity] = {}
         self._by_labels: dict[LabelSet, Identity] = {}
+        self._log: list[Identity] = []  # every identity in allocation order (see :meth:`since`)
         for identity in reserved_identities():
             self._add(identity)
 
     def _add(self, identity: Identity) -> None:
         self._by_id[identity.id] = identity
         self._by_labels[identity.labels] = identity
+        self._log.append(identity)
 
     def allocate(self, labels: LabelSet) -> Identity:
         """The identity of ``labels``, allocating one if needed."""
@@ -203,6 +205,11 @@ class IdentityAllocator:
 
     def find(self, labels: LabelSet) -> Identity | None:
         return self._by_labels.get(labels)
+
+    def since(self, count: int) -> list[Identity]:
+        """The identities allocated after the first ``count`` (identities are never withdrawn, so a
+        reader that remembers how many it has seen learns exactly what is new)."""
+        return self._log[count:]
 
     def __iter__(self) -> Iterator[Identity]:
         return iter(sorted(self._by_id.values(), key=lambda i: i.id))

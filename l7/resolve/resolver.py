@@ -231,9 +231,9 @@ class Resolver:
             endpoints=tuple(resolved),
             identities=self.allocator.snapshot(),
             ipcache=self._ipcache(topology, prefixes, learned_ids),
-            fqdn_selectors=_fqdn_uses(resolved),
-            http_rule_sets=_rule_sets(resolved, "http"),
-            dns_rule_sets=_rule_sets(resolved, "dns"),
+            fqdn_selectors=fqdn_uses(resolved),
+            http_rule_sets=rule_sets(resolved, "http"),
+            dns_rule_sets=rule_sets(resolved, "dns"),
         )
 
     def _resolve_endpoint(
@@ -311,7 +311,7 @@ def _named_ports(endpoints: Iterable[Endpoint]) -> tuple[tuple[int, tuple[tuple[
     return tuple(sorted({(e.identity, e.ports) for e in endpoints if e.ports}))
 
 
-def _fqdn_uses(resolved: Iterable[ResolvedEndpoint]) -> tuple[FQDNUse, ...]:
+def fqdn_uses(resolved: Iterable[ResolvedEndpoint]) -> tuple[FQDNUse, ...]:
     users: dict[str, set[tuple[str, object]]] = {}
     for r in resolved:
         for entry in (*r.egress.allows, *r.egress.denies):
@@ -323,7 +323,7 @@ def _fqdn_uses(resolved: Iterable[ResolvedEndpoint]) -> tuple[FQDNUse, ...]:
     )
 
 
-def _rule_sets(resolved: Iterable[ResolvedEndpoint], kind: str) -> tuple[L7RuleSet, ...]:
+def rule_sets(resolved: Iterable[ResolvedEndpoint], kind: str) -> tuple[L7RuleSet, ...]:
     found: dict[str, L7RuleSet] = {}
     for r in resolved:
         for entry in (*r.ingress.allows, *r.egress.allows):
