@@ -5,12 +5,15 @@
  * 3. source-address check: the source's ipcache entry must carry this
  *    endpoint's id (else DROP_SOURCE_SPOOFED);
  * 4. non-first fragments pass only when tied to an allowed first fragment;
- * 5. conntrack: replies pass; established flows keep their verdict (and
- *    proxy port) until the policy changes (CT_STALE: decided again);
- * 6. new flows: the endpoint's egress policy towards the destination's
+ * 5. conntrack: replies pass;
+ * 6. TCP/UDP straight to a node address on a proxy port -> drop
+ *    (DROP_PROXY_PORT_DIRECT, lib/proxyport.h), before any verdict;
+ * 7. established flows keep their verdict (and proxy port) until the policy
+ *    changes (CT_STALE: decided again);
+ * 8. new flows: the endpoint's egress policy towards the destination's
  *    identity (ipcache; miss = world) and, when the destination is a local
  *    endpoint, that endpoint's ingress policy from this endpoint's identity;
- * 7. allowed -> conntrack entry, then redirect to the proxy or pass.
+ * 9. allowed -> conntrack entry, then redirect to the proxy or pass.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -19,6 +22,7 @@
 #include "lib/policy.h"
 #include "lib/events.h"
 #include "lib/datapath.h"
+#include "lib/proxyport.h"
 
 int l7g_from_lxc(struct __sk_buff *skb)
 {
@@ -30,7 +34,7 @@ int l7g_from_lxc(struct __sk_buff *skb)
     struct l7g_decision de = {}, di = {}, d = {};
     __u32 ifindex = skb->ifindex;
     __u16 reason = 0;
-    int res;
+    int res = CT_NEW;
 
     epp = l7g_endpoints.lookup(&ifindex);
     if (l7g_parse(skb, &f, &reason) < 0)
@@ -60,6 +64,11 @@ int l7g_from_lxc(struct __sk_buff *skb)
         if (res == CT_REPLY)
             return l7g_finish(skb, HOOK_FROM_LXC, &f, VERDICT_ALLOW, 0, ep.endpoint_id,
                               ep.identity, dst.identity);
+    }
+    if (l7g_proxy_port_direct(skb, &f, dst.identity))
+        return l7g_drop(HOOK_FROM_LXC, ifindex, &f, DROP_PROXY_PORT_DIRECT, ep.endpoint_id,
+                        ep.identity, dst.identity);
+    if (f.ct_ok) {
         if (res == CT_FORWARD)
             return l7g_finish(skb, HOOK_FROM_LXC, &f, ct.verdict, ct.proxy_port, ep.endpoint_id,
                               ep.identity, dst.identity);

@@ -1,7 +1,9 @@
 /* from_uplink.c — tc ingress of the node's uplink: other nodes and the world.
  *
  * Only packets whose destination is a local endpoint (ipcache value with an
- * endpoint id) are judged; everything else is not ours and passes.
+ * endpoint id) are judged; everything else is not ours and passes, except
+ * TCP/UDP straight to a node address on a proxy port (DROP_PROXY_PORT_DIRECT,
+ * lib/proxyport.h): only redirected traffic may reach the node's proxies.
  * Replies of pod-originated flows pass via conntrack; established flows keep
  * their verdict until the policy changes (then they are decided again); new flows get the destination's ingress policy with the
  * source identity from the ipcache (miss = world). Non-first fragments pass
@@ -14,6 +16,7 @@
 #include "lib/policy.h"
 #include "lib/events.h"
 #include "lib/datapath.h"
+#include "lib/proxyport.h"
 
 int l7g_from_uplink(struct __sk_buff *skb)
 {
@@ -32,9 +35,13 @@ int l7g_from_uplink(struct __sk_buff *skb)
     if (f.family == 0 || f.pass)
         return TC_ACT_OK;
     l7g_ipcache_get(f.family, f.daddr, &dst);
-    if (!dst.endpoint_id)
-        return TC_ACT_OK;
     l7g_ipcache_get(f.family, f.saddr, &src);
+    if (!dst.endpoint_id) {
+        if (l7g_proxy_port_direct(skb, &f, dst.identity))
+            return l7g_drop(HOOK_FROM_UPLINK, ifindex, &f, DROP_PROXY_PORT_DIRECT, 0,
+                            src.identity, dst.identity);
+        return TC_ACT_OK;
+    }
 
     if (f.frag == FRAG_NONFIRST) {
         if (!l7g_frag_nonfirst(&f))

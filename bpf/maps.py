@@ -39,6 +39,12 @@ MARK_JUDGED = 0x0100  # set by the ingress hooks on packets they allowed
 PROXY_ROUTE_TABLE = 2004
 PROXY_RULE_PRIORITY = 100
 
+# The node's proxy ports (``PROXY_PORT_MIN``/``PROXY_PORT_MAX`` in bpf/lib/common.h): Envoy listeners and
+# DNS proxy sockets use ports in this range; the tc programs drop TCP/UDP sent straight to a node address
+# on one of them (DropReason.PROXY_PORT_DIRECT). The agent allocates its proxy ports from this range.
+PROXY_PORT_MIN = 10000
+PROXY_PORT_MAX = 19999
+
 # Policy key prefix lengths: fixed part (endpoint, peer, dir) = 72 bits, + proto = 80, + port = 96.
 POLICY_PREFIX_ANY_PROTO = 72
 POLICY_PREFIX_PROTO = 80

@@ -31,6 +31,7 @@ class DropReason(IntEnum):
     PROXY_NOT_FOUND = 16
     SK_ASSIGN_FAILED = 17
     UNSUPPORTED_L3 = 18
+    PROXY_PORT_DIRECT = 19
 
 
 class Verdict(IntEnum):

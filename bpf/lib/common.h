@@ -61,6 +61,14 @@
  * packet crosses a netns through a veth, so pods cannot forge it). */
 #define MARK_JUDGED      0x0100
 
+/* The node's proxy ports: every Envoy listener and DNS proxy socket the agent
+ * opens uses a port in [PROXY_PORT_MIN, PROXY_PORT_MAX] (host order; mirrored
+ * in bpf/maps.py, checked by tests/datapath/test_reasons.py). Only redirected
+ * traffic may reach them: lib/proxyport.h drops TCP/UDP sent straight to a
+ * node address on one of these ports (DROP_PROXY_PORT_DIRECT). */
+#define PROXY_PORT_MIN 10000
+#define PROXY_PORT_MAX 19999
+
 /* Config array map indices (u64 values; 0 = use the default). */
 #define CFG_VERDICT_EVENTS      0   /* != 0: emit an event for every policy verdict */
 #define CFG_CT_TCP_SYN_NS       1

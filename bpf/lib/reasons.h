@@ -28,6 +28,7 @@
 #define DROP_PROXY_NOT_FOUND         16  /* redirect: no proxy socket (fail closed) */
 #define DROP_SK_ASSIGN_FAILED        17  /* redirect: bpf_sk_assign refused */
 #define DROP_UNSUPPORTED_L3          18  /* reserved */
+#define DROP_PROXY_PORT_DIRECT       19  /* TCP/UDP straight to a node address on a proxy port */
 
 /* Verdicts (event.verdict, conntrack entry verdict). */
 #define VERDICT_NONE     0

@@ -1,4 +1,4 @@
-"""bpf/lib/reasons.h and bpf/reasons.py agree."""
+"""bpf/lib/reasons.h and bpf/reasons.py agree; so do the proxy port ranges of common.h and bpf/maps.py."""
 
 from __future__ import annotations
 
@@ -30,3 +30,22 @@ def test_header_and_enum_agree(prefix: str, enum: type[IntEnum]) -> None:
 def test_drop_reasons_are_unique() -> None:
     values = list(header_defines("DROP").values())
     assert len(values) == len(set(values))
+
+
+COMMON = HEADER.parent / "common.h"
+
+
+def test_proxy_port_range_agrees() -> None:
+    from bpf import maps
+
+    pat = re.compile(r"^#define\s+(PROXY_PORT_MIN|PROXY_PORT_MAX)\s+(\d+)", re.MULTILINE)
+    c = {m.group(1): int(m.group(2)) for m in pat.finditer(COMMON.read_text())}
+    assert c == {"PROXY_PORT_MIN": maps.PROXY_PORT_MIN, "PROXY_PORT_MAX": maps.PROXY_PORT_MAX}
+    assert 1024 < maps.PROXY_PORT_MIN <= maps.PROXY_PORT_MAX <= 65535
+
+
+def test_agent_allocates_proxy_ports_from_the_datapath_range() -> None:
+    from bpf import maps
+    from l7.agent import plan
+
+    assert (plan.PROXY_PORT_MIN, plan.PROXY_PORT_MAX) == (maps.PROXY_PORT_MIN, maps.PROXY_PORT_MAX)

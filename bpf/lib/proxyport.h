@@ -1,0 +1,112 @@
+/* proxyport.h — keep direct traffic off the node's proxy ports.
+ *
+ * The node's Envoy listeners and DNS proxy sockets listen on the wildcard
+ * address, on ports in [PROXY_PORT_MIN, PROXY_PORT_MAX]. Only traffic the
+ * datapath redirects (bpf_sk_assign; the packet keeps its original
+ * destination) may reach them. A packet sent straight to a node address on a
+ * proxy port would bypass the policy that the proxy enforces for redirected
+ * flows, and a transparent Envoy listener would take the node address as the
+ * original destination and connect to itself (a loop).
+ *
+ * API:
+ *   int l7g_proxy_port_direct(struct __sk_buff *skb, struct l7g_flow *f,
+ *                             __u32 dst_identity)
+ *     1 when the packet must be dropped with DROP_PROXY_PORT_DIRECT:
+ *     - TCP or UDP, destination port in [PROXY_PORT_MIN, PROXY_PORT_MAX];
+ *     - the destination is the node: the ipcache says IDENTITY_HOST, or the
+ *       node's FIB (no mark, ingress device = skb->ifindex) would deliver it
+ *       locally (local, broadcast or anycast address: BPF_FIB_LKUP_RET_NOT_FWDED),
+ *       or forwarding is off on the ingress device (only local delivery is
+ *       possible), or the lookup failed (fail closed);
+ *     - and the packet is not part of a connection the node already has:
+ *       TCP: a SYN without ACK, or no socket / only a listener for its tuple;
+ *       UDP: no connected socket for its tuple.
+ *     The hooks call it before conntrack forward hits and before policy (so
+ *     no policy entry, not even a redirect, can send a packet for a node proxy
+ *     port to a proxy), after conntrack reply hits.
+ */
+#ifndef L7G_PROXYPORT_H
+#define L7G_PROXYPORT_H
+
+#include "common.h"
+
+#define L7G_FIB_NOT_FWDED    4   /* BPF_FIB_LKUP_RET_NOT_FWDED */
+#define L7G_FIB_FWD_DISABLED 6   /* BPF_FIB_LKUP_RET_FWD_DISABLED */
+
+static __always_inline int l7g_node_delivers_locally(struct __sk_buff *skb, struct l7g_flow *f)
+{
+    struct bpf_fib_lookup p = {};
+    long rc;
+
+    p.ifindex = skb->ifindex;
+    p.l4_protocol = f->proto;
+    p.sport = f->sport;
+    p.dport = f->dport;
+    if (f->family == L7G_AF_INET) {
+        p.family = L7G_AF_INET;
+        __builtin_memcpy(&p.ipv4_src, f->saddr, 4);
+        __builtin_memcpy(&p.ipv4_dst, f->daddr, 4);
+    } else {
+        p.family = L7G_AF_INET6;
+        __builtin_memcpy(p.ipv6_src, f->saddr, 16);
+        __builtin_memcpy(p.ipv6_dst, f->daddr, 16);
+    }
+    rc = bpf_fib_lookup(skb, &p, sizeof(p), 0);
+    return rc < 0 || rc == L7G_FIB_NOT_FWDED || rc == L7G_FIB_FWD_DISABLED;
+}
+
+/* 1 when the node has a connection (not a listener, not an unconnected UDP
+ * socket) for the packet's tuple: a reply or a continuation of a flow the
+ * node takes part in. */
+static __always_inline int l7g_node_has_connection(struct __sk_buff *skb, struct l7g_flow *f)
+{
+    struct bpf_sock_tuple t = {};
+    struct bpf_sock *sk;
+    __u32 tlen;
+    int conn;
+
+    if (f->proto == IPPROTO_TCP && (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+        return 0;
+    if (f->family == L7G_AF_INET) {
+        __builtin_memcpy(&t.ipv4.saddr, f->saddr, 4);
+        __builtin_memcpy(&t.ipv4.daddr, f->daddr, 4);
+        t.ipv4.sport = f->sport;
+        t.ipv4.dport = f->dport;
+        tlen = sizeof(t.ipv4);
+    } else {
+        __builtin_memcpy(t.ipv6.saddr, f->saddr, 16);
+        __builtin_memcpy(t.ipv6.daddr, f->daddr, 16);
+        t.ipv6.sport = f->sport;
+        t.ipv6.dport = f->dport;
+        tlen = sizeof(t.ipv6);
+    }
+    if (f->proto == IPPROTO_TCP) {
+        sk = bpf_skc_lookup_tcp(skb, &t, tlen, BPF_F_CURRENT_NETNS, 0);
+        if (!sk)
+            return 0;
+        conn = sk->state != BPF_TCP_LISTEN;
+    } else {
+        sk = bpf_sk_lookup_udp(skb, &t, tlen, BPF_F_CURRENT_NETNS, 0);
+        if (!sk)
+            return 0;
+        conn = sk->dst_port != 0;
+    }
+    bpf_sk_release(sk);
+    return conn;
+}
+
+static __always_inline int l7g_proxy_port_direct(struct __sk_buff *skb, struct l7g_flow *f,
+                                                 __u32 dst_identity)
+{
+    __u16 port = L7G_NTOHS(f->dport);
+
+    if (f->proto != IPPROTO_TCP && f->proto != IPPROTO_UDP)
+        return 0;
+    if (port < PROXY_PORT_MIN || port > PROXY_PORT_MAX)
+        return 0;
+    if (dst_identity != IDENTITY_HOST && !l7g_node_delivers_locally(skb, f))
+        return 0;
+    return !l7g_node_has_connection(skb, f);
+}
+
+#endif
