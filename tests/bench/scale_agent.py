@@ -37,12 +37,15 @@ clear error here, not a timeout.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -61,6 +64,7 @@ CHANGE_P99_TARGET_MS = 100.0
 POD_ADD_P99_TARGET_MS = 50.0
 RSS_TARGET_MB = 400.0
 POLL = 0.002
+FQDN_CACHE_FILE = "fqdn-cache-{node}.json"  # l7.agent.fqdn.state_path; checked through the status
 
 
 @dataclass(frozen=True)
@@ -70,10 +74,14 @@ class Settings:
     pod_adds: int
     start_timeout: float
     change_timeout: float
+    learned: bool = False
+    """Run with ``--services dns`` and the workload's learned IPs restored from the FQDN cache file."""
 
 
 QUICK = Settings(sw.QUICK, changes=5, pod_adds=5, start_timeout=90.0, change_timeout=20.0)
 FULL = Settings(sw.FULL, changes=5, pod_adds=5, start_timeout=240.0, change_timeout=60.0)
+QUICK_LEARNED = dataclasses.replace(QUICK, changes=3, pod_adds=3, learned=True)
+FULL_LEARNED = dataclasses.replace(FULL, changes=3, pod_adds=2, change_timeout=120.0, learned=True)
 
 
 # ------------------------------------------------------------------------------------ hashes
@@ -112,6 +120,29 @@ def make_netns(name: str, endpoints: list[dict[str, Any]]) -> None:
     sh("ip", "-n", name, "-batch", "-", stdin="\n".join(lines) + "\n", timeout=120)
 
 
+def stop_netns_processes(name: str, timeout: float = 5.0) -> None:
+    """Stop what is left in our own namespace (processes the agent started there), by PID."""
+    pids = [int(p) for p in sh("ip", "netns", "pids", name, check=False).split()]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while pids and time.monotonic() < deadline:
+            pids = [pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+            time.sleep(0.05)
+        if not pids:
+            return
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return text[text.rindex(")") + 2 :].startswith("Z")
+
+
 def delete_netns(name: str) -> None:
     sh("ip", "netns", "delete", name, check=False)
 
@@ -124,6 +155,8 @@ def unpin(datapath: str) -> None:
         from bpf.loader import unpin as loader_unpin
 
         loader_unpin(pin_dir)
+    except ImportError:  # the loader is being reworked: pins are plain files on bpffs
+        pass
     finally:
         if pin_dir.exists():
             shutil.rmtree(pin_dir, ignore_errors=True)
@@ -182,7 +215,7 @@ class Run:
             "--datapath-name",
             self.netns,
             "--services",
-            "",
+            "dns" if self.settings.learned else "",
         ]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -221,6 +254,7 @@ class Run:
 
     def stop(self) -> None:
         stop(self.proc, timeout=10)
+        stop_netns_processes(self.netns)  # the DNS service's socket keeper outlives the agent on purpose
 
 
 def _ms(samples: list[float]) -> dict[str, Any]:
@@ -254,12 +288,17 @@ def measure(settings: Settings, keep: bool = False) -> dict[str, Any]:
             "namespaces": p.namespaces,
             "nodes": p.nodes,
             "policies": len(run.files),
-            "learned_ips": 0,
+            "learned_ips": sum(len(ips) for ips in workload.learned.values()) if settings.learned else 0,
         },
+        "services": "dns" if settings.learned else "",
         "netns": netns,
     }
     try:
         make_netns(netns, local + extra)
+        if settings.learned:  # the DNS service restores its FQDN cache from this file at start
+            (root / "state").mkdir()
+            cache = root / "state" / FQDN_CACHE_FILE.format(node=p.local_node)
+            cache.write_text(json.dumps(sw.fqdn_cache_state(workload)))
         started = time.monotonic()
         run.start()
         assert run.proc is not None
@@ -276,6 +315,11 @@ def measure(settings: Settings, keep: bool = False) -> dict[str, Any]:
         if waited is None:
             out["rss_mb"] = rss_mb(run.proc.pid)
             return out
+        cached = ((st.get("services") or {}).get("dns") or {}).get("cached_ips", 0)
+        if settings.learned and cached != out["workload"]["learned_ips"]:
+            raise RuntimeError(
+                f"the agent restored {cached} learned IPs, not {out['workload']['learned_ips']}"
+            )
         mine = (dir_hash(run.files), file_hash(paths.endpoints.read_bytes()))
         if (st.get("policies_hash"), st.get("endpoints_hash")) != mine:
             from l7.agent.watch import content_hash
@@ -339,25 +383,27 @@ def measure(settings: Settings, keep: bool = False) -> dict[str, Any]:
         }
         out["rss_mb"] = rss_mb(run.proc.pid)
         out["generation"] = st.get("generation")
+        out["dns"] = (st.get("services") or {}).get("dns")
         return out
     finally:
         out["log_tail"] = run.log_tail(5)
-        run.stop()
-        delete_netns(netns)
-        unpin(netns)
-        if keep:
-            out["kept"] = str(root)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        with contextlib.ExitStack() as cleanup:  # every step runs, even when an earlier one raised
+            if keep:
+                out["kept"] = str(root)
+            else:
+                cleanup.callback(shutil.rmtree, root, ignore_errors=True)
+            cleanup.callback(unpin, netns)
+            cleanup.callback(delete_netns, netns)
+            cleanup.callback(run.stop)
 
 
-def run(opts: Options) -> list[Figure]:
-    settings = QUICK if opts.quick else FULL
-    raw = measure(settings)
+def figures(raw: dict[str, Any]) -> list[Figure]:
     w = raw["workload"]
     scale = f"{w['endpoints']:,} endpoints, {w['policies']:,} policies, {w['local_endpoints']} local"
+    if w["learned_ips"]:
+        scale += f", {w['learned_ips']:,} learned FQDN IPs (dns service)"
     start = raw["start"]
-    figures = [
+    out = [
         Figure(
             name=f"agent start → applied ({scale})",
             value=start["seconds"] if start["seconds"] is not None else start["timeout"],
@@ -368,23 +414,24 @@ def run(opts: Options) -> list[Figure]:
         )
     ]
     if start["datapath_open_s"] is not None:
-        figures.append(
+        out.append(
             Figure(
                 name="agent start: of which datapath open (bcc compile + load)",
                 value=start["datapath_open_s"],
                 unit="s",
             )
         )
+    what = ", learned IPs" if w["learned_ips"] else ""
     for key, label, target in (
-        ("policy_change", "one policy file renamed into place → applied, p99", CHANGE_P99_TARGET_MS),
-        ("pod_add", "one endpoint added to the endpoints file → applied, p99", POD_ADD_P99_TARGET_MS),
+        ("policy_change", "one policy file renamed into place → applied", CHANGE_P99_TARGET_MS),
+        ("pod_add", "one endpoint added to the endpoints file → applied", POD_ADD_P99_TARGET_MS),
     ):
         got = raw.get(key)
         if got is None:
             continue
-        figures.append(
+        out.append(
             Figure(
-                name=f"{label} (n={got['n']}, p50 {got['p50_ms']:,.0f} ms)",
+                name=f"{label}{what}, p99 (n={got['n']}, p50 {got['p50_ms']:,.0f} ms)",
                 value=got["p99_ms"],
                 unit="ms",
                 target=f"<= {target:g} ms",
@@ -393,25 +440,53 @@ def run(opts: Options) -> list[Figure]:
             )
         )
     rss = raw["rss_mb"]
-    figures.append(
+    out.append(
         Figure(
-            name="agent RSS at the end (VmRSS)",
+            name=f"agent RSS at the end (VmRSS{what})",
             value=rss.get("VmRSS", 0.0),
             unit="MB",
             target=f"<= {RSS_TARGET_MB:g} MB",
             met=rss.get("VmRSS", 0.0) <= RSS_TARGET_MB,
-            details={**rss, "after_start": raw.get("rss_after_start_mb"), "workload": w},
+            details={
+                **rss,
+                "after_start": raw.get("rss_after_start_mb"),
+                "workload": w,
+                "dns": raw.get("dns"),
+            },
         )
     )
-    return figures
+    return out
+
+
+def run(opts: Options) -> list[Figure]:
+    """The policy engine alone (no services), then the same with the learned IPs (dns service)."""
+    base = measure(QUICK if opts.quick else FULL)
+    learned = measure(QUICK_LEARNED if opts.quick else FULL_LEARNED)
+    out = figures(base) + figures(learned)
+    ips = learned["workload"]["learned_ips"]
+    before, after = base["rss_mb"].get("VmRSS"), learned["rss_mb"].get("VmRSS")
+    if ips and before and after:
+        out.append(
+            Figure(
+                name="agent RSS growth per learned FQDN IP (with dns service − without)",
+                value=round((after - before) * 1024 * 1024 / ips),
+                unit="B",
+                details={"without_mb": before, "with_mb": after, "learned_ips": ips},
+            )
+        )
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (log, state)")
+    parser.add_argument("--learned", action="store_true", help="with the learned IPs (dns service)")
     args = parser.parse_args()
-    print(json.dumps(measure(QUICK if args.quick else FULL, keep=args.keep), indent=2))
+    settings = (
+        (QUICK_LEARNED if args.learned else QUICK) if args.quick else FULL_LEARNED if args.learned else FULL
+    )
+    print(json.dumps(measure(settings, keep=args.keep), indent=2))
 
 
 if __name__ == "__main__":
