@@ -234,7 +234,9 @@ class Run:
             ):
                 return time.monotonic() - start
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"the agent exited ({self.proc.returncode}):\n{self.log_tail()}")
+                tail = self.log_tail()
+                last = tail.splitlines()[-1] if tail else ""
+                raise RuntimeError(f"the agent exited ({self.proc.returncode}): {last}\n{tail}")
             if time.monotonic() > deadline:
                 return None
             time.sleep(POLL)
@@ -461,8 +463,22 @@ def figures(raw: dict[str, Any]) -> list[Figure]:
 def run(opts: Options) -> list[Figure]:
     """The policy engine alone (no services), then the same with the learned IPs (dns service)."""
     base = measure(QUICK if opts.quick else FULL)
-    learned = measure(QUICK_LEARNED if opts.quick else FULL_LEARNED)
-    out = figures(base) + figures(learned)
+    out = figures(base)
+    try:
+        learned = measure(QUICK_LEARNED if opts.quick else FULL_LEARNED)
+    except Exception as exc:  # noqa: BLE001 - the first pass's figures stand; this one is reported failed
+        error = f"{type(exc).__name__}: {exc}"
+        out.append(
+            Figure(
+                name=f"with learned FQDN IPs (dns service): failed to run: {error.splitlines()[0][:150]}",
+                value=0.0,
+                unit="",
+                met=False,
+                details={"error": error[-2000:]},
+            )
+        )
+        return out
+    out += figures(learned)
     ips = learned["workload"]["learned_ips"]
     before, after = base["rss_mb"].get("VmRSS"), learned["rss_mb"].get("VmRSS")
     if ips and before and after:
