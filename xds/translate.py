@@ -14,14 +14,25 @@ Matching (DESIGN.md "L7 HTTP"): every regex is RE2 matched against the whole val
   slashes unescaped) and forwards exactly the path that was checked.
 - host: ``:authority``, ignoring case, an optional trailing dot and an optional ``:port``.
 - headers: ``"Name: value"`` exact value, ``"Name"`` presence (split at the first space, like Cilium).
+  A header sent more than once is first joined into one field (values in order, separated by ``,``;
+  ``cookie`` by ``; ``) by a Lua filter in front of the router (RFC 9110 5.3), so the value that is
+  matched is the value the backend receives: ``X-Token: evil`` plus ``X-Token: abc`` is ``evil,abc``, and
+  does not equal ``abc``. (Envoy >= 1.39 alone matches each occurrence and lets the pair through.)
 - headerMatches: exact value (or a secret's value), presence when neither is given. Without
   ``mismatch`` a mismatch means the rule does not match. With ``mismatch`` the request passes and the
   action is applied when the header mismatches: ADD appends the header with the value, DELETE removes
   it, REPLACE sets it to the value (applied unconditionally: a matching header already has that value),
   LOG only lets the request pass (the access log records every request).
 - a rule referring to a secret the caller could not resolve never matches.
-- an empty rule set allows every request; CONNECT is always denied.
-- anything not allowed gets ``403`` with body ``Access denied\\r\\n``.
+- an empty rule set allows every request; CONNECT is always denied, and so are paths that common
+  backends resolve to another path than the one checked (:data:`AMBIGUOUS_PATH`: ``;`` path parameters,
+  an encoded ``;``, double-encoded ``. / \\ ;``), also in audit mode.
+- WebSocket upgrades are routed like any request (allowed routes forward them, the rest gets 403).
+- anything not allowed gets ``403`` with body ``Access denied\\r\\n``; so does any other 403 that Envoy
+  makes itself (e.g. an Upgrade type it does not proxy). A denied request is answered after a 1 ms delay
+  (fault filter), never in the same event as the response before it: Envoy's HTTP/1 codec closes a
+  connection that has more than two responses not yet written, which lost the request pipelined after a
+  deny.
 """
 
 from __future__ import annotations
@@ -48,9 +59,13 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.filters.common.fault.v3 import fault_pb2 as common_fault_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2  # type: ignore[import-untyped]
 
 from l7.policy.headers import parse_header
@@ -66,6 +81,44 @@ DENY_BODY = "Access denied\r\n"
 SO_MARK_LEVEL = 1  # SOL_SOCKET
 SO_MARK_NAME = 36  # SO_MARK
 MAX_CONDITIONAL_MISMATCHES = 4  # ADD/DELETE headerMatches per rule: 2**n routes
+DENY_DELAY_MS = 1  # a deny is answered in a later event than the response before it (see the docstring)
+
+#: Paths that common backends resolve to another path than the one Envoy checked, refused before any
+#: rule is looked at (RouteMatch.safe_regex: the whole path without the query, after Envoy's
+#: normalisation, which already resolved ``.``/``..``, decoded ``%2e`` and unescaped ``%2F``/``%5C``):
+#:
+#: - any ``;``: Tomcat, Jetty and Spring drop ``;parameters`` from each segment, so ``/public/..;x/admin``
+#:   is ``/admin`` to them and ``/api/secret;.json`` (allowed by a rule ``/api/.*\\.json``) is
+#:   ``/api/secret``;
+#: - an encoded ``;`` (``%3B``): Spring decodes before it drops parameters (``/public/..%3Bx/admin``);
+#: - double-encoded ``.``, ``/``, ``\\`` or ``;`` (``%252e``, ``%252f``, ``%255c``, ``%253b``), for backends
+#:   that decode twice.
+AMBIGUOUS_PATH = r".*(?:;|%3[bB]|%25(?:2[eEfF]|5[cC]|3[bB])).*"
+
+#: Joins every header sent more than once into one field before the routes see the request (and clears
+#: the route cache, so the routes match the joined value); the backend receives that one field.
+JOIN_REPEATED_HEADERS_LUA = """\
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  local seen, repeated = {}, {}
+  for name, _ in pairs(headers) do
+    if seen[name] then
+      repeated[#repeated + 1] = name
+    end
+    seen[name] = true
+  end
+  for _, name in ipairs(repeated) do
+    local count = headers:getNumValues(name)
+    if count > 1 then
+      local values = {}
+      for i = 0, count - 1 do
+        values[#values + 1] = headers:getAtIndex(name, i)
+      end
+      headers:replace(name, table.concat(values, name == "cookie" and "; " or ","))
+    end
+  end
+end
+"""
 
 #: The access log's JSON fields (the agent parses these).
 ACCESS_LOG_FIELDS: Mapping[str, str] = {
@@ -270,6 +323,24 @@ def _rule_routes(routes: Any, index: int, rule: HTTPRule, settings: ProxySetting
         route.request_headers_to_remove.extend(to_remove)
 
 
+FAULT_FILTER = "envoy.filters.http.fault"
+_DENY_DELAY = None  # the packed per-route fault config of deny routes, built once
+
+
+def _deny_delay() -> any_pb2.Any:
+    global _DENY_DELAY  # noqa: PLW0603
+    if _DENY_DELAY is None:
+        _DENY_DELAY = _pack(
+            fault_pb2.HTTPFault(
+                delay=common_fault_pb2.FaultDelay(
+                    fixed_delay=duration_pb2.Duration(nanos=DENY_DELAY_MS * 1_000_000),
+                    percentage=percent_pb2.FractionalPercent(numerator=100),
+                )
+            )
+        )
+    return _DENY_DELAY
+
+
 def _deny(routes: Any, name: str) -> rc.Route:
     route: rc.Route = routes.add(name=name)
     route.direct_response.status = 403
@@ -277,9 +348,11 @@ def _deny(routes: Any, name: str) -> rc.Route:
     route.response_headers_to_add.append(
         _add("content-type", "text/plain", base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
     )
+    route.typed_per_filter_config[FAULT_FILTER].CopyFrom(_deny_delay())
     return route
 
 
+AMBIGUOUS_PATH_ROUTE = "deny-ambiguous-path"
 AUDIT_ROUTE = "audit"
 """The route that lets through, in audit mode, what no rule allows (the access log names it)."""
 
@@ -289,11 +362,12 @@ def build_route_configuration(
 ) -> route_pb2.RouteConfiguration:
     """The routes of one rule set; ``deny_all`` ignores the rules and denies every request. In ``audit``
     mode a request no rule allows is forwarded by the :data:`AUDIT_ROUTE` route instead of getting 403
-    (CONNECT stays refused: it is no policy decision)."""
+    (CONNECT and ambiguous paths stay refused: they are no policy decision)."""
     config = route_pb2.RouteConfiguration(name=name)
     virtual_host = config.virtual_hosts.add(name="any", domains=["*"])
     routes = virtual_host.routes
     _deny(routes, "deny-connect").match.connect_matcher.SetInParent()
+    _deny(routes, AMBIGUOUS_PATH_ROUTE).match.safe_regex.regex = AMBIGUOUS_PATH
     if deny_all:
         rules = ()
     elif not rules:
@@ -336,6 +410,39 @@ def _access_log(settings: ProxySettings) -> accesslog_pb2.AccessLog:
 
 _ROUTER = _pack(router_pb2.Router())
 _ORIGINAL_DST = _pack(original_dst_pb2.OriginalDst())
+_HTTP_FILTERS = (
+    # Repeated headers joined before the routes see them (clear_route_cache defaults to true).
+    hcm_pb2.HttpFilter(
+        name="envoy.filters.http.lua",
+        typed_config=_pack(
+            lua_pb2.Lua(default_source_code=base_pb2.DataSource(inline_string=JOIN_REPEATED_HEADERS_LUA))
+        ),
+    ),
+    # No fault by default; deny routes configure their delay per route.
+    hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=_pack(fault_pb2.HTTPFault())),
+    hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=_ROUTER),
+)
+
+
+_LOCAL_REPLY = hcm_pb2.LocalReplyConfig(
+    mappers=[
+        hcm_pb2.ResponseMapper(
+            filter=accesslog_pb2.AccessLogFilter(
+                status_code_filter=accesslog_pb2.StatusCodeFilter(
+                    comparison=accesslog_pb2.ComparisonFilter(
+                        op=accesslog_pb2.ComparisonFilter.EQ,
+                        value=base_pb2.RuntimeUInt32(default_value=403, runtime_key="l7gate.deny_status"),
+                    )
+                )
+            ),
+            body=base_pb2.DataSource(inline_string=DENY_BODY),
+            body_format_override=substitution_format_string_pb2.SubstitutionFormatString(
+                text_format_source=base_pb2.DataSource(inline_string="%LOCAL_REPLY_BODY%"),
+                content_type="text/plain",
+            ),
+        )
+    ]
+)
 
 
 def build_listener(port: int, route_name: str, settings: ProxySettings) -> listener_pb2.Listener:
@@ -349,14 +456,20 @@ def build_listener(port: int, route_name: str, settings: ProxySettings) -> liste
                 resource_api_version=config_source_pb2.V3,
             ),
         ),
-        http_filters=[hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=_ROUTER)],
+        http_filters=_HTTP_FILTERS,
         normalize_path=wrappers_pb2.BoolValue(value=True),
         merge_slashes=True,
         path_with_escaped_slashes_action=hcm_pb2.HttpConnectionManager.UNESCAPE_AND_FORWARD,
         access_log=[_access_log(settings)],
-        # Without this Envoy answers CONNECT itself (403, empty body); with it CONNECT reaches the routes,
-        # where only the deny-connect route matches it (prefix routes never match CONNECT).
-        upgrade_configs=[hcm_pb2.HttpConnectionManager.UpgradeConfig(upgrade_type="CONNECT")],
+        # Without these Envoy answers CONNECT and WebSocket upgrades itself (403, empty body); with them
+        # they reach the routes: CONNECT only matches deny-connect (prefix routes never match CONNECT), a
+        # WebSocket upgrade is allowed or denied like any request.
+        upgrade_configs=[
+            hcm_pb2.HttpConnectionManager.UpgradeConfig(upgrade_type="CONNECT"),
+            hcm_pb2.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket"),
+        ],
+        # Any other 403 that Envoy makes itself (e.g. an Upgrade type it does not proxy) has our body too.
+        local_reply_config=_LOCAL_REPLY,
     )
     additional = []
     if settings.ipv6:
