@@ -1,8 +1,7 @@
 """The node agent: wires policy sources (files, the lab, Kubernetes) through resolution to the node's
-datapath and proxies.
+datapath and proxies. Resolution is :mod:`l7.resolve.engine` (incremental), planning :mod:`l7.plan`
+(pure); the agent applies their differences.
 
-* :mod:`l7.agent.plan` — pure: resolved policy → desired datapath state (endpoints, ipcache, decisions,
-  proxy ports per L7 rule-set union);
 * :mod:`l7.agent.sync` — writes the difference between the desired state and the datapath's maps;
 * :mod:`l7.agent.node` — the agent loop (watch inputs, keep the last good set, status file, services);
 * :mod:`l7.agent.services` — the node-service interface (prepare before the sync, commit after);

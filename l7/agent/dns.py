@@ -6,13 +6,13 @@
                    (opened before the datapath redirects there; the port's rule sets updated in place)
     query ─► decide: the source must be a local endpoint, the name must match a matchName/matchPattern
              of the port's rule-set union ─► REFUSED (or NXDOMAIN) / forwarded
-    answer ─► on_answer: credit the IPs to the name (FQDN cache) and make them allowed, then release:
-              fast path  the name's FQDN-selector set already has an identity the policy entries know
-                         → ipcache written directly (under the agent lock)
-              slow path  host.reapply(): resolution allocates the set's identity, the policy map gets
-                         entries for it, the ipcache gets the IPs
-    commit(view): proxies of ports no longer used closed; what the decisions need taken from the view
-    sweep (thread): expired IPs removed (see fqdn.py), state file saved
+    answer ─► on_answer: credit the IPs to the name (FQDN cache), then host.learn(): the engine gives
+              each IP the identity of the set of toFQDNs selectors matching its names (computed once
+              per name), and the agent writes what that changes — the ipcache entry, and when the
+              identity is new, the policy entries of the endpoints whose rules select it — before the
+              answer is released. Nothing is re-resolved but what the answer changes.
+    commit(view): proxies of ports no longer used closed; the local endpoints' addresses taken from it
+    sweep (thread): expired IPs forgotten (see fqdn.py), state file saved
 
 Why the port is enough to pick the rules: the datapath redirects (endpoint, egress, peer identity,
 protocol, port) to the port of the *union of the L7 rule sets that apply to exactly that key*
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import socket
@@ -42,13 +41,10 @@ from dnsproxy.policy import Protocol_, Verdict
 from dnsproxy.wire import NXDOMAIN
 from dnsproxy.wire import REFUSED as RCODE_REFUSED
 from l7.agent.fqdn import CacheConfig, FQDNCache, state_path, usable
-from l7.agent.services import AppliedView, Learned, ServiceHost
+from l7.agent.services import AppliedView, ServiceHost
 from l7.agent.socket_keeper import KeeperClient, KeeperError, ensure_keeper
 from l7.flows import FlowLog, flow_path
-from l7.identity import Network, fqdn_labels
-from l7.labels import CIDR
 from l7.policy.fqdn import NameMatcher
-from l7.selectors import FQDNSelector
 
 if TYPE_CHECKING:
     from l7.agent.node import AgentConfig
@@ -60,15 +56,10 @@ Signature = tuple[frozenset[str], str | None, int]
 
 
 @dataclass(frozen=True)
-class _Known:
-    """What the decisions and the fast path read, taken from one applied view (replaced whole)."""
+class _Local:
+    """The node's endpoints as the decisions see them, taken from one applied view (replaced whole)."""
 
-    local: dict[str, str] = field(default_factory=dict)  # local endpoint IP → namespace/name
-    managed: frozenset[str] = frozenset()  # every endpoint and node IP (never credited to a name)
-    selectors: tuple[FQDNSelector, ...] = ()  # toFQDNs selectors local policy entries use
-    identities: frozenset[int] = frozenset()  # identities the policy entries were resolved with
-    prefixes: tuple[Network, ...] = ()  # the policy CIDR prefixes (part of an FQDN identity's labels)
-    signatures: dict[Signature, int] = field(default_factory=dict)  # seen in the view's ipcache
+    endpoints: dict[str, str] = field(default_factory=dict)  # local endpoint IP → namespace/name
     audited: frozenset[str] = frozenset()  # local endpoint IPs in audit mode
 
 
@@ -104,16 +95,13 @@ class DnsService:
         self._thread = threading.Thread(target=self._loop.run_forever, name="dns-proxy", daemon=True)
         self._proxies: dict[int, DNSProxy] = {}
         self._rules: dict[int, tuple[NameMatcher, ...]] = {}
-        self._known = _Known()
+        self._local = _Local()
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="dns-sweep", daemon=True)
         self._flows: FlowLog | None = None
         self._state_file: Path | None = None
         self._saved = -1
-        self._learn_seq = 0  # bumped on every cache change that needs a re-apply
-        self._applied_seq = 0  # the learn_seq the last re-apply included
-        self._reapply_lock = threading.Lock()
-        self.counters = {"fast": 0, "slow": 0, "reapplies": 0, "expired": 0, "refused_source": 0}
+        self.counters = {"fast": 0, "slow": 0, "expired": 0, "refused_source": 0}
         self.lookup_to_allowed: list[float] = []  # seconds, answer arrived → IPs allowed (last 4096)
         self._keeper: KeeperClient | None = None
 
@@ -134,13 +122,14 @@ class DnsService:
         else:
             self._keeper = KeeperClient(path)
             log.info("socket keeper pid %d holds the DNS listening sockets", pid)
-        host.set_learned_source(self._learned)
+        if restored:
+            host.learn(dict(self.cache.learned()), "FQDN cache restored")
         self._thread.start()
         self._sweeper.start()
 
     def prepare(self, view: AppliedView) -> None:
         ports = view.ports_of("dns")
-        self._known = self._known_from(view)  # before a proxy opens: it checks the source endpoint
+        self._local = self._local_from(view)  # before a proxy opens: it checks the source endpoint
         for port, members in ports.items():
             self._rules[port] = dns_matchers(members)  # replaced whole: read without a lock
             if port not in self._proxies:
@@ -161,7 +150,7 @@ class DnsService:
                 with contextlib.suppress(KeeperError):
                     self._keeper.drop(_keeper_key(port))
             log.info("DNS proxy on port %d closed", port)
-        self._known = self._known_from(view)
+        self._local = self._local_from(view)
 
     def status(self) -> dict[str, Any]:
         lat = sorted(self.lookup_to_allowed)
@@ -246,13 +235,13 @@ class DnsService:
         def decide(  # noqa: PLR0917 - the proxy's interface
             source_ip: str, server_ip: str, server_port: int, protocol: Protocol_, qname: str, qtype: int
         ) -> Verdict:
-            if source_ip not in self._known.local:
+            if source_ip not in self._local.endpoints:
                 self.counters["refused_source"] += 1
                 return REFUSED
             for matcher in self._rules.get(port, ()):
                 if matcher.matches(qname):
                     return ALLOWED
-            if source_ip in self._known.audited:  # audit mode: forwarded, reported as audit
+            if source_ip in self._local.audited:  # audit mode: forwarded, reported as audit
                 return AUDITED
             return REFUSED
 
@@ -263,84 +252,47 @@ class DnsService:
             return
         record: dict[str, Any] = {"time": time.time(), **event._asdict()}
         record["ips"] = [list(pair) for pair in event.ips]
-        record["endpoint"] = self._known.local.get(event.source_ip)
+        record["endpoint"] = self._local.endpoints.get(event.source_ip)
         try:
             self._flows.write(record)
         except OSError as exc:
             log.warning("DNS flow log: %s", exc)
 
     # -- toFQDNs --------------------------------------------------------------------------------
-    def _learned(self) -> Learned:
-        return self.cache.learned()
-
-    def _signature(self, selectors: frozenset[str], ip: str, known: _Known) -> Signature:
-        addr = ipaddress.ip_address(ip)
-        containing = [p for p in known.prefixes if p.version == addr.version and addr in p]
-        best = str(max(containing, key=lambda p: p.prefixlen)) if containing else None
-        return (selectors, best, addr.version)
-
-    def _identity_for(self, selectors: frozenset[str], ip: str, known: _Known) -> int | None:
-        """The identity an IP credited to names matching ``selectors`` must get, when the current
-        policy entries already know it (else None: a re-apply must allocate and use it)."""
-        sig = self._signature(selectors, ip, known)
-        found = known.signatures.get(sig)
-        if found is not None:
-            return found
-        assert self._host is not None
-        labels = fqdn_labels(sorted(selectors), ipaddress.ip_address(ip), known.prefixes)
-        identity = self._host.allocator.find(labels)
-        if identity is not None and identity.id in known.identities:
-            return identity.id
-        return None
-
     def _on_answer(
         self, source_ip: str, qname: str, ips_with_ttl: tuple[tuple[str, int], ...]
     ) -> Awaitable[None] | None:
         started = time.monotonic()
-        known = self._known
-        selectors = frozenset(s.text for s in known.selectors if s.matches_name(qname))
-        if not selectors:
-            return None  # no toFQDNs selector here cares about this name
-        ips = tuple((ip, ttl) for ip, ttl in ips_with_ttl if ip not in known.managed and usable(ip))
+        ips = tuple((ip, ttl) for ip, ttl in ips_with_ttl if usable(ip))
         if not ips:
             return None
-        self.cache.add(qname, ips, time.time())
-        writes = [(ip, self._identity_for(selectors, ip, known)) for ip, _ in ips]
-        if all(identity is not None for _, identity in writes):
-            assert self._host is not None
-            if self._host.lock.acquire(blocking=False):
-                try:
-                    self._write(writes)
-                finally:
-                    self._host.lock.release()
-                self._done(started, "fast")
-                return None
-            return self._loop.run_in_executor(None, self._write_locked, writes, started)
-        self._learn_seq += 1
-        return self._loop.run_in_executor(None, self._reapply, self._learn_seq, qname, started)
-
-    def _write(self, writes: list[tuple[str, int | None]]) -> None:
         assert self._host is not None
-        datapath = self._host.datapath
-        for ip, identity in writes:
-            assert identity is not None
-            datapath.set_ipcache(ipaddress.ip_network(ip), identity, 0)
+        if self._host.lock.acquire(blocking=False):
+            try:
+                self._learn(qname, ips, started)
+            finally:
+                self._host.lock.release()
+            return None
+        return self._loop.run_in_executor(None, self._learn_locked, qname, ips, started)
 
-    def _write_locked(self, writes: list[tuple[str, int | None]], started: float) -> None:
+    def _learn_locked(self, qname: str, ips: tuple[tuple[str, int], ...], started: float) -> None:
         assert self._host is not None
         with self._host.lock:
-            self._write(writes)
-        self._done(started, "fast")
+            self._learn(qname, ips, started)
 
-    def _reapply(self, wanted: int, qname: str, started: float) -> None:
+    def _learn(self, qname: str, ips: tuple[tuple[str, int], ...], started: float) -> None:
+        """Credit ``ips`` to ``qname`` and have them written (under the agent's lock)."""
         assert self._host is not None
-        with self._reapply_lock:
-            if self._applied_seq < wanted:  # an earlier re-apply did not include this answer yet
-                seq = self._learn_seq
-                self._host.reapply(f"DNS answer for {qname}")
-                self._applied_seq = seq
-                self.counters["reapplies"] += 1
-        self._done(started, "slow")
+        engine = self._host.engine
+        if not engine.name_selectors(qname):
+            return  # no toFQDNs selector cares about this name
+        ips = tuple((ip, ttl) for ip, ttl in ips if not engine.is_managed(ip))
+        if not ips:
+            return
+        self.cache.add(qname, ips, time.time())
+        changed = [ip for ip, _ in ips] + self.cache.take_evicted()
+        touched = self._host.learn({ip: self.cache.names_of(ip) for ip in changed}, f"DNS answer for {qname}")
+        self._done(started, "slow" if touched else "fast")
 
     def _done(self, started: float, path: str) -> None:
         self.counters[path] += 1
@@ -348,44 +300,11 @@ class DnsService:
         if len(self.lookup_to_allowed) > 4096:
             del self.lookup_to_allowed[:1024]
 
-    def _known_from(self, view: AppliedView) -> _Known:
+    def _local_from(self, view: AppliedView) -> _Local:
         assert self._host is not None
-        allocator = self._host.allocator
-        file = view.endpoints
-        local = {
-            ip: f"{ep.namespace}/{ep.name}"
-            for ep in file.endpoints
-            if ep.node in (None, self._host.node)
-            for ip in ep.ips
-        }
-        managed = {ip for ep in file.endpoints for ip in ep.ips} | {ip for n in file.nodes for ip in n.ips}
-        selectors: dict[str, FQDNSelector] = {}
-        for r in view.resolved.endpoints:
-            for entry in (*r.egress.allows, *r.egress.denies):
-                if isinstance(entry.selector, FQDNSelector):
-                    selectors.setdefault(entry.selector.text, entry.selector)
-        prefixes: list[Network] = []
-        by_prefix: dict[str, int] = {}
-        for e in view.resolved.ipcache:
-            by_prefix[e.prefix] = e.identity
-            labels = allocator.lookup(e.identity)
-            if labels is not None and any(lb.source == CIDR and lb.key == e.prefix for lb in labels):
-                prefixes.append(ipaddress.ip_network(e.prefix))
-        audited = {r.endpoint.key for r in view.resolved.endpoints} if self.cfg.audit else file.audited()
-        known = _Known(
-            audited=frozenset(ip for ip, key in local.items() if key in audited),
-            local=local,
-            managed=frozenset(managed),
-            selectors=tuple(selectors[k] for k in sorted(selectors)),
-            identities=frozenset(i.id for i in view.resolved.identities),
-            prefixes=tuple(prefixes),
-        )
-        for ip, names in self.cache.learned().items():
-            identity = by_prefix.get(str(ipaddress.ip_network(ip)))
-            chosen = frozenset(s.text for s in known.selectors if any(s.matches_name(n) for n in names))
-            if identity is not None and chosen:
-                known.signatures[self._signature(chosen, ip, known)] = identity
-        return known
+        local = {ip: r.endpoint.key for r in view.local for ip in r.endpoint.ips}
+        audited = {r.endpoint.key for r in view.local} if self.cfg.audit else view.endpoints.audited()
+        return _Local(local, frozenset(ip for ip, key in local.items() if key in audited))
 
     # -- expiry and state -------------------------------------------------------------------------
     def _in_use(self) -> Any:
@@ -417,7 +336,8 @@ class DnsService:
             if removed:
                 self.counters["expired"] += len(removed)
                 log.info("FQDN cache: %d expired: %s", len(removed), removed[:5])
-                self._host.reapply("FQDN cache expiry")
+                ips = {ip for _, ip in removed}
+                self._host.learn({ip: self.cache.names_of(ip) for ip in ips}, "FQDN cache expiry")
         self._save()
         return removed
 
@@ -426,7 +346,8 @@ class DnsService:
             return
         version = self.cache.version
         try:
-            selectors = self._known.selectors
+            view = self._host.last_view() if self._host is not None else None
+            selectors = view.fqdn_selectors().values() if view is not None else ()
             names = {
                 name: [s.text for s in selectors if s.matches_name(name)] for name in self.cache.entries()
             }

@@ -72,6 +72,8 @@ class FQDNCache:
         self.config = config or CacheConfig()
         self._lock = threading.Lock()
         self._names: dict[str, dict[str, CachedIP]] = {}  # name → ip → entry (oldest first)
+        self._ips: dict[str, set[str]] = {}  # ip → names
+        self._evicted: list[str] = []  # IPs dropped by the per-name cap, until taken
         self.version = 0  # bumped on every change (for saving)
 
     # -- changes --------------------------------------------------------------------------------
@@ -85,9 +87,13 @@ class FQDNCache:
                 known = entries.pop(ip, None)  # re-inserted: the latest answer is the newest entry
                 if known is None:
                     new.append(ip)
+                    self._ips.setdefault(ip, set()).add(name)
                 entries[ip] = CachedIP(ip, ttl, now, max(now + ttl, known.expires if known else 0.0))
             while len(entries) > self.config.max_ips:
-                del entries[next(iter(entries))]
+                oldest = next(iter(entries))
+                del entries[oldest]
+                self._unindex(oldest, name)
+                self._evicted.append(oldest)
             self.version += 1
         return new
 
@@ -103,12 +109,32 @@ class FQDNCache:
                     if entry.expires + self.config.grace > now and in_use(ip):
                         continue
                     del entries[ip]
+                    self._unindex(ip, name)
                     removed.append((name, ip))
                 if not entries:
                     del self._names[name]
             if removed:
                 self.version += 1
         return removed
+
+    def _unindex(self, ip: str, name: str) -> None:
+        names = self._ips.get(ip)
+        if names is not None:
+            names.discard(name)
+            if not names:
+                del self._ips[ip]
+
+    def names_of(self, ip: str) -> tuple[str, ...] | None:
+        """The names ``ip`` is credited to (None: none any more)."""
+        with self._lock:
+            names = self._ips.get(ip)
+            return tuple(sorted(names)) if names else None
+
+    def take_evicted(self) -> list[str]:
+        """The IPs the per-name cap dropped since the last call."""
+        with self._lock:
+            out, self._evicted = self._evicted, []
+            return out
 
     def next_expiry(self) -> float | None:
         with self._lock:
@@ -155,6 +181,8 @@ class FQDNCache:
                         entries[str(ip)] = CachedIP(str(ip), int(ttl), float(learned), float(expires))
                 if entries:
                     self._names[str(name)] = entries
+                    for ip in entries:
+                        self._ips.setdefault(ip, set()).add(str(name))
                     kept += len(entries)
             self.version += 1
         return kept

@@ -8,8 +8,8 @@ from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 
 from bpf.maps import Action, Direction
-from l7.agent.plan import PlanError, direction_decisions
 from l7.agent.services import AppliedView
+from l7.plan import PlanError, direction_decisions
 from l7.policy.model import HTTPRule
 from l7.resolve.types import L7RuleSet
 from xds.translate import RuleSet
@@ -38,7 +38,7 @@ def redirects(view: AppliedView) -> Redirects:
     view's HTTP redirects."""
     http = set(view.ports_of("http"))
     out: Redirects = {}
-    for resolved in view.resolved.endpoints:
+    for resolved in view.local:
         key = f"{resolved.endpoint.namespace}/{resolved.endpoint.name}"
         for policy, direction in ((resolved.ingress, Direction.INGRESS), (resolved.egress, Direction.EGRESS)):
             try:

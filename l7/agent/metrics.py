@@ -123,17 +123,18 @@ class AgentCollector(Collector):
         if view is not None:
             eps = GaugeMetricFamily("l7gate_endpoints", "Endpoints known to the agent", labels=["scope"])
             eps.add_metric(["cluster"], float(len(view.endpoints.endpoints)))
-            eps.add_metric(["local"], float(len(view.resolved.endpoints)))
+            eps.add_metric(["local"], float(len(view.local)))
             yield eps
             rules = GaugeMetricFamily("l7gate_l7_rule_sets", "Distinct L7 rule sets", labels=["kind"])
-            rules.add_metric(["http"], float(len(view.resolved.http_rule_sets)))
-            rules.add_metric(["dns"], float(len(view.resolved.dns_rule_sets)))
+            for kind in ("http", "dns"):
+                sets = {rs.key for members in view.unions.values() for rs in members if rs.kind == kind}
+                rules.add_metric([kind], float(len(sets)))
             yield rules
             ids = GaugeMetricFamily("l7gate_identities", "Security identities in use on the node")
-            ids.add_metric([], float(len(view.resolved.identities)))
+            ids.add_metric([], float(len(self.host.allocator)))
             yield ids
             fq = GaugeMetricFamily("l7gate_fqdn_selectors", "toFQDNs selectors in use")
-            fq.add_metric([], float(len(view.resolved.fqdn_selectors)))
+            fq.add_metric([], float(len(view.fqdn_selectors())))
             yield fq
 
         yield from self._maps()

@@ -1,11 +1,11 @@
-"""The node agent: policies + endpoints → resolution → plan → datapath, re-applied on every change.
+"""The node agent: policies + endpoints → resolution → plan → datapath; each change costs what it changes.
 
 ::
 
     policy dir ──┐  (poll ~0.5 s: stat signature, then content hash)
-    endpoints ───┴─► load (keep the last good set on errors) ─► Resolver ─► plan ─► sync ─► Datapath
-                                                      ▲            │                   │
-                              learned FQDN IPs (dns) ─┘   services.prepare / commit    │
+    endpoints ───┴─► load (keep the last good set on errors) ─► Engine ─► Applier ─► sync ─► Datapath
+                                                     ▲   (incremental)  (per change)        │
+                     learned FQDN IPs (dns: learn) ──┘          services.prepare / commit   │
                                            <state-dir>/agent-<node>.json  ◄─ status ───┘
 
 Run it inside the node's network namespace (``nsenter --net=/run/netns/NODE``, not ``ip netns exec``,
@@ -25,21 +25,22 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bpf.errors import DatapathError
 from l7.agent import watch
-from l7.agent.plan import ProxyPorts, l7_unions, plan
-from l7.agent.services import AppliedView, Learned, NodeService
-from l7.agent.sync import DatapathLike, SyncStats, sync
+from l7.agent.applier import Applier
+from l7.agent.services import AppliedView, NodeService
+from l7.agent.sync import DatapathLike, SyncStats, sync, sync_delta
 from l7.endpoints import EndpointsError, EndpointsFile, build_topology, load_endpoints
 from l7.errors import L7GateError
 from l7.identity import IdentityAllocator
+from l7.plan import ProxyPorts
 from l7.policy.documents import Policy, PolicySourceError, load_paths
-from l7.resolve import Resolver
+from l7.resolve.engine import Engine
 
 log = logging.getLogger("l7gate.agent")
 POLL_INTERVAL = 0.5
@@ -154,14 +155,16 @@ class Agent:
         self.dp: DatapathLike | None = None
         self.services = make_services(cfg) if services is None else services
         self._lock = threading.RLock()
-        self._learned: Callable[[], Learned] | None = None
         self._view: AppliedView | None = None
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self._ids_path = cfg.state_dir / f"identities-{cfg.node}.json"
         self._ports_path = cfg.state_dir / "proxy-ports.json"
         self.allocator = IdentityAllocator.load(self._ids_path)
-        self.resolver = Resolver(self.allocator, cfg.node)
+        self._engine = Engine(self.allocator, cfg.node)
         self.ports = ProxyPorts.load(self._ports_path)
+        self.applier = Applier(self._engine, self.ports)
+        self._synced = False  # the first sync (full: adopts the pinned maps) is done
+        self._file: EndpointsFile | None = None
         self.started = time.monotonic()
         self.generation = 0
         self.ready = False
@@ -176,6 +179,7 @@ class Agent:
         self._applied: tuple[str, str] | None = None
         self._last_status: dict[str, Any] | None = None
         self._last_ifindexes: dict[str, int] = {}
+        self._saved_identities = len(self.allocator)
 
     # ------------------------------------------------------------------ ServiceHost (services.py)
     @property
@@ -195,15 +199,27 @@ class Agent:
         assert self.dp is not None, "start() first"
         return self.dp
 
-    def set_learned_source(self, source: Callable[[], Learned]) -> None:
-        self._learned = source
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def learn(self, learned: Mapping[str, Iterable[str] | None], reason: str) -> bool:
+        with self._lock:
+            for ip, names in learned.items():
+                if names is None:
+                    self._engine.forget(ip)
+                else:
+                    self._engine.learn(ip, names)
+            if self._file is None or self.dp is None:
+                return False  # the first apply writes it
+            stats = self._commit(self._file, reason, interfaces=False)
+            return bool(stats.policy_written or stats.policy_deleted)
 
     def reapply(self, reason: str) -> None:
+        """Give the services the current view again (e.g. secrets changed) and write what differs."""
         with self._lock:
-            if self._good_policies is None or self._good_endpoints is None:
-                return
-            log.debug("re-apply: %s", reason)
-            self.apply(self._good_policies[0], self._good_endpoints[0])
+            if self._file is not None and self.dp is not None:
+                self._commit(self._file, reason, services=True)
 
     def last_view(self) -> AppliedView | None:
         return self._view
@@ -318,47 +334,73 @@ class Agent:
         self.errors = errors
 
     def apply(self, policies: tuple[Policy, ...], file: EndpointsFile) -> SyncStats:
+        """Make ``policies`` and ``file`` the inputs: the engine re-resolves what they change."""
         assert self.dp is not None, "start() first"
-        t0 = time.monotonic()
         topology = build_topology(file, self.allocator)
-        learned = self._learned() if self._learned is not None else None
-        resolved = self.resolver.resolve(policies, topology, learned)
-        audited = file.audited() if not self.cfg.audit else frozenset(e.key for e in topology.endpoints)
-        unions = l7_unions(resolved, audited)
-        if self.ports.assign(unions):
+        self._engine.set_policies(policies)
+        self._engine.set_topology(topology)
+        self._file = file
+        return self._commit(file, "inputs changed", services=not self._synced)
+
+    def _commit(
+        self, file: EndpointsFile, reason: str, *, services: bool = False, interfaces: bool = True
+    ) -> SyncStats:
+        """Write the engine's changes: services prepare (a proxy listens before anything is redirected
+        to it), datapath, services commit. Services are called when the L7 unions or the endpoints'
+        entries changed, not for ipcache-only changes (an FQDN address learned for a known identity)."""
+        assert self.dp is not None
+        t0 = time.monotonic()
+        audited = file.audited() if not self.cfg.audit else frozenset(self._engine.endpoints)
+        if interfaces or not self._synced:
+            self._last_ifindexes = self._ifindexes(file)
+        ifindexes = self._last_ifindexes
+        if not self._synced:
+            desired = self.applier.full(ifindexes, audited)
+            services = True
+        else:
+            delta = self.applier.step(ifindexes, audited)
+            services = services or delta.unions_changed or bool(delta.touched)
+        if self.applier.ports_assigned:
             self.ports.save(self._ports_path)
-        ifindexes = self._ifindexes(file)
-        self._last_ifindexes = ifindexes
-        desired = plan(resolved, ifindexes, self.ports.ports, audited)
-        view = AppliedView(self.generation + 1, resolved, file, unions, self.ports.ports)
-        for service in self.services:
-            service.prepare(view)
-        uplink = None
-        if self.cfg.uplink:
-            try:
-                uplink = socket.if_nametoindex(self.cfg.uplink)
-            except OSError:
-                log.error("uplink %s not found", self.cfg.uplink)
-        stats = sync(self.dp, desired, uplink)
+        view = AppliedView(
+            self.generation + 1, self.applier.local(), file, self.applier.unions, self.ports.ports
+        )
+        if services:
+            for service in self.services:
+                service.prepare(view)
+        if not self._synced:
+            uplink = None
+            if self.cfg.uplink:
+                try:
+                    uplink = socket.if_nametoindex(self.cfg.uplink)
+                except OSError:
+                    log.error("uplink %s not found", self.cfg.uplink)
+            stats = sync(self.dp, desired, uplink)
+            self._synced = True
+        else:
+            stats = sync_delta(self.dp, delta)
         self._view = view
-        for service in self.services:
-            service.commit(view)
-        ids = self.allocator.dumps()
-        if not self._ids_path.exists() or self._ids_path.read_text() != ids:
+        if services:
+            for service in self.services:
+                service.commit(view)
+        if len(self.allocator) != self._saved_identities:
             self.allocator.save(self._ids_path)
-        self.missing = desired.missing
+            self._saved_identities = len(self.allocator)
+        self.missing = self.applier.missing
         self.generation += 1
         seconds = time.monotonic() - t0
-        self.last = {"seconds": round(seconds, 4), "missing": list(desired.missing), **stats.as_dict()}
+        self.last = {"seconds": round(seconds, 4), "missing": list(self.missing), **stats.as_dict()}
         if not self.ready:
             self.ready = True
             self.ready_seconds = round(time.monotonic() - self.started, 3)
-        log.info(
-            "generation %d applied in %.1f ms: %d endpoints, %d policies; changes %s",
+        log.log(
+            logging.INFO if services else logging.DEBUG,
+            "generation %d applied in %.1f ms (%s): %d endpoints, %d policies; changes %s",
             self.generation,
             seconds * 1000,
-            len(desired.endpoints),
-            len(policies),
+            reason,
+            len(self.applier.state),
+            len(self._engine.policies),
             {k: v for k, v in stats.as_dict().items() if v},
         )
         return stats

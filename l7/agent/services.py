@@ -11,19 +11,21 @@ nothing points at ports that went out of use any more. Both run under :attr:`Ser
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from l7.agent.plan import AUDIT_PREFIX
 from l7.agent.sync import DatapathLike
 from l7.endpoints import EndpointsFile
 from l7.identity import IdentityAllocator
-from l7.resolve.types import L7RuleSet, ResolvedNode
+from l7.plan import AUDIT_PREFIX
+from l7.resolve.engine import Engine
+from l7.resolve.types import L7RuleSet, ResolvedEndpoint
+from l7.selectors import FQDNSelector
 
 Learned = Mapping[str, Iterable[str]]
-"""IP → the DNS names it was learned for (what :meth:`l7.resolve.Resolver.resolve` takes)."""
+"""IP → the DNS names it was learned for (what :meth:`l7.resolve.engine.Engine.set_learned` takes)."""
 
 
 @dataclass(frozen=True)
@@ -31,10 +33,19 @@ class AppliedView:
     """What one application of the policy produced, as the services see it."""
 
     generation: int
-    resolved: ResolvedNode
+    local: tuple[ResolvedEndpoint, ...]  # the node's endpoints, resolved (by key)
     endpoints: EndpointsFile
     unions: Mapping[str, tuple[L7RuleSet, ...]]  # union key → member rule sets (see plan.l7_unions)
     ports: Mapping[str, int]  # union key → proxy port (every key of ``unions`` has one)
+
+    def fqdn_selectors(self) -> dict[str, FQDNSelector]:
+        """The toFQDNs selectors the local endpoints' policy entries use, by text."""
+        out: dict[str, FQDNSelector] = {}
+        for r in self.local:
+            for entry in (*r.egress.allows, *r.egress.denies):
+                if isinstance(entry.selector, FQDNSelector):
+                    out.setdefault(entry.selector.text, entry.selector)
+        return out
 
     def ports_of(self, kind: str) -> dict[int, tuple[L7RuleSet, ...]]:
         """Proxy port → member rule sets, for the unions of ``kind`` ("http" or "dns")."""
@@ -46,7 +57,7 @@ class AppliedView:
 
     def audit_ports(self) -> frozenset[int]:
         """The proxy ports of audit-mode unions: what their rules would deny is let through and
-        reported with verdict ``audit`` (see :func:`l7.agent.plan.audit_key`)."""
+        reported with verdict ``audit`` (see :func:`l7.plan.audit_key`)."""
         return frozenset(port for key, port in self.ports.items() if key.startswith(AUDIT_PREFIX))
 
 
@@ -63,11 +74,18 @@ class ServiceHost(Protocol):
     def datapath(self) -> DatapathLike: ...
     @property
     def allocator(self) -> IdentityAllocator: ...
-    def set_learned_source(self, source: Callable[[], Learned]) -> None:
-        """Where resolution takes learned FQDN IPs from (the DNS service registers itself)."""
+    @property
+    def engine(self) -> Engine:
+        """The node's resolution (read under :attr:`lock`)."""
+
+    def learn(self, learned: Mapping[str, Iterable[str] | None], reason: str) -> bool:
+        """IPs learned from DNS answers (IP → all the names it is now known for; None: forgotten):
+        resolved and written to the datapath — the ipcache, and the policy entries of endpoints whose
+        rules select a new identity — before this returns (takes the lock). ``True`` when policy
+        entries were written (a new identity), not only the ipcache."""
 
     def reapply(self, reason: str) -> None:
-        """Re-resolve and re-sync now with the current inputs (takes the lock; blocks until done)."""
+        """Give the services the current view again (e.g. secrets changed) and write what differs."""
 
     def last_view(self) -> AppliedView | None: ...
 

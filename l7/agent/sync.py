@@ -13,7 +13,8 @@ from typing import Protocol
 
 from bpf.maps import DeviceKind, EndpointFlags, EndpointValue, IpcacheValue
 from bpf.policy_entries import PolicyDecision
-from l7.agent.plan import DesiredState, IPNetwork
+from l7.agent.applier import Delta
+from l7.plan import DesiredState, IPNetwork
 
 
 class DatapathLike(Protocol):
@@ -137,4 +138,46 @@ def sync(dp: DatapathLike, desired: DesiredState, uplink: int | None = None) -> 
         # ipcache-only change (an FQDN address learned or expired, a peer appearing) changes who an
         # address is, not what is allowed: established connections keep their verdict, as in Cilium.
         dp.bump_policy_revision()
+    return stats
+
+
+def sync_delta(dp: DatapathLike, delta: Delta) -> SyncStats:
+    """Write one :class:`~l7.agent.applier.Delta` (same order as :func:`sync`: devices, ipcache,
+    policy, endpoints, then removals). Reads only the policy entries of the endpoints it writes."""
+    stats = SyncStats()
+    devices = dp.devices() if delta.endpoints or delta.endpoints_gone else {}
+    for ep in delta.endpoints.values():
+        if devices.get(ep.ifindex) != DeviceKind.ENDPOINT:
+            dp.attach_endpoint(ep.ifindex)
+            devices[ep.ifindex] = DeviceKind.ENDPOINT
+            stats.attached += 1
+    for net, want in delta.ipcache.items():
+        dp.set_ipcache(net, want.identity, want.endpoint_id)
+        stats.ipcache_written += 1
+    for endpoint_id, decisions in sorted(delta.policy.items()):
+        written, deleted = dp.sync_policy(endpoint_id, list(decisions))
+        stats.policy_written += written
+        stats.policy_deleted += deleted
+    for endpoint_id, ep in sorted(delta.endpoints.items()):
+        dp.set_endpoint(
+            ep.ifindex,
+            endpoint_id,
+            ep.identity,
+            ingress_enforced=ep.ingress_enforced,
+            egress_enforced=ep.egress_enforced,
+            audit=ep.audit,
+        )
+        stats.endpoints_written += 1
+    kept = {ep.ifindex for ep in delta.endpoints.values()}
+    for endpoint_id in sorted(delta.endpoints_gone - set(delta.endpoints)):
+        dp.delete_endpoint(endpoint_id)
+        stats.endpoints_deleted += 1
+        if devices.get(endpoint_id) == DeviceKind.ENDPOINT and endpoint_id not in kept:
+            dp.detach(endpoint_id)  # endpoint ids are the veth's ifindex
+            stats.detached += 1
+    for net in sorted(delta.ipcache_gone, key=str):
+        dp.delete_ipcache(net)
+        stats.ipcache_deleted += 1
+    if stats.policy_written or stats.policy_deleted or stats.endpoints_written or stats.endpoints_deleted:
+        dp.bump_policy_revision()  # what is allowed changed (see sync)
     return stats

@@ -2,7 +2,7 @@
 
 Any xDS client (a real Envoy, a conformance test) can be pointed at it. It resolves the policies for
 one node's endpoints (``--node``; every endpoint without it), gives each HTTP rule-set union a proxy
-port like the agent does (``l7.agent.plan``), translates and serves the snapshot under ``--node-id``,
+port like the agent does (``l7.plan``), translates and serves the snapshot under ``--node-id``,
 and rebuilds it when the files change (polled every 0.5 s; an invalid change keeps the last snapshot).
 """
 
@@ -38,24 +38,27 @@ class Inputs:
 def http_ports_of_files(inputs: Inputs) -> dict[int, RuleSet]:
     """Proxy port → HTTP rules for the inputs (raises L7GateError on invalid files)."""
     from l7.agent.http_redirects import http_ports
-    from l7.agent.plan import ProxyPorts, l7_unions
     from l7.agent.services import AppliedView
     from l7.endpoints import build_topology, load_endpoints
     from l7.errors import L7GateError
     from l7.identity import IdentityAllocator
+    from l7.plan import ProxyPorts, l7_unions
     from l7.policy.documents import load_paths
-    from l7.resolve import Resolver
+    from l7.resolve.engine import Engine
 
     result = load_paths([inputs.policies])
     if result.errors:
         raise L7GateError("invalid policies:\n  " + "\n  ".join(str(e) for e in result.errors))
     file = load_endpoints(inputs.endpoints)
     allocator = IdentityAllocator()
-    resolved = Resolver(allocator, inputs.node).resolve(result.policies, build_topology(file, allocator))
+    engine = Engine(allocator, inputs.node)
+    engine.set_policies(result.policies)
+    engine.set_topology(build_topology(file, allocator))
+    resolved = engine.snapshot()
     unions = l7_unions(resolved)
     ports = ProxyPorts()
     ports.assign(unions)
-    view = AppliedView(1, resolved, file, unions, ports.ports)
+    view = AppliedView(1, resolved.endpoints, file, unions, ports.ports)
     return http_ports(view)
 
 

@@ -1,4 +1,4 @@
-"""The desired datapath state of a node: a pure function of the resolved policy.
+"""The desired datapath state of a node: a pure function of the resolved policy (whole, or per endpoint).
 
 ::
 
@@ -35,16 +35,24 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpf.maps import Action
+from bpf.maps import PROXY_PORT_MAX, PROXY_PORT_MIN, Action
 from bpf.maps import Direction as DpDirection
 from bpf.policy_entries import PolicyDecision
-from l7.resolve.types import ANY_PROTOCOL, DirectionPolicy, Entry, L7RuleSet, Origin, ResolvedNode
+from l7.errors import L7GateError
+from l7.resolve.types import (
+    ANY_PROTOCOL,
+    DirectionPolicy,
+    Entry,
+    L7RuleSet,
+    Origin,
+    ResolvedEndpoint,
+    ResolvedNode,
+)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 PROTO_NUMBERS: Mapping[str, int] = {"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1, "ICMPV6": 58}
 PORT_MAX = 65535
-PROXY_PORT_MIN, PROXY_PORT_MAX = 10000, 19999
 
 _DIRECTIONS = (("ingress", DpDirection.INGRESS), ("egress", DpDirection.EGRESS))
 
@@ -74,7 +82,7 @@ class DesiredState:
     missing: tuple[str, ...] = ()  # local endpoints without an interface (not programmed)
 
 
-class PlanError(Exception):
+class PlanError(L7GateError):
     """The inputs are inconsistent (e.g. a needed proxy port was not assigned)."""
 
 
@@ -155,6 +163,16 @@ def _l7_segments(policy: DirectionPolicy) -> list[_L7Segment]:
     return out
 
 
+def endpoint_unions(r: ResolvedEndpoint, audit: bool = False) -> dict[str, tuple[L7RuleSet, ...]]:
+    """The L7 rule-set unions one endpoint's redirects use: key → its member rule sets."""
+    out: dict[str, tuple[L7RuleSet, ...]] = {}
+    for attr, _ in _DIRECTIONS:
+        for seg in _l7_segments(getattr(r, attr)):
+            key = union_key(seg.origins)
+            out.setdefault(audit_key(key) if audit else key, seg.rule_sets)
+    return out
+
+
 def l7_unions(
     resolved: ResolvedNode, audited: AbstractSet[str] = frozenset()
 ) -> dict[str, tuple[L7RuleSet, ...]]:
@@ -162,11 +180,8 @@ def l7_unions(
     Endpoints in ``audited`` use the audit variant of each union (:func:`audit_key`)."""
     out: dict[str, tuple[L7RuleSet, ...]] = {}
     for r in resolved.endpoints:
-        audit = r.endpoint.key in audited
-        for attr, _ in _DIRECTIONS:
-            for seg in _l7_segments(getattr(r, attr)):
-                key = union_key(seg.origins)
-                out.setdefault(audit_key(key) if audit else key, seg.rule_sets)
+        for key, members in endpoint_unions(r, r.endpoint.key in audited).items():
+            out.setdefault(key, members)
     return dict(sorted(out.items()))
 
 
@@ -254,6 +269,28 @@ def _decision_order(d: PolicyDecision) -> tuple[int, int, int, int, int, int, in
     )
 
 
+def endpoint_plan(
+    r: ResolvedEndpoint, ifindex: int, proxy_ports: Mapping[str, int], audit: bool = False
+) -> tuple[EndpointState, tuple[PolicyDecision, ...]]:
+    """One local endpoint's datapath state: its endpoint entry and its policy decisions."""
+    ep = r.endpoint
+    if ifindex <= 0:
+        raise PlanError(f"{ep.key}: bad ifindex {ifindex}")
+    state = EndpointState(
+        endpoint_id=ifindex,
+        ifindex=ifindex,
+        identity=ep.identity,
+        ingress_enforced=r.ingress.enforced,
+        egress_enforced=r.egress.enforced,
+        key=ep.key,
+        audit=audit,
+    )
+    decisions: list[PolicyDecision] = []
+    for attr, direction in _DIRECTIONS:
+        decisions += direction_decisions(getattr(r, attr), direction, proxy_ports, audit)
+    return state, tuple(decisions)
+
+
 def plan(
     resolved: ResolvedNode,
     interfaces: Mapping[str, int],
@@ -277,22 +314,9 @@ def plan(
         if ifindex is None:
             missing.append(ep.key)
             continue
-        if ifindex <= 0:
-            raise PlanError(f"{ep.key}: bad ifindex {ifindex}")
-        state = EndpointState(
-            endpoint_id=ifindex,
-            ifindex=ifindex,
-            identity=ep.identity,
-            ingress_enforced=r.ingress.enforced,
-            egress_enforced=r.egress.enforced,
-            key=ep.key,
-            audit=ep.key in audited,
-        )
+        state, decisions = endpoint_plan(r, ifindex, proxy_ports, ep.key in audited)
         endpoints[state.endpoint_id] = state
-        decisions: list[PolicyDecision] = []
-        for attr, direction in _DIRECTIONS:
-            decisions += direction_decisions(getattr(r, attr), direction, proxy_ports, state.audit)
-        policy[state.endpoint_id] = tuple(decisions)
+        policy[state.endpoint_id] = decisions
         for ip in ep.ips:
             by_ip[ipaddress.ip_network(ip)] = state.endpoint_id
     ipcache: dict[IPNetwork, IpcacheState] = {}

@@ -43,7 +43,14 @@ from l7.resolve.resolver import (
 )
 from l7.resolve.rules import Contribution, DirectionContribution, contribute
 from l7.resolve.selector_cache import SelectorCache
-from l7.resolve.types import DirectionPolicy, Entry, IPCacheEntry, ResolvedEndpoint, ResolvedNode, SelectorEntry
+from l7.resolve.types import (
+    DirectionPolicy,
+    Entry,
+    IPCacheEntry,
+    ResolvedEndpoint,
+    ResolvedNode,
+    SelectorEntry,
+)
 from l7.selectors import CIDRSelector, FQDNSelector, Selector, ServiceSelector
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -176,6 +183,12 @@ class Engine:
         self._settle()
         return self._resolved
 
+    def is_managed(self, ip: str) -> bool:
+        """Whether ``ip`` is a cluster-managed address (an endpoint's or a node's): a DNS answer never
+        changes its identity."""
+        prefix = host_prefix(ip)
+        return prefix in self._ipcache.layers["endpoint"] or prefix in self._ipcache.layers["node"]
+
     def fqdn_selectors(self) -> tuple[FQDNSelector, ...]:
         """Every toFQDNs selector of the policies, by text."""
         return tuple(self._fqdns[k] for k in sorted(self._fqdns))
@@ -262,7 +275,9 @@ class Engine:
     def _local_endpoints(self, namespaces: set[str | None]) -> list[tuple[str, Endpoint]]:
         if None in namespaces:
             return [(k, self._endpoints[k]) for k in self._contributions]
-        return [(k, self._endpoints[k]) for k in self._contributions if self._endpoints[k].namespace in namespaces]
+        return [
+            (k, self._endpoints[k]) for k in self._contributions if self._endpoints[k].namespace in namespaces
+        ]
 
     def _named_things(self, key: str, new: Policy | None) -> None:
         """CIDR prefixes, toServices and toFQDNs selectors the policy names (reference-counted)."""
@@ -273,7 +288,11 @@ class Engine:
         old_services = self._named_services.pop(key, frozenset())
         old_fqdns = self._named_fqdns.pop(key, ())
         if new is not None:
-            self._named_prefixes[key], self._named_services[key], self._named_fqdns[key] = prefixes, services, fqdns
+            self._named_prefixes[key], self._named_services[key], self._named_fqdns[key] = (
+                prefixes,
+                services,
+                fqdns,
+            )
         if prefixes != old_prefixes:
             self._prefix_count.update(prefixes)
             self._prefix_count.subtract(old_prefixes)

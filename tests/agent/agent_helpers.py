@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bpf.maps import DeviceKind, EndpointFlags, EndpointValue, IpcacheValue, endpoint_value
 from bpf.policy_entries import PolicyDecision, PolicyEntryKey, PolicyEntryValue, policy_entries
-from l7.agent.plan import IPNetwork
+from l7.plan import IPNetwork
 from tests.unit.resolve.resolve_helpers import ENDPOINTS, REPO, SEEDS, policies, seed_002, seeds
 
 SEED_002_ENDPOINTS = ENDPOINTS / "seed-002.yaml"

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (policy fixtures are one-line YAML documents, easier to read whole)
 """The incremental engine equals a from-scratch resolution, after any sequence of changes.
 
 Hypothesis draws a sequence of changes — policies added, edited and removed (L3/L4, CIDR with except,
@@ -39,49 +40,120 @@ def _cnp(name: str, spec: str, namespace: str | None = "a") -> str:
 # Each key has a few variants; a step picks a variant (an add or an edit) or removes the key.
 VARIANTS: dict[str, list[str]] = {
     "l4": [
-        _cnp("l4", "endpointSelector: {matchLabels: {app: web}}\ningress:\n- fromEndpoints: [{matchLabels: {app: db}}]\n  toPorts: [{ports: [{port: '80', protocol: TCP}]}]"),
-        _cnp("l4", "endpointSelector: {matchLabels: {app: web}}\ningress:\n- fromEndpoints: [{matchLabels: {app: api}}]"),
-        _cnp("l4", "endpointSelector: {}\negress:\n- toEndpoints: [{matchLabels: {app: web}}]\n  toPorts: [{ports: [{port: '8000', endPort: 8100, protocol: ANY}]}]"),
+        _cnp(
+            "l4",
+            "endpointSelector: {matchLabels: {app: web}}\ningress:\n- fromEndpoints: [{matchLabels: {app: db}}]\n  toPorts: [{ports: [{port: '80', protocol: TCP}]}]",
+        ),
+        _cnp(
+            "l4",
+            "endpointSelector: {matchLabels: {app: web}}\ningress:\n- fromEndpoints: [{matchLabels: {app: api}}]",
+        ),
+        _cnp(
+            "l4",
+            "endpointSelector: {}\negress:\n- toEndpoints: [{matchLabels: {app: web}}]\n  toPorts: [{ports: [{port: '8000', endPort: 8100, protocol: ANY}]}]",
+        ),
     ],
     "cidr": [
-        _cnp("cidr", "endpointSelector: {matchLabels: {app: api}}\negress:\n- toCIDRSet: [{cidr: 198.18.0.0/16, except: [198.18.1.0/24]}]"),
-        _cnp("cidr", "endpointSelector: {matchLabels: {app: api}}\negress:\n- toCIDR: [198.18.2.0/24, 10.9.0.1/32]\n  toPorts: [{ports: [{port: '443'}]}]"),
+        _cnp(
+            "cidr",
+            "endpointSelector: {matchLabels: {app: api}}\negress:\n- toCIDRSet: [{cidr: 198.18.0.0/16, except: [198.18.1.0/24]}]",
+        ),
+        _cnp(
+            "cidr",
+            "endpointSelector: {matchLabels: {app: api}}\negress:\n- toCIDR: [198.18.2.0/24, 10.9.0.1/32]\n  toPorts: [{ports: [{port: '443'}]}]",
+        ),
     ],
     "deny": [
-        _cnp("deny", "endpointSelector: {}\negressDeny:\n- toEntities: [world]\n  toPorts: [{ports: [{port: '25'}]}]"),
-        _cnp("deny", "endpointSelector: {matchLabels: {app: db}}\ningressDeny:\n- fromEndpoints: [{matchLabels: {app: web}}]"),
+        _cnp(
+            "deny",
+            "endpointSelector: {}\negressDeny:\n- toEntities: [world]\n  toPorts: [{ports: [{port: '25'}]}]",
+        ),
+        _cnp(
+            "deny",
+            "endpointSelector: {matchLabels: {app: db}}\ningressDeny:\n- fromEndpoints: [{matchLabels: {app: web}}]",
+        ),
     ],
     "http": [
-        _cnp("http", "endpointSelector: {matchLabels: {app: api}}\ningress:\n- fromEndpoints: [{}]\n  toPorts:\n  - ports: [{port: '80', protocol: TCP}]\n    rules:\n      http: [{method: GET, path: /public}]"),
-        _cnp("http", "endpointSelector: {matchLabels: {app: api}}\ningress:\n- fromEndpoints: [{matchLabels: {app: web}}]\n  toPorts:\n  - ports: [{port: '80', protocol: TCP}]\n    rules:\n      http: [{method: POST, path: '/v[0-9]+/.*', headers: ['X-Token: abc']}]"),
+        _cnp(
+            "http",
+            "endpointSelector: {matchLabels: {app: api}}\ningress:\n- fromEndpoints: [{}]\n  toPorts:\n  - ports: [{port: '80', protocol: TCP}]\n    rules:\n      http: [{method: GET, path: /public}]",
+        ),
+        _cnp(
+            "http",
+            "endpointSelector: {matchLabels: {app: api}}\ningress:\n- fromEndpoints: [{matchLabels: {app: web}}]\n  toPorts:\n  - ports: [{port: '80', protocol: TCP}]\n    rules:\n      http: [{method: POST, path: '/v[0-9]+/.*', headers: ['X-Token: abc']}]",
+        ),
     ],
     "dns": [
-        _cnp("dns", "endpointSelector: {matchLabels: {app: web}}\negress:\n- toEndpoints: [{matchLabels: {'k8s:io.kubernetes.pod.namespace': kube-system}}]\n  toPorts:\n  - ports: [{port: '53', protocol: ANY}]\n    rules:\n      dns: [{matchPattern: '*.example.com'}]\n- toFQDNs: [{matchPattern: '*.example.com'}, {matchName: api.github.com}]"),
-        _cnp("dns", "endpointSelector: {matchLabels: {app: web}}\negress:\n- toFQDNs: [{matchName: x.example.com}]\n  toPorts: [{ports: [{port: '443'}]}]"),
+        _cnp(
+            "dns",
+            "endpointSelector: {matchLabels: {app: web}}\negress:\n- toEndpoints: [{matchLabels: {'k8s:io.kubernetes.pod.namespace': kube-system}}]\n  toPorts:\n  - ports: [{port: '53', protocol: ANY}]\n    rules:\n      dns: [{matchPattern: '*.example.com'}]\n- toFQDNs: [{matchPattern: '*.example.com'}, {matchName: api.github.com}]",
+        ),
+        _cnp(
+            "dns",
+            "endpointSelector: {matchLabels: {app: web}}\negress:\n- toFQDNs: [{matchName: x.example.com}]\n  toPorts: [{ports: [{port: '443'}]}]",
+        ),
     ],
     "fqdn2": [
-        _cnp("fqdn2", "endpointSelector: {matchLabels: {app: api}}\negress:\n- toFQDNs: [{matchPattern: '**.github.com'}]", namespace="b"),
+        _cnp(
+            "fqdn2",
+            "endpointSelector: {matchLabels: {app: api}}\negress:\n- toFQDNs: [{matchPattern: '**.github.com'}]",
+            namespace="b",
+        ),
         _cnp("fqdn2", "endpointSelector: {}\negress:\n- toFQDNs: [{matchPattern: '*'}]", namespace="b"),
     ],
     "svc": [
-        _cnp("svc", "endpointSelector: {}\negress:\n- toServices: [{k8sService: {serviceName: backend, namespace: a}}]"),
-        _cnp("svc", "endpointSelector: {}\negress:\n- toServices: [{k8sServiceSelector: {selector: {matchLabels: {tier: x}}}}]"),
+        _cnp(
+            "svc",
+            "endpointSelector: {}\negress:\n- toServices: [{k8sService: {serviceName: backend, namespace: a}}]",
+        ),
+        _cnp(
+            "svc",
+            "endpointSelector: {}\negress:\n- toServices: [{k8sServiceSelector: {selector: {matchLabels: {tier: x}}}}]",
+        ),
     ],
     "named": [
-        _cnp("named", "endpointSelector: {}\negress:\n- toEndpoints: [{matchLabels: {app: db}}]\n  toPorts: [{ports: [{port: http, protocol: TCP}]}]"),
-        _cnp("named", "endpointSelector: {matchLabels: {app: db}}\ningress:\n- toPorts: [{ports: [{port: http}]}]"),
+        _cnp(
+            "named",
+            "endpointSelector: {}\negress:\n- toEndpoints: [{matchLabels: {app: db}}]\n  toPorts: [{ports: [{port: http, protocol: TCP}]}]",
+        ),
+        _cnp(
+            "named",
+            "endpointSelector: {matchLabels: {app: db}}\ningress:\n- toPorts: [{ports: [{port: http}]}]",
+        ),
     ],
     "cw": [
-        _cnp("cw", "endpointSelector: {matchLabels: {app: web}}\negress:\n- toEndpoints: [{}]\n- toEntities: [kube-apiserver, host, remote-node]", namespace=None),
-        _cnp("cw", "endpointSelector: {}\ningress:\n- fromEndpoints: [{matchExpressions: [{key: app, operator: In, values: [api, db]}]}]\n- fromNodes: [{matchLabels: {role: edge}}]", namespace=None),
-        _cnp("cw", "endpointSelector: {}\nenableDefaultDeny: {egress: false}\negress:\n- toCIDR: [198.18.0.0/15]", namespace=None),
+        _cnp(
+            "cw",
+            "endpointSelector: {matchLabels: {app: web}}\negress:\n- toEndpoints: [{}]\n- toEntities: [kube-apiserver, host, remote-node]",
+            namespace=None,
+        ),
+        _cnp(
+            "cw",
+            "endpointSelector: {}\ningress:\n- fromEndpoints: [{matchExpressions: [{key: app, operator: In, values: [api, db]}]}]\n- fromNodes: [{matchLabels: {role: edge}}]",
+            namespace=None,
+        ),
+        _cnp(
+            "cw",
+            "endpointSelector: {}\nenableDefaultDeny: {egress: false}\negress:\n- toCIDR: [198.18.0.0/15]",
+            namespace=None,
+        ),
     ],
     "nsb": [
-        _cnp("nsb", "endpointSelector: {}\ningress:\n- fromEndpoints: [{matchLabels: {'k8s:io.kubernetes.pod.namespace': a}}]", namespace="b"),
-        _cnp("nsb", "endpointSelector: {matchLabels: {app: web}}\negress:\n- toEndpoints: [{matchLabels: {app: web}}]", namespace="b"),
+        _cnp(
+            "nsb",
+            "endpointSelector: {}\ningress:\n- fromEndpoints: [{matchLabels: {'k8s:io.kubernetes.pod.namespace': a}}]",
+            namespace="b",
+        ),
+        _cnp(
+            "nsb",
+            "endpointSelector: {matchLabels: {app: web}}\negress:\n- toEndpoints: [{matchLabels: {app: web}}]",
+            namespace="b",
+        ),
     ],
 }
-POOL: dict[str, list[Policy]] = {key: [policies(text)[0] for text in texts] for key, texts in VARIANTS.items()}
+POOL: dict[str, list[Policy]] = {
+    key: [policies(text)[0] for text in texts] for key, texts in VARIANTS.items()
+}
 
 NAMES = ("ep0", "ep1", "ep2", "ep3", "ep4", "ep5")
 APPS = ("web", "api", "db")
@@ -99,8 +171,17 @@ class World:
 
     def file(self) -> EndpointsFile:
         services: list[dict[str, object]] = [
-            {"name": "backend", "namespace": "a", "backends": ["10.9.0.1"] if self.service_variant else ["10.9.0.2"]},
-            {"name": "front", "namespace": "b", "labels": {"tier": "x"}, "selector": {"app": APPS[self.service_variant % 3]}},
+            {
+                "name": "backend",
+                "namespace": "a",
+                "backends": ["10.9.0.1"] if self.service_variant else ["10.9.0.2"],
+            },
+            {
+                "name": "front",
+                "namespace": "b",
+                "labels": {"tier": "x"},
+                "selector": {"app": APPS[self.service_variant % 3]},
+            },
         ]
         nodes = [
             {"name": "w1", "ips": ["192.168.0.1"]},
@@ -135,7 +216,11 @@ step_st = st.one_of(
     st.tuples(st.just("port"), st.sampled_from(NAMES), st.sampled_from((80, 8080, None))),
     st.tuples(st.just("services"), st.integers(0, 2)),
     st.tuples(st.just("nodes"), st.integers(0, 1)),
-    st.tuples(st.just("learn"), st.sampled_from(LEARN_IPS), st.sets(st.sampled_from(DNS_NAMES), min_size=1, max_size=2)),
+    st.tuples(
+        st.just("learn"),
+        st.sampled_from(LEARN_IPS),
+        st.sets(st.sampled_from(DNS_NAMES), min_size=1, max_size=2),
+    ),
     st.tuples(st.just("forget"), st.sampled_from(LEARN_IPS)),
 )
 
@@ -193,7 +278,14 @@ def _assert_same(got: ResolvedNode, want: ResolvedNode) -> None:
 initial_st = st.tuples(
     st.lists(st.tuples(st.just("endpoint"), endpoint_st), min_size=3, max_size=8),
     st.lists(st.tuples(st.just("policy"), st.sampled_from(sorted(POOL)), st.integers(0, 2)), max_size=8),
-    st.lists(st.tuples(st.just("learn"), st.sampled_from(LEARN_IPS), st.sets(st.sampled_from(DNS_NAMES), min_size=1, max_size=2)), max_size=4),
+    st.lists(
+        st.tuples(
+            st.just("learn"),
+            st.sampled_from(LEARN_IPS),
+            st.sets(st.sampled_from(DNS_NAMES), min_size=1, max_size=2),
+        ),
+        max_size=4,
+    ),
 )
 
 
@@ -238,7 +330,20 @@ def test_engine_one_change_touches_only_what_it_selects() -> None:
     engine = Engine(allocator, NODE)
     world = World()
     for i, name in enumerate(NAMES):
-        _apply(world, ("endpoint", {"name": name, "namespace": "ab"[i % 2], "app": APPS[i % 3], "node": NODE, "named": False, "port": 80}))
+        _apply(
+            world,
+            (
+                "endpoint",
+                {
+                    "name": name,
+                    "namespace": "ab"[i % 2],
+                    "app": APPS[i % 3],
+                    "node": NODE,
+                    "named": False,
+                    "port": 80,
+                },
+            ),
+        )
     engine.set_topology(build_topology(world.file(), allocator))
     engine.set_policies(POOL["l4"][:1])
     engine.take_changes()
