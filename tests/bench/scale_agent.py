@@ -23,15 +23,21 @@ Measured (each against the issue's target):
   endpoints file → status shows the new ``endpoints_hash``: p50/p99;
 - the agent's RSS (``VmRSS``, and its peak ``VmHWM``) at the end.
 
+Two passes: the policy engine alone (no services), then the same with the workload's learned FQDN IPs:
+``--services dns`` and the DNS service's cache file (``<state-dir>/fqdn-cache-<node>.json``) written
+before the start, so the agent resolves with every learned IP (the restored count is checked in its
+status). The RSS difference per learned IP is reported (an upper bound: it includes the DNS service).
+Processes the agent leaves in the namespace on purpose (the DNS socket keeper) are stopped by PID.
+
 A change that is not applied within the per-change timeout counts as the timeout (a lower bound) and
 fails its target; the run goes on. Everything is removed at the end: the agent (SIGTERM, then SIGKILL),
 the network namespace, the pinned maps under /sys/fs/bpf/l7gate/l7gsb-<hex>, the temporary directory.
 
 The expected hashes are computed from what the bench wrote, the way ``l7.agent.watch.content_hash``
-does; the first status is checked against ``content_hash`` itself so a change of that function is a
-clear error here, not a timeout.
+does; the first status is checked against them, so a change of that function is a clear error here,
+not a timeout.
 
-    .venv/bin/python -m tests.bench.scale_agent [--quick] [--keep]
+    .venv/bin/python -m tests.bench.scale_agent [--quick] [--learned] [--keep]
 """
 
 from __future__ import annotations
