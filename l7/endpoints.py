@@ -29,6 +29,7 @@ Validation reports every problem with its field path (``endpoints[2].ips[0]``).
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -283,9 +284,23 @@ def parse_endpoints(data: Any, source: str = "<memory>") -> EndpointsFile:
         raise EndpointsError(source, problems) from None
 
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~4x faster
+
+
+def _parse(text: str) -> Any:
+    """JSON (what the lab and the Kubernetes controller write: ~300x faster than YAML at 5,000
+    endpoints) when the text is JSON, else YAML."""
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass  # e.g. a YAML flow mapping: YAML says what is wrong
+    return yaml.load(text, Loader=_YAML_LOADER)  # a safe loader (C or Python)
+
+
 def load_endpoints_text(text: str, source: str = "<memory>") -> EndpointsFile:
     try:
-        data = yaml.safe_load(text)
+        data = _parse(text)
     except yaml.YAMLError as exc:
         raise EndpointsError(source, [("", f"YAML error: {exc}")]) from None
     return parse_endpoints(data, source)

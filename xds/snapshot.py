@@ -63,7 +63,7 @@ class Resource:
 class Snapshot:
     """An immutable set of resources per type URL; names are unique within a type."""
 
-    __slots__ = ("_by_type", "_versions")
+    __slots__ = ("_by_type", "_problems", "_versions")
 
     def __init__(self, resources: Iterable[Resource]) -> None:
         by_type: dict[str, dict[str, Resource]] = {}
@@ -81,6 +81,7 @@ class Snapshot:
         self._versions = {
             type_url: subset_version(named.values()) for type_url, named in self._by_type.items()
         }
+        self._problems: list[str] | None = None  # computed once: the snapshot never changes
 
     def resources(self, type_url: str) -> Mapping[str, Resource]:
         return self._by_type.get(type_url, MappingProxyType({}))
@@ -98,6 +99,11 @@ class Snapshot:
 
     def problems(self) -> list[str]:
         """Everything that makes this snapshot unfit to publish (empty when consistent)."""
+        if self._problems is None:
+            self._problems = self._find_problems()
+        return list(self._problems)
+
+    def _find_problems(self) -> list[str]:
         problems: list[str] = []
         listeners = self.resources(rt.LISTENER)
         routes = self.resources(rt.ROUTE)

@@ -2,7 +2,7 @@
 
 ::
 
-    policy dir ──┐  (poll ~0.5 s: stat signature, then content hash)
+    policy dir ──┐  (inotify events, coalesced 3 ms; changed files parsed, the rest reused)
     endpoints ───┴─► load (keep the last good set on errors) ─► Engine ─► Applier ─► sync ─► Datapath
                                                      ▲   (incremental)  (per change)        │
                      learned FQDN IPs (dns: learn) ──┘          services.prepare / commit   │
@@ -33,17 +33,21 @@ from typing import Any
 from bpf.errors import DatapathError
 from l7.agent import watch
 from l7.agent.applier import Applier
+from l7.agent.inotify import InputWatcher, WatchError
+from l7.agent.inputs import Loaded, PolicyFiles
 from l7.agent.services import AppliedView, NodeService
 from l7.agent.sync import DatapathLike, SyncStats, sync, sync_delta
 from l7.endpoints import EndpointsError, EndpointsFile, build_topology, load_endpoints
 from l7.errors import L7GateError
 from l7.identity import IdentityAllocator
 from l7.plan import ProxyPorts
-from l7.policy.documents import Policy, PolicySourceError, load_paths
+from l7.policy.documents import Policy, PolicySourceError
 from l7.resolve.engine import Engine
 
 log = logging.getLogger("l7gate.agent")
-POLL_INTERVAL = 0.5
+POLL_INTERVAL = 0.5  # how often the loop wakes without an event (status, missing interfaces)
+SAFETY_POLL = 5.0  # inputs looked at even without an inotify event (a missed event costs this much)
+COALESCE = 0.003  # after an event, wait this long for the rest of a burst of writes
 
 #: Service name → "module:Class"; the class is constructed with the AgentConfig (see services.py).
 SERVICES: Mapping[str, str] = {
@@ -172,7 +176,6 @@ class Agent:
         self.errors: list[str] = []
         self.missing: tuple[str, ...] = ()
         self.last: dict[str, Any] = {}
-        self._sig: tuple[object, ...] | None = None
         self._seen: tuple[str, str] | None = None  # (policies, endpoints) content hashes last looked at
         self._good_policies: tuple[tuple[Policy, ...], str] | None = None
         self._good_endpoints: tuple[EndpointsFile, str] | None = None
@@ -180,6 +183,8 @@ class Agent:
         self._last_status: dict[str, Any] | None = None
         self._last_ifindexes: dict[str, int] = {}
         self._saved_identities = len(self.allocator)
+        self._files = PolicyFiles()
+        self._endpoint_errors: list[str] = []
 
     # ------------------------------------------------------------------ ServiceHost (services.py)
     @property
@@ -246,32 +251,56 @@ class Agent:
             self.dp = None
 
     def run(self, stop: threading.Event) -> None:
+        """Apply the inputs, then again whenever they change: inotify wakes the loop (a burst of
+        writes is coalesced for :data:`COALESCE` s); without inotify, or every :data:`SAFETY_POLL` s
+        with it, the inputs are looked at anyway."""
+        watcher: InputWatcher | None = None
         try:
             self.start()
+            try:
+                watcher = InputWatcher([self.cfg.policies, self.cfg.endpoints])
+            except WatchError as exc:
+                log.warning("%s: polling the inputs every %.1fs", exc, self.cfg.poll_interval)
+            last_look = 0.0
+            woke = True
             while not stop.is_set():
+                due = time.monotonic() - last_look >= SAFETY_POLL or watcher is None
+                if woke or due or self.missing or not self.ready:
+                    last_look = time.monotonic()
+                    with self._lock:
+                        self.step()
                 with self._lock:
-                    self.step()
                     if self.ready:
                         self.write_status("running")  # services' status changes on its own
-                stop.wait(self.cfg.poll_interval)
+                if watcher is None:
+                    stop.wait(self.cfg.poll_interval)
+                    continue
+                woke = watcher.wait(self.cfg.poll_interval)
+                if woke:
+                    stop.wait(COALESCE)
+                    watcher.wait(0)  # take what the burst added meanwhile
         finally:
+            if watcher is not None:
+                watcher.close()
             self.close()
             self.write_status("stopped")
 
     # ------------------------------------------------------------------------------------------ loop
     def step(self, force: bool = False) -> bool:
-        """Look at the inputs; re-apply when they changed (or an endpoint's veth was missing).
-        Returns ``True`` when something was applied."""
-        policies = self.cfg.policies.resolve()  # one target per look (the lab swaps a symlink)
-        sig = watch.signature([policies, self.cfg.endpoints])
-        if not force and sig == self._sig and self.ready and not self._interfaces_changed():
-            return False
-        self._sig = sig
-        seen = (watch.content_hash(policies), watch.content_hash(self.cfg.endpoints))
+        """Look at the inputs; apply what changed (or an endpoint's veth that appeared). Policy files
+        are parsed again only when their content changed (:class:`PolicyFiles`). Returns ``True`` when
+        something was applied."""
+        loaded: Loaded | PolicySourceError
+        try:
+            loaded = self._files.load(self.cfg.policies)
+            policies_hash = loaded.content_hash
+        except PolicySourceError as exc:
+            loaded, policies_hash = exc, watch.content_hash(self.cfg.policies)
+        seen = (policies_hash, watch.content_hash(self.cfg.endpoints))
         if not force and seen == self._seen and self.ready and not self._interfaces_changed():
             return False
         if seen != self._seen:
-            self._load(policies, seen)
+            self._load(loaded, seen)
         self._seen = seen
         if self._good_policies is None or self._good_endpoints is None:
             self.write_status("running")
@@ -298,23 +327,25 @@ class Agent:
             return False
         return self._ifindexes(self._good_endpoints[0]) != self._last_ifindexes
 
-    def _load(self, policies: Path, seen: tuple[str, str]) -> None:
+    def _load(self, loaded: Loaded | PolicySourceError, seen: tuple[str, str]) -> None:
         errors: list[str] = []
-        try:
-            result = load_paths([policies])
-        except PolicySourceError as exc:
-            errors.append(f"policies: {exc}")
+        if isinstance(loaded, PolicySourceError):
+            errors.append(f"policies: {loaded}")
+        elif loaded.errors:
+            errors += [str(e) for e in loaded.errors]
         else:
-            if result.errors:
-                errors += [str(e) for e in result.errors]
+            self._good_policies = (loaded.policies, seen[0])
+        if self._seen is None or seen[1] != self._seen[1]:
+            self._endpoint_errors = []
+            try:
+                file = load_endpoints(self.cfg.endpoints)
+            except EndpointsError as exc:
+                self._endpoint_errors = [
+                    f"{exc.source}: {p}: {m}" if p else f"{exc.source}: {m}" for p, m in exc.problems
+                ]
             else:
-                self._good_policies = (result.policies, seen[0])
-        try:
-            file = load_endpoints(self.cfg.endpoints)
-        except EndpointsError as exc:
-            errors += [f"{exc.source}: {p}: {m}" if p else f"{exc.source}: {m}" for p, m in exc.problems]
-        else:
-            self._good_endpoints = (file, seen[1])
+                self._good_endpoints = (file, seen[1])
+        errors += self._endpoint_errors
         for e in errors:
             log.error("rejected: %s", e, extra={"fields": {"event": "input_rejected", "error": e}})
         if errors:

@@ -45,24 +45,33 @@ def signature(paths: list[Path]) -> tuple[object, ...]:
 
 
 def content_hash(path: Path) -> str:
-    """sha256 over (relative path, content) of each policy file of a directory, or of one file's content.
-
-    Unreadable files hash as missing (the loader reports them)."""
-    h = hashlib.sha256()
+    """A hash of the content of a policy directory (relative path and sha256 of each policy file) or of
+    one file. Unreadable files hash as missing (the loader reports them). :class:`l7.agent.inputs.
+    PolicyFiles` computes the same from the digests it keeps (:func:`digest_hash`)."""
     target = path.resolve()
-    if target.is_dir():
-        for f in policy_files(target):
-            h.update(str(f.relative_to(target)).encode() + b"\0")
-            try:
-                h.update(f.read_bytes())
-            except OSError:
-                h.update(b"\1<unreadable>")
-            h.update(b"\0")
-    else:
+    if not target.is_dir():
         try:
-            h.update(target.read_bytes())
+            data = target.read_bytes()
         except OSError:
-            h.update(b"\1<missing>")
+            return digest_hash([], False)
+        return digest_hash([("", hashlib.sha256(data).hexdigest())], False)
+    digests: list[tuple[str, str]] = []
+    for f in policy_files(target):
+        try:
+            digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        except OSError:
+            digest = "\1<unreadable>"
+        digests.append((str(f.relative_to(target)), digest))
+    return digest_hash(digests, True)
+
+
+def digest_hash(digests: list[tuple[str, str]], directory: bool) -> str:
+    """The content hash from (relative path, sha256 hex) per file, in file order."""
+    if not directory:
+        return digests[0][1][:16] if digests else hashlib.sha256(b"\1<missing>").hexdigest()[:16]
+    h = hashlib.sha256()
+    for rel, digest in digests:
+        h.update(rel.encode() + b"\0" + digest.encode() + b"\0")
     return h.hexdigest()[:16]
 
 

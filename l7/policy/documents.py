@@ -181,11 +181,11 @@ def _files(path: Path) -> Iterator[Path]:
         yield path
 
 
-class _StrictSafeLoader(yaml.SafeLoader):
+class _StrictSafeLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """SafeLoader that refuses duplicate mapping keys (kubectl does too)."""
 
 
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+def _construct_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) -> Any:
     seen: set[Any] = set()
     for key_node, _ in node.value:
         if isinstance(key_node, yaml.ScalarNode):

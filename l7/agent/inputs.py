@@ -1,0 +1,103 @@
+"""The agent's policy files, read incrementally: a file is parsed again only when its content changed.
+
+::
+
+    policy dir (or a symlink the lab / Kubernetes output swaps) ─► files ─► stat signature per file
+        ─► unchanged signature: the digest from last time; else read + sha256
+        ─► (relative path, digest) seen before: the same Policy objects; else parse that file
+        ─► all policies (duplicate keys across files refused), errors, content hash
+
+Reused policies are the very objects of the last load, so the engine sees them unchanged by identity
+(no model comparison). A policy's ``source`` is the path under the watched root (the link, not the
+versioned directory it points to), so a symlink swap does not make unchanged policies look new.
+
+The content hash is :func:`l7.agent.watch.content_hash` of the directory, computed from the digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from l7.agent.watch import digest_hash, policy_files
+from l7.policy.documents import LoadResult, Policy, PolicyError, PolicySourceError, load_text
+
+
+@dataclass(frozen=True)
+class Loaded:
+    policies: tuple[Policy, ...]
+    errors: tuple[PolicyError, ...]
+    content_hash: str
+    parsed: int  # files parsed by this load (the rest came from the last one)
+
+
+class PolicyFiles:
+    """See the module docstring."""
+
+    def __init__(self) -> None:
+        self._stats: dict[Path, tuple[tuple[int, int, int], str]] = {}  # file → (signature, digest)
+        self._parsed: dict[tuple[str, str], LoadResult] = {}  # (relative path, digest) → result
+
+    def load(self, root: Path) -> Loaded:
+        """Load the policy files under ``root`` (a file or a directory, possibly a symlink)."""
+        target = root.resolve()
+        if not target.exists():
+            raise PolicySourceError(f"no such file or directory: {root}")
+        files = policy_files(target)
+        stats: dict[Path, tuple[tuple[int, int, int], str]] = {}
+        results: dict[tuple[str, str], LoadResult] = {}
+        digests: list[tuple[str, str]] = []
+        parsed = 0
+        errors: list[PolicyError] = []
+        for f in files:
+            rel = str(f.relative_to(target)) if target.is_dir() else f.name
+            source = str(root / rel) if target.is_dir() else str(root)
+            try:
+                st = f.stat()
+                sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+                cached = self._stats.get(f)
+                text: str | None = None
+                if cached is not None and cached[0] == sig:
+                    digest = cached[1]
+                else:
+                    data = f.read_bytes()
+                    digest = hashlib.sha256(data).hexdigest()
+                    text = data.decode("utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                errors.append(PolicyError(source, 0, "", f"cannot read: {exc}"))
+                digests.append((rel, "\1<unreadable>"))
+                continue
+            stats[f] = (sig, digest)
+            digests.append((rel, digest))
+            result = self._parsed.get((rel, digest))
+            if result is None:
+                if text is None:
+                    text = f.read_text(encoding="utf-8")
+                result = load_text(text, source)
+                parsed += 1
+            results[(rel, digest)] = result
+        self._stats, self._parsed = stats, results
+        policies: list[Policy] = []
+        seen: dict[str, Policy] = {}
+        for result in results.values():
+            errors += result.errors
+            for policy in result.policies:
+                previous = seen.get(policy.key)
+                if previous is not None:
+                    where = policy.name if policy.namespace is None else f"{policy.namespace}/{policy.name}"
+                    label = f"{policy.kind} {where}"
+                    errors.append(
+                        PolicyError(
+                            policy.source,
+                            policy.index,
+                            "metadata.name",
+                            f"duplicate policy: {label} is already defined in "
+                            f"{previous.source}[{previous.index}]",
+                            label,
+                        )
+                    )
+                    continue
+                seen[policy.key] = policy
+                policies.append(policy)
+        return Loaded(tuple(policies), tuple(errors), digest_hash(digests, target.is_dir()), parsed)
