@@ -17,3 +17,8 @@ class IncompatibleMapError(DatapathError):
 
 class NetlinkOpError(DatapathError):
     """A netlink operation (tc, rules, routes) failed."""
+
+
+class MapWriteError(DatapathError):
+    """The kernel refused a map write (typically: the map is full). Nothing was written: what the
+    entry would have allowed stays denied."""

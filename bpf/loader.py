@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bpf.errors import CompileError, DatapathError, IncompatibleMapError
+from bpf.errors import CompileError, DatapathError, IncompatibleMapError, MapWriteError
 from bpf.maps import MAP_SPECS, MapSpec
 
 __all__ = ["IncompatibleMapError", "LoadedPrograms", "MapHandle", "check_pins", "load", "unpin"]
@@ -146,7 +146,10 @@ class MapHandle:
             return None
 
     def put(self, key: ctypes._CData | bytes, value: ctypes._CData | bytes) -> None:
-        self._t[self._key(key)] = self._t.Leaf.from_buffer_copy(bytes(value))
+        try:
+            self._t[self._key(key)] = self._t.Leaf.from_buffer_copy(bytes(value))
+        except Exception as exc:  # bcc raises a bare Exception ("Could not update table: ...")
+            raise MapWriteError(f"map {getattr(self._t, 'name', '?')!r}: {exc}") from exc
 
     def delete(self, key: ctypes._CData | bytes) -> bool:
         try:

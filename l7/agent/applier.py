@@ -48,6 +48,7 @@ class Delta:
     ipcache_gone: set[IPNetwork] = field(default_factory=set)
     touched: set[str] = field(default_factory=set)  # endpoint keys whose entries were recomputed
     unions_changed: bool = False
+    endpoints_changed: bool = False  # a local endpoint appeared, went, or changed addresses or audit
 
     def __bool__(self) -> bool:
         return bool(self.endpoints or self.endpoints_gone or self.policy or self.ipcache or self.ipcache_gone)
@@ -66,6 +67,7 @@ class Applier:
         self.ifindexes: dict[str, int] = {}
         self.audited: frozenset[str] = frozenset()
         self.by_ip: dict[IPNetwork, int] = {}  # local endpoint IP → endpoint id
+        self.seen: dict[str, tuple[tuple[str, ...], bool]] = {}  # local endpoint → (IPs, audit)
         self.ports_assigned = False  # a new proxy port was assigned in the last step
 
     @property
@@ -80,14 +82,15 @@ class Applier:
     def full(self, ifindexes: Mapping[str, int], audited: AbstractSet[str]) -> DesiredState:
         """Everything, from scratch (the first sync after start: it adopts what the maps hold)."""
         self.engine.take_changes()
-        self.state, self.policy, self.ep_unions, self.by_ip = {}, {}, {}, {}
+        self.state, self.policy, self.ep_unions, self.by_ip, self.seen = {}, {}, {}, {}, {}
         self.ifindexes = {k: i for k, i in ifindexes.items() if k in self.engine.endpoints}
         self.audited = frozenset(audited)
         for key in self.engine.endpoints:
             self._unions_of(key)
         self._merge_unions()
-        for key in self.engine.endpoints:  # the ports now exist for every union
+        for key, r in self.engine.endpoints.items():  # the ports now exist for every union
             self._endpoint(key, Delta())
+            self.seen[key] = (r.endpoint.ips, key in self.audited)
         ipcache = {
             ipaddress.ip_network(prefix): IpcacheState(
                 identity, self.by_ip.get(ipaddress.ip_network(prefix), 0)
@@ -120,6 +123,14 @@ class Applier:
             delta.unions_changed = self._merge_unions()
         for key in touched:
             prefixes |= self._endpoint(key, delta)
+            r = endpoints.get(key)
+            seen = None if r is None else (r.endpoint.ips, key in self.audited)
+            if seen != self.seen.get(key):
+                delta.endpoints_changed = True
+                if seen is None:
+                    self.seen.pop(key, None)
+                else:
+                    self.seen[key] = seen
         delta.touched = touched
         for prefix in prefixes:
             net = ipaddress.ip_network(prefix)

@@ -184,6 +184,7 @@ class Agent:
         self._last_ifindexes: dict[str, int] = {}
         self._saved_identities = len(self.allocator)
         self._files = PolicyFiles()
+        self.map_write_failures = 0
         self._endpoint_errors: list[str] = []
 
     # ------------------------------------------------------------------ ServiceHost (services.py)
@@ -271,6 +272,7 @@ class Agent:
                         self.step()
                 with self._lock:
                     if self.ready:
+                        self.save_identities()
                         self.write_status("running")  # services' status changes on its own
                 if watcher is None:
                     stop.wait(self.cfg.poll_interval)
@@ -282,6 +284,8 @@ class Agent:
         finally:
             if watcher is not None:
                 watcher.close()
+            if self.ready:
+                self.save_identities()
             self.close()
             self.write_status("stopped")
 
@@ -371,14 +375,17 @@ class Agent:
         self._engine.set_policies(policies)
         self._engine.set_topology(topology)
         self._file = file
-        return self._commit(file, "inputs changed", services=not self._synced)
+        stats = self._commit(file, "inputs changed", services=not self._synced)
+        self.save_identities()  # DNS answers' new identities are saved by the loop, off their path
+        return stats
 
     def _commit(
         self, file: EndpointsFile, reason: str, *, services: bool = False, interfaces: bool = True
     ) -> SyncStats:
         """Write the engine's changes: services prepare (a proxy listens before anything is redirected
         to it), datapath, services commit. Services are called when the L7 unions or the endpoints'
-        entries changed, not for ipcache-only changes (an FQDN address learned for a known identity)."""
+        set changed, not when only entries changed (a DNS answer's new identity: ipcache and policy
+        entries, nothing a proxy needs)."""
         assert self.dp is not None
         t0 = time.monotonic()
         audited = file.audited() if not self.cfg.audit else frozenset(self._engine.endpoints)
@@ -390,7 +397,7 @@ class Agent:
             services = True
         else:
             delta = self.applier.step(ifindexes, audited)
-            services = services or delta.unions_changed or bool(delta.touched)
+            services = services or delta.unions_changed or delta.endpoints_changed
         if self.applier.ports_assigned:
             self.ports.save(self._ports_path)
         view = AppliedView(
@@ -410,13 +417,23 @@ class Agent:
             self._synced = True
         else:
             stats = sync_delta(self.dp, delta)
+        if stats.failed:
+            # Entries the kernel refused (a full map) are absent: their traffic is denied. The next
+            # application compares everything with the maps again (and retries them).
+            self._synced = False
+            self.map_write_failures += stats.failed
+            log.error(
+                "%d datapath write(s) refused (map full?): %s",
+                stats.failed,
+                "; ".join(stats.notes[:3]),
+                extra={
+                    "fields": {"event": "map_write_failed", "count": stats.failed, "notes": stats.notes[:10]}
+                },
+            )
         self._view = view
         if services:
             for service in self.services:
                 service.commit(view)
-        if len(self.allocator) != self._saved_identities:
-            self.allocator.save(self._ids_path)
-            self._saved_identities = len(self.allocator)
         self.missing = self.applier.missing
         self.generation += 1
         seconds = time.monotonic() - t0
@@ -436,6 +453,13 @@ class Agent:
         )
         return stats
 
+    def save_identities(self) -> None:
+        """Write the identity state file when identities were allocated since the last write (off the
+        DNS answer path: numbers are derived from labels, the file only keeps colliding ones stable)."""
+        if len(self.allocator) != self._saved_identities:
+            self.allocator.save(self._ids_path)
+            self._saved_identities = len(self.allocator)
+
     # ---------------------------------------------------------------------------------------- status
     def status(self, state: str) -> dict[str, Any]:
         return {
@@ -452,6 +476,7 @@ class Agent:
             "errors": self.errors,
             "missing": list(self.missing),
             "last_apply": self.last,
+            "map_write_failures": self.map_write_failures,
             "datapath": self.cfg.datapath_name,
             "services": {s.name: s.status() for s in self.services},
             "updated": time.time(),

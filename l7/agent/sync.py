@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from bpf.errors import MapWriteError
 from bpf.maps import DeviceKind, EndpointFlags, EndpointValue, IpcacheValue
 from bpf.policy_entries import PolicyDecision
 from l7.agent.applier import Delta
@@ -53,6 +54,7 @@ class SyncStats:
     ipcache_deleted: int = 0
     policy_written: int = 0
     policy_deleted: int = 0
+    failed: int = 0  # writes the kernel refused (a full map): those entries stay absent (deny)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -70,6 +72,31 @@ class SyncStats:
 
     def as_dict(self) -> dict[str, int]:
         return {k: v for k, v in vars(self).items() if isinstance(v, int)}
+
+
+def _write_ipcache(
+    dp: DatapathLike, stats: SyncStats, net: IPNetwork, identity: int, endpoint_id: int
+) -> None:
+    try:
+        dp.set_ipcache(net, identity, endpoint_id)
+    except MapWriteError as exc:  # the address keeps its old identity or none (world): never more
+        stats.failed += 1
+        stats.notes.append(f"ipcache {net}: {exc}")
+        return
+    stats.ipcache_written += 1
+
+
+def _write_policy(
+    dp: DatapathLike, stats: SyncStats, endpoint_id: int, decisions: tuple[PolicyDecision, ...]
+) -> None:
+    try:
+        written, deleted = dp.sync_policy(endpoint_id, list(decisions))
+    except MapWriteError as exc:  # what was written stays; what was not is absent (denied)
+        stats.failed += 1
+        stats.notes.append(f"policy of endpoint {endpoint_id}: {exc}")
+        return
+    stats.policy_written += written
+    stats.policy_deleted += deleted
 
 
 _ENFORCE_MASK = int(EndpointFlags.INGRESS_ENFORCED | EndpointFlags.EGRESS_ENFORCED | EndpointFlags.AUDIT)
@@ -91,13 +118,10 @@ def sync(dp: DatapathLike, desired: DesiredState, uplink: int | None = None) -> 
     for net, want in desired.ipcache.items():
         cur = have_ip.get(net)
         if cur is None or (cur.identity, cur.endpoint_id) != (want.identity, want.endpoint_id):
-            dp.set_ipcache(net, want.identity, want.endpoint_id)
-            stats.ipcache_written += 1
+            _write_ipcache(dp, stats, net, want.identity, want.endpoint_id)
 
     for endpoint_id, decisions in sorted(desired.policy.items()):
-        written, deleted = dp.sync_policy(endpoint_id, list(decisions))
-        stats.policy_written += written
-        stats.policy_deleted += deleted
+        _write_policy(dp, stats, endpoint_id, decisions)
 
     have_eps = dp.endpoints()
     for endpoint_id, ep in sorted(desired.endpoints.items()):
@@ -152,12 +176,9 @@ def sync_delta(dp: DatapathLike, delta: Delta) -> SyncStats:
             devices[ep.ifindex] = DeviceKind.ENDPOINT
             stats.attached += 1
     for net, want in delta.ipcache.items():
-        dp.set_ipcache(net, want.identity, want.endpoint_id)
-        stats.ipcache_written += 1
+        _write_ipcache(dp, stats, net, want.identity, want.endpoint_id)
     for endpoint_id, decisions in sorted(delta.policy.items()):
-        written, deleted = dp.sync_policy(endpoint_id, list(decisions))
-        stats.policy_written += written
-        stats.policy_deleted += deleted
+        _write_policy(dp, stats, endpoint_id, decisions)
     for endpoint_id, ep in sorted(delta.endpoints.items()):
         dp.set_endpoint(
             ep.ifindex,

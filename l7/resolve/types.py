@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ class L7RuleSet:
     http: tuple[model.HTTPRule, ...] = ()
     dns: tuple[model.DNSRule, ...] = ()
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         rules = self.http if self.kind == "http" else self.dns
         text = json.dumps(
