@@ -37,7 +37,7 @@ from l7.agent.inotify import InputWatcher, WatchError
 from l7.agent.inputs import Loaded, PolicyFiles
 from l7.agent.services import AppliedView, NodeService
 from l7.agent.sync import DatapathLike, SyncStats, sync, sync_delta
-from l7.endpoints import EndpointsError, EndpointsFile, build_topology, load_endpoints
+from l7.endpoints import EndpointsError, EndpointsFile, TopologyBuilder, load_endpoints
 from l7.errors import L7GateError
 from l7.identity import IdentityAllocator
 from l7.plan import ProxyPorts
@@ -48,6 +48,7 @@ log = logging.getLogger("l7gate.agent")
 POLL_INTERVAL = 0.5  # how often the loop wakes without an event (status, missing interfaces)
 SAFETY_POLL = 5.0  # inputs looked at even without an inotify event (a missed event costs this much)
 COALESCE = 0.003  # after an event, wait this long for the rest of a burst of writes
+IDENTITY_SAVE_INTERVAL = 5.0  # the identity state file is written at most this often
 
 #: Service name → "module:Class"; the class is constructed with the AgentConfig (see services.py).
 SERVICES: Mapping[str, str] = {
@@ -183,7 +184,9 @@ class Agent:
         self._last_status: dict[str, Any] | None = None
         self._last_ifindexes: dict[str, int] = {}
         self._saved_identities = len(self.allocator)
+        self._identities_saved_at = 0.0
         self._files = PolicyFiles()
+        self._topology = TopologyBuilder(self.allocator)
         self.map_write_failures = 0
         self._endpoint_errors: list[str] = []
 
@@ -272,7 +275,7 @@ class Agent:
                         self.step()
                 with self._lock:
                     if self.ready:
-                        self.save_identities()
+                        self.save_identities(every=IDENTITY_SAVE_INTERVAL)
                         self.write_status("running")  # services' status changes on its own
                 if watcher is None:
                     stop.wait(self.cfg.poll_interval)
@@ -371,12 +374,12 @@ class Agent:
     def apply(self, policies: tuple[Policy, ...], file: EndpointsFile) -> SyncStats:
         """Make ``policies`` and ``file`` the inputs: the engine re-resolves what they change."""
         assert self.dp is not None, "start() first"
-        topology = build_topology(file, self.allocator)
+        topology = self._topology.build(file)
         self._engine.set_policies(policies)
         self._engine.set_topology(topology)
         self._file = file
         stats = self._commit(file, "inputs changed", services=not self._synced)
-        self.save_identities()  # DNS answers' new identities are saved by the loop, off their path
+        self.save_identities(every=IDENTITY_SAVE_INTERVAL)
         return stats
 
     def _commit(
@@ -453,9 +456,13 @@ class Agent:
         )
         return stats
 
-    def save_identities(self) -> None:
-        """Write the identity state file when identities were allocated since the last write (off the
-        DNS answer path: numbers are derived from labels, the file only keeps colliding ones stable)."""
+    def save_identities(self, every: float = 0.0) -> None:
+        """Write the identity state file when identities were allocated since the last write, at most
+        once per ``every`` seconds (by the loop, off the apply and DNS answer paths: numbers are derived
+        from labels, the file only keeps the numbers of colliding label sets stable)."""
+        if time.monotonic() - self._identities_saved_at < every:
+            return
+        self._identities_saved_at = time.monotonic()
         if len(self.allocator) != self._saved_identities:
             self.allocator.save(self._ids_path)
             self._saved_identities = len(self.allocator)

@@ -10,10 +10,10 @@ from agent_helpers import FakeDatapath, policies, seed_002, seeds
 
 from bpf.maps import Action, Direction
 from bpf.policy_entries import PolicyDecision, lookup, policy_entries
-from l7.plan import DesiredState, PlanError, ProxyPorts, l7_unions, plan
 from l7.agent.sync import sync
 from l7.endpoints import EndpointsFile, build_topology
 from l7.identity import IdentityAllocator, ReservedIdentity
+from l7.plan import DesiredState, PlanError, ProxyPorts, l7_unions, plan
 from l7.policy.documents import Policy
 from l7.resolve import ResolvedNode, Resolver
 

@@ -58,7 +58,7 @@ class _Interfaces:
         return dict(self.known)
 
 
-def run(opts: Options) -> list[Figure]:  # noqa: PLR0914, PLR0915 - one scenario after another
+def run(opts: Options) -> list[Figure]:
     import tempfile
 
     from l7.agent.node import Agent, AgentConfig
@@ -77,7 +77,11 @@ def run(opts: Options) -> list[Figure]:  # noqa: PLR0914, PLR0915 - one scenario
     learned = sw.learned_by_ip(workload)
     gc.collect()
     rss_inputs = _rss_mb()
-    local = {f"{e['namespace']}/{e['name']}" for e in workload.endpoints_data["endpoints"] if e.get("node") == params.local_node}
+    local = {
+        f"{e['namespace']}/{e['name']}"
+        for e in workload.endpoints_data["endpoints"]
+        if e.get("node") == params.local_node
+    }
     interfaces = _Interfaces()
     dp = FakeDatapath()
     figures: list[Figure] = []
@@ -106,12 +110,17 @@ def run(opts: Options) -> list[Figure]:  # noqa: PLR0914, PLR0915 - one scenario
         writes_cold = dp.writes
         figures.append(
             Figure(
-                f"cold apply: {len(policies):,} policies, {len(file.endpoints):,} endpoints, {len(learned):,} FQDN IPs",
+                f"cold apply: {len(policies):,} policies, {len(file.endpoints):,} endpoints, "
+                f"{len(learned):,} FQDN IPs",
                 round((t2 - t0) * 1000, 1),
                 "ms",
                 target="<= 2000 ms (bcc compile not included)",
                 met=(t2 - t0) <= 2.0,
-                details={"learn_ms": round((t1 - t0) * 1000, 1), "apply_ms": round((t2 - t1) * 1000, 1), "writes": writes_cold},
+                details={
+                    "learn_ms": round((t1 - t0) * 1000, 1),
+                    "apply_ms": round((t2 - t1) * 1000, 1),
+                    "writes": writes_cold,
+                },
             )
         )
 
@@ -142,9 +151,15 @@ def run(opts: Options) -> list[Figure]:  # noqa: PLR0914, PLR0915 - one scenario
                 "ms",
                 baseline=round(baseline_ms, 1),
                 baseline_name="from-scratch resolution" + ("" if opts.quick else " (without learned IPs)"),
-                target=f"p50 <= {TARGET_CHANGE_P50_MS:g} ms, p99 <= {TARGET_CHANGE_P99_MS:g} ms (+ Envoy ACK: see xds_load)",
-                met=_pct(samples, 0.5) <= TARGET_CHANGE_P50_MS and _pct(samples, 0.99) <= TARGET_CHANGE_P99_MS,
-                details={"p50_ms": round(_pct(samples, 0.5), 2), "n": reps, "writes_median": statistics.median(writes)},
+                target=f"p50 <= {TARGET_CHANGE_P50_MS:g} ms, p99 <= {TARGET_CHANGE_P99_MS:g} ms "
+                "(+ Envoy ACK: see xds_load)",
+                met=_pct(samples, 0.5) <= TARGET_CHANGE_P50_MS
+                and _pct(samples, 0.99) <= TARGET_CHANGE_P99_MS,
+                details={
+                    "p50_ms": round(_pct(samples, 0.5), 2),
+                    "n": reps,
+                    "writes_median": statistics.median(writes),
+                },
             )
         )
 
@@ -173,7 +188,11 @@ def run(opts: Options) -> list[Figure]:  # noqa: PLR0914, PLR0915 - one scenario
                 "ms",
                 target=f"<= {TARGET_POD_P99_MS:g} ms",
                 met=_pct(adds, 0.99) <= TARGET_POD_P99_MS,
-                details={"p50_ms": round(_pct(adds, 0.5), 2), "n": reps, "note": "input: the parsed endpoints file"},
+                details={
+                    "p50_ms": round(_pct(adds, 0.5), 2),
+                    "n": reps,
+                    "note": "input: the parsed endpoints file",
+                },
             )
         )
         figures.append(
@@ -220,7 +239,11 @@ def run(opts: Options) -> list[Figure]:  # noqa: PLR0914, PLR0915 - one scenario
                 "ms",
                 target=f"<= {TARGET_DNS_NEW_P99_MS:g} ms",
                 met=_pct(new_id, 0.99) <= TARGET_DNS_NEW_P99_MS,
-                details={"p50_ms": round(_pct(new_id, 0.5), 3), "n": reps, "writes_median": statistics.median(new_writes)},
+                details={
+                    "p50_ms": round(_pct(new_id, 0.5), 3),
+                    "n": reps,
+                    "writes_median": statistics.median(new_writes),
+                },
             )
         )
         figures.append(
@@ -249,7 +272,12 @@ def run(opts: Options) -> list[Figure]:  # noqa: PLR0914, PLR0915 - one scenario
                     "rss_inputs_mb": round(rss_inputs, 1),
                     "rss_after_cold_mb": round(rss_cold, 1),
                     "identities": len(agent.allocator),
-                    "kb_per_object": round((rss_cold - rss_inputs) * 1024 / max(1, len(policies) + len(file.endpoints) + len(learned)), 2),
+                    "kb_per_object": round(
+                        (rss_cold - rss_inputs)
+                        * 1024
+                        / max(1, len(policies) + len(file.endpoints) + len(learned)),
+                        2,
+                    ),
                     "pid": os.getpid(),
                 },
             )
