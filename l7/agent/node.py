@@ -17,6 +17,7 @@ next agent adopts the pinned state.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -418,6 +419,9 @@ class Agent:
                     log.error("uplink %s not found", self.cfg.uplink)
             stats = sync(self.dp, desired, uplink)
             self._synced = True
+            # The node's state is now mostly long-lived objects: keep the collector from scanning them
+            # again and again (a full collection of a 200 MB heap pauses the agent for ~0.3 s).
+            gc.freeze()
         else:
             stats = sync_delta(self.dp, delta)
         if stats.failed:

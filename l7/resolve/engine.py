@@ -25,6 +25,7 @@ policy model is hashed.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from l7.endpoints import Endpoint, Node, Service, Topology
 from l7.identity import IdentityAllocator, Network, ReservedIdentity
 from l7.policy.documents import Policy
+from l7.policy.fqdn import normalize
 from l7.resolve.resolver import (
     fqdn_selectors,
     fqdn_uses,
@@ -73,6 +75,51 @@ class Changes:
 def host_prefix(ip: str) -> str:
     """``10.0.0.1`` → ``10.0.0.1/32`` (the ipcache key of one address)."""
     return f"{ip}/32" if ":" not in ip else f"{ipaddress.ip_address(ip)}/128"
+
+
+def name_suffixes(name: str) -> list[str]:
+    """``A.b.c.`` → ``["a.b.c", "b.c", "c", ""]``: the label suffixes an FQDN selector can be indexed
+    under (see :func:`index_key`)."""
+    labels = normalize(name).split(".")
+    return [".".join(labels[i:]) for i in range(len(labels) + 1)]
+
+
+def index_key(text: str) -> str:
+    """The label suffix every name a selector matches ends with: a ``matchName`` itself; for a
+    pattern, the labels after the last one holding a ``*`` (``*.svc.example.com`` → ``svc.example.com``,
+    ``*`` → ``""``). A name's candidates are the selectors under its :func:`name_suffixes`."""
+    star = text.rfind("*")
+    if star < 0:
+        return text
+    rest = text[star + 1 :]
+    return rest[1:] if rest.startswith(".") else rest.partition(".")[2]
+
+
+class _Addresses:
+    """Learned addresses sorted by value per family, to find those inside a prefix by range."""
+
+    def __init__(self) -> None:
+        self._sorted: dict[int, list[int]] = {4: [], 6: []}
+        self._text: dict[tuple[int, int], str] = {}
+
+    def add(self, ip: str) -> None:
+        address = ipaddress.ip_address(ip)
+        key = (address.version, int(address))
+        if key not in self._text:
+            self._text[key] = ip
+            bisect.insort(self._sorted[address.version], int(address))
+
+    def discard(self, ip: str) -> None:
+        address = ipaddress.ip_address(ip)
+        if self._text.pop((address.version, int(address)), None) is not None:
+            values = self._sorted[address.version]
+            del values[bisect.bisect_left(values, int(address))]
+
+    def within(self, prefix: Network) -> list[str]:
+        values = self._sorted[prefix.version]
+        lo = bisect.bisect_left(values, int(prefix.network_address))
+        hi = bisect.bisect_right(values, int(prefix.broadcast_address))
+        return [self._text[(prefix.version, v)] for v in values[lo:hi]]
 
 
 class _IPCache:
@@ -158,6 +205,11 @@ class Engine:
         self._learned: dict[str, frozenset[str]] = {}  # ip → names
         self._name_ips: dict[str, set[str]] = {}
         self._name_selectors: dict[str, frozenset[str]] = {}
+        self._names_by_suffix: dict[str, set[str]] = {}  # label suffix → learned names ending so
+        self._fqdn_index: dict[str, dict[str, FQDNSelector]] = {}  # index_key → selectors by text
+        self._addresses = _Addresses()
+        self._pending_keys: set[str] = set()  # index keys of FQDN selectors added or removed
+        self._pending_prefixes: set[Network] = set()  # CIDR prefixes added or removed
         self._ipcache = _IPCache()
 
     # ------------------------------------------------------------------------------------- reading
@@ -197,8 +249,14 @@ class Engine:
         """The texts of the toFQDNs selectors that match ``name`` (computed once per name)."""
         found = self._name_selectors.get(name)
         if found is None:
-            found = frozenset(text for text, sel in self._fqdns.items() if sel.matches_name(name))
-            self._name_selectors[name] = found
+            found = frozenset(
+                text
+                for suffix in name_suffixes(name)
+                for text, sel in self._fqdn_index.get(suffix, {}).items()
+                if sel.matches_name(name)
+            )
+            if name in self._name_ips:  # cache only learned names (kept current by _flush_learned)
+                self._name_selectors[name] = found
         return found
 
     def fqdn_identity(self, ip: str, names: Iterable[str]) -> int:
@@ -429,10 +487,7 @@ class Engine:
         for version in (4, 6):
             lengths = {p.prefixlen for p in wanted if p.version == version}
             self._lengths[version] = sorted(lengths, reverse=True)
-        changed = added | removed
-        affected = [ip for ip in self._learned if any(ipaddress.ip_address(ip) in p for p in changed)]
-        for ip in affected:
-            self._relearn(ip)
+        self._pending_prefixes |= added | removed  # learned IPs inside them: see _flush_learned
 
     def _best_prefix(self, address: Address) -> Network | None:
         for length in self._lengths[address.version]:
@@ -451,18 +506,21 @@ class Engine:
     def learn(self, ip: str, names: Iterable[str]) -> int:
         """``ip`` was learned for ``names`` (all of them: replaces what it was learned for before).
         Returns its identity; the ipcache entry is in the next :meth:`take_changes`."""
+        self._flush_learned()
         wanted = frozenset(names)
         old = self._learned.get(ip)
         if old != wanted:
             for name in (old or frozenset()) - wanted:
-                ips = self._name_ips.get(name)
-                if ips is not None:
-                    ips.discard(ip)
-                    if not ips:
-                        del self._name_ips[name]
-                        self._name_selectors.pop(name, None)
+                self._unname(ip, name)
             for name in wanted - (old or frozenset()):
-                self._name_ips.setdefault(name, set()).add(ip)
+                ips = self._name_ips.get(name)
+                if ips is None:
+                    ips = self._name_ips[name] = set()
+                    for suffix in name_suffixes(name):
+                        self._names_by_suffix.setdefault(suffix, set()).add(name)
+                ips.add(ip)
+            if old is None:
+                self._addresses.add(ip)
             self._learned[ip] = wanted
         return self._relearn(ip)
 
@@ -471,13 +529,24 @@ class Engine:
         if names is None:
             return
         for name in names:
-            ips = self._name_ips.get(name)
-            if ips is not None:
-                ips.discard(ip)
-                if not ips:
-                    del self._name_ips[name]
-                    self._name_selectors.pop(name, None)
+            self._unname(ip, name)
+        self._addresses.discard(ip)
         self._ipcache.set("learned", host_prefix(ip), None)
+
+    def _unname(self, ip: str, name: str) -> None:
+        ips = self._name_ips.get(name)
+        if ips is None:
+            return
+        ips.discard(ip)
+        if not ips:
+            del self._name_ips[name]
+            self._name_selectors.pop(name, None)
+            for suffix in name_suffixes(name):
+                bucket = self._names_by_suffix.get(suffix)
+                if bucket is not None:
+                    bucket.discard(name)
+                    if not bucket:
+                        del self._names_by_suffix[suffix]
 
     def _relearn(self, ip: str) -> int:
         identity = self.fqdn_identity(ip, self._learned[ip])
@@ -485,24 +554,40 @@ class Engine:
         return identity
 
     def _fqdns_changed(self, added: list[FQDNSelector], removed: list[str]) -> None:
-        if not added and not removed:
+        for sel in added:
+            self._fqdn_index.setdefault(index_key(sel.text), {})[sel.text] = sel
+            self._pending_keys.add(index_key(sel.text))
+        for text in removed:
+            key = index_key(text)
+            bucket = self._fqdn_index.get(key)
+            if bucket is not None:
+                bucket.pop(text, None)
+                if not bucket:
+                    del self._fqdn_index[key]
+            self._pending_keys.add(key)
+
+    def _flush_learned(self) -> None:
+        """Re-credit the learned IPs that changed FQDN selectors or CIDR prefixes affect: the names
+        under the changed selectors' index keys, the addresses inside the changed prefixes (found by
+        range in the sorted addresses) — once per batch of changes, never per change × address."""
+        if not self._pending_keys and not self._pending_prefixes:
             return
-        gone = set(removed)
-        names = [
-            name
-            for name, chosen in self._name_selectors.items()
-            if chosen & gone or any(sel.matches_name(name) for sel in added)
-        ]
-        names += [n for n in self._name_ips if n not in self._name_selectors]
         ips: set[str] = set()
-        for name in names:
-            self._name_selectors.pop(name, None)
-            ips |= self._name_ips.get(name, set())
+        keys, self._pending_keys = self._pending_keys, set()
+        for key in keys:
+            for name in list(self._names_by_suffix.get(key, ())):
+                self._name_selectors.pop(name, None)
+                ips |= self._name_ips.get(name, set())
+        prefixes, self._pending_prefixes = self._pending_prefixes, set()
+        for prefix in prefixes:
+            ips.update(self._addresses.within(prefix))
         for ip in sorted(ips):
-            self._relearn(ip)
+            if ip in self._learned:
+                self._relearn(ip)
 
     # ------------------------------------------------------------------------------- resolution
     def _settle(self) -> None:
+        self._flush_learned()
         while True:
             self._dirty |= self._selectors.take_changed()
             if not self._dirty:
