@@ -145,25 +145,30 @@ class EndpointsFile(_Model):
 
     @model_validator(mode="after")
     def _unique(self) -> EndpointsFile:
-        seen: set[tuple[str, str]] = set()
-        ips: set[str] = set()
-        for ep in self.endpoints:
-            if (ep.namespace, ep.name) in seen:
-                raise ValueError(f"duplicate endpoint {ep.namespace}/{ep.name}")
-            seen.add((ep.namespace, ep.name))
-            for ip in ep.ips:
-                if ip in ips:
-                    raise ValueError(f"endpoint {ep.namespace}/{ep.name}: IP {ip} is used twice")
-                ips.add(ip)
-        nodes = [n.name for n in self.nodes]
-        if len(set(nodes)) != len(nodes):
-            raise ValueError("duplicate node name")
-        services: set[tuple[str, str]] = set()
-        for svc in self.services:
-            if (svc.namespace, svc.name) in services:
-                raise ValueError(f"duplicate service {svc.namespace}/{svc.name}")
-            services.add((svc.namespace, svc.name))
+        check_unique(self)
         return self
+
+
+def check_unique(file: EndpointsFile) -> None:
+    """Endpoint names and IPs, node names and Service names are used once (``ValueError``)."""
+    seen: set[tuple[str, str]] = set()
+    ips: set[str] = set()
+    for ep in file.endpoints:
+        if (ep.namespace, ep.name) in seen:
+            raise ValueError(f"duplicate endpoint {ep.namespace}/{ep.name}")
+        seen.add((ep.namespace, ep.name))
+        for ip in ep.ips:
+            if ip in ips:
+                raise ValueError(f"endpoint {ep.namespace}/{ep.name}: IP {ip} is used twice")
+            ips.add(ip)
+    nodes = [n.name for n in file.nodes]
+    if len(set(nodes)) != len(nodes):
+        raise ValueError("duplicate node name")
+    services: set[tuple[str, str]] = set()
+    for svc in file.services:
+        if (svc.namespace, svc.name) in services:
+            raise ValueError(f"duplicate service {svc.namespace}/{svc.name}")
+        services.add((svc.namespace, svc.name))
 
 
 @dataclass(frozen=True)
@@ -356,6 +361,59 @@ def build_topology(file: EndpointsFile, allocator: IdentityAllocator) -> Topolog
     )
     fqdns = tuple(sorted(file.fqdns.items()))
     return Topology(tuple(endpoints), nodes, fqdns, services)
+
+
+class EndpointsLoader:
+    """:func:`load_endpoints`, validating again only the endpoints whose entry in the file changed
+    since the last load (a Kubernetes-sized file is mostly unchanged between two writes). Any problem
+    falls back to the full validation, so errors and their field paths are exactly those of
+    :func:`parse_endpoints`."""
+
+    def __init__(self) -> None:
+        self._specs: dict[tuple[str, str], tuple[dict[str, Any], EndpointSpec]] = {}
+
+    def load(self, path: Path) -> EndpointsFile:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise EndpointsError(str(path), [("", f"cannot read: {exc}")]) from None
+        try:
+            data = _parse(text)
+        except yaml.YAMLError as exc:
+            raise EndpointsError(str(path), [("", f"YAML error: {exc}")]) from None
+        try:
+            return self._quick(data)
+        except (ValidationError, ValueError, TypeError, KeyError, AttributeError):
+            self._specs = {}
+            file = parse_endpoints(data, str(path))  # the full validation says what is wrong
+            self._remember(data, file)
+            return file
+
+    def _quick(self, data: Any) -> EndpointsFile:
+        rows = data["endpoints"] if isinstance(data, dict) else None
+        if not isinstance(rows, list):
+            raise TypeError("not an endpoints list")
+        specs: list[EndpointSpec] = []
+        for row in rows:
+            key = (str(row.get("namespace", "default")), str(row["name"]))
+            cached = self._specs.get(key)
+            specs.append(
+                cached[1] if cached is not None and cached[0] == row else EndpointSpec.model_validate(row)
+            )
+        rest = EndpointsFile.model_validate({**data, "endpoints": []})
+        file = rest.model_copy(update={"endpoints": tuple(specs)})
+        check_unique(file)  # the file-wide checks (names and IPs used once)
+        self._remember(data, file)
+        return file
+
+    def _remember(self, data: Any, file: EndpointsFile) -> None:
+        rows = data.get("endpoints") if isinstance(data, dict) else None
+        if not isinstance(rows, list) or len(rows) != len(file.endpoints):
+            self._specs = {}
+            return
+        self._specs = {
+            (spec.namespace, spec.name): (row, spec) for row, spec in zip(rows, file.endpoints, strict=True)
+        }
 
 
 class TopologyBuilder:

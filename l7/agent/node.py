@@ -38,7 +38,7 @@ from l7.agent.inotify import InputWatcher, WatchError
 from l7.agent.inputs import Loaded, PolicyFiles
 from l7.agent.services import AppliedView, NodeService
 from l7.agent.sync import DatapathLike, SyncStats, sync, sync_delta
-from l7.endpoints import EndpointsError, EndpointsFile, TopologyBuilder, load_endpoints
+from l7.endpoints import EndpointsError, EndpointsFile, EndpointsLoader, TopologyBuilder
 from l7.errors import L7GateError
 from l7.identity import IdentityAllocator
 from l7.plan import ProxyPorts
@@ -109,26 +109,51 @@ def lab_config(lab: str, node: str, state_dir: Path | None = None) -> AgentConfi
 
 
 def route_interfaces(node: str) -> Callable[[EndpointsFile], Mapping[str, str]]:
-    """Find each local endpoint's host-side veth from the route to its first IP (files mode)."""
+    """Find each local endpoint's host-side veth from the route to its first IP (files mode). A found
+    veth is remembered while the endpoint keeps its IP and the veth exists: an endpoints file change
+    looks up only the endpoints that are new, moved or lost their veth."""
+    known: dict[str, tuple[str, str]] = {}  # endpoint key → (first IP, veth)
 
     def find(file: EndpointsFile) -> Mapping[str, str]:
         from pyroute2 import IPRoute
 
         out: dict[str, str] = {}
-        with IPRoute() as ipr:
-            for ep in file.endpoints:
-                if ep.node not in (None, node) or not ep.ips:
-                    continue
+        wanted: list[tuple[str, str]] = []
+        for ep in file.endpoints:
+            if ep.node not in (None, node) or not ep.ips:
+                continue
+            key = f"{ep.namespace}/{ep.name}"
+            cached = known.get(key)
+            if cached is not None and cached[0] == ep.ips[0]:
                 try:
-                    routes = ipr.route("get", dst=ep.ips[0])
-                    oif = routes[0].get_attr("RTA_OIF") if routes else None
-                    if oif:
-                        out[f"{ep.namespace}/{ep.name}"] = socket.if_indextoname(int(oif))
-                except Exception as exc:  # noqa: BLE001  (netlink errors: the endpoint stays missing)
-                    log.debug("no route to %s: %s", ep.ips[0], exc)
+                    socket.if_nametoindex(cached[1])
+                except OSError:
+                    pass
+                else:
+                    out[key] = cached[1]
+                    continue
+            wanted.append((key, ep.ips[0]))
+        if wanted:
+            with IPRoute() as ipr:
+                for key, ip in wanted:
+                    try:
+                        routes = ipr.route("get", dst=ip)
+                        oif = routes[0].get_attr("RTA_OIF") if routes else None
+                        if oif:
+                            out[key] = socket.if_indextoname(int(oif))
+                    except Exception as exc:  # noqa: BLE001  (netlink errors: the endpoint stays missing)
+                        log.debug("no route to %s: %s", ip, exc)
+        known.clear()
+        known.update({key: (ip, out[key]) for key, ip in _first_ips(file, node).items() if key in out})
         return out
 
     return find
+
+
+def _first_ips(file: EndpointsFile, node: str) -> dict[str, str]:
+    return {
+        f"{ep.namespace}/{ep.name}": ep.ips[0] for ep in file.endpoints if ep.node in (None, node) and ep.ips
+    }
 
 
 def make_services(cfg: AgentConfig) -> list[NodeService]:
@@ -188,6 +213,7 @@ class Agent:
         self._identities_saved_at = 0.0
         self._files = PolicyFiles()
         self._topology = TopologyBuilder(self.allocator)
+        self._endpoints_loader = EndpointsLoader()
         self.map_write_failures = 0
         self._endpoint_errors: list[str] = []
 
@@ -346,7 +372,7 @@ class Agent:
         if self._seen is None or seen[1] != self._seen[1]:
             self._endpoint_errors = []
             try:
-                file = load_endpoints(self.cfg.endpoints)
+                file = self._endpoints_loader.load(self.cfg.endpoints)
             except EndpointsError as exc:
                 self._endpoint_errors = [
                     f"{exc.source}: {p}: {m}" if p else f"{exc.source}: {m}" for p, m in exc.problems

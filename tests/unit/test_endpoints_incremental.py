@@ -1,8 +1,14 @@
-"""TopologyBuilder: the same topology as build_topology, reusing unchanged endpoints' objects."""
+"""EndpointsLoader and TopologyBuilder: the same results as the full parse and build, reusing what did not
+change."""
 
 from __future__ import annotations
 
-from l7.endpoints import TopologyBuilder, build_topology, parse_endpoints
+import json
+from pathlib import Path
+
+import pytest
+
+from l7.endpoints import EndpointsError, EndpointsLoader, TopologyBuilder, build_topology, parse_endpoints
 from l7.identity import IdentityAllocator
 
 
@@ -43,3 +49,31 @@ def test_namespace_labels_change_every_endpoint_of_the_file() -> None:
     again = builder.build(parse_endpoints(_file(ns_team="x")))
     assert again == build_topology(parse_endpoints(_file(ns_team="x")), allocator)
     assert again.endpoints[0].labels != first.endpoints[0].labels
+
+
+def test_loader_revalidates_only_changed_entries_and_reports_errors_like_the_full_parse(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "endpoints.json"
+    loader = EndpointsLoader()
+    path.write_text(json.dumps(_file()))
+    first = loader.load(path)
+    assert first == parse_endpoints(_file())
+    path.write_text(json.dumps(_file(web_app="api")))
+    second = loader.load(path)
+    assert second == parse_endpoints(_file(web_app="api"))
+    assert second.endpoints[1] is first.endpoints[1]  # db's entry did not change: not validated again
+    broken = _file()
+    broken["endpoints"][1]["ips"] = ["10.0.0.1"]  # type: ignore[index]  # web's IP used twice
+    path.write_text(json.dumps(broken))
+    with pytest.raises(EndpointsError) as caught:
+        loader.load(path)
+    with pytest.raises(EndpointsError) as full:
+        parse_endpoints(broken, str(path))
+    assert caught.value.problems == full.value.problems
+    bad_ip = _file()
+    bad_ip["endpoints"][0]["ips"] = ["10.0.0.300"]  # type: ignore[index]
+    path.write_text(json.dumps(bad_ip))
+    with pytest.raises(EndpointsError) as caught:
+        loader.load(path)
+    assert caught.value.problems[0][0] == "endpoints[0].ips"  # the path the full parse reports
