@@ -20,7 +20,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from l7.agent.watch import digest_hash, policy_files
+from l7.agent.watch import digest_hash, scan_policy_files
 from l7.policy.documents import LoadResult, Policy, PolicyError, PolicySourceError, load_text
 
 
@@ -36,7 +36,7 @@ class PolicyFiles:
     """See the module docstring."""
 
     def __init__(self) -> None:
-        self._stats: dict[Path, tuple[tuple[int, int, int], str]] = {}  # file → (signature, digest)
+        self._stats: dict[str, tuple[tuple[int, int, int], str]] = {}  # file → (signature, digest)
         self._parsed: dict[tuple[str, str], LoadResult] = {}  # (relative path, digest) → result
 
     def load(self, root: Path) -> Loaded:
@@ -44,36 +44,38 @@ class PolicyFiles:
         target = root.resolve()
         if not target.exists():
             raise PolicySourceError(f"no such file or directory: {root}")
-        files = policy_files(target)
-        stats: dict[Path, tuple[tuple[int, int, int], str]] = {}
+        if target.is_dir():
+            found = [(rel, f"{target}/{rel}", f"{root}/{rel}", st) for rel, st in scan_policy_files(target)]
+        else:
+            found = [(target.name, str(target), str(root), target.stat())]
+        stats: dict[str, tuple[tuple[int, int, int], str]] = {}
         results: dict[tuple[str, str], LoadResult] = {}
         digests: list[tuple[str, str]] = []
         parsed = 0
         errors: list[PolicyError] = []
-        for f in files:
-            rel = str(f.relative_to(target)) if target.is_dir() else f.name
-            source = str(root / rel) if target.is_dir() else str(root)
+        for rel, path, source, st in found:
+            sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+            cached = self._stats.get(path)
+            text: str | None = None
             try:
-                st = f.stat()
-                sig = (st.st_ino, st.st_size, st.st_mtime_ns)
-                cached = self._stats.get(f)
-                text: str | None = None
                 if cached is not None and cached[0] == sig:
                     digest = cached[1]
                 else:
-                    data = f.read_bytes()
+                    with open(path, "rb") as f:
+                        data = f.read()
                     digest = hashlib.sha256(data).hexdigest()
                     text = data.decode("utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 errors.append(PolicyError(source, 0, "", f"cannot read: {exc}"))
                 digests.append((rel, "\1<unreadable>"))
                 continue
-            stats[f] = (sig, digest)
+            stats[path] = (sig, digest)
             digests.append((rel, digest))
             result = self._parsed.get((rel, digest))
             if result is None:
                 if text is None:
-                    text = f.read_text(encoding="utf-8")
+                    with open(path, encoding="utf-8") as f:
+                        text = f.read()
                 result = load_text(text, source)
                 parsed += 1
             results[(rel, digest)] = result

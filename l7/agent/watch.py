@@ -23,8 +23,32 @@ def policy_files(path: Path) -> list[Path]:
     """The policy files of a file or directory (directories recursively, symlinks resolved), sorted."""
     path = path.resolve()
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.suffix in POLICY_SUFFIXES and p.is_file())
+        return [path / rel for rel, _ in scan_policy_files(path)]
     return [path] if path.exists() else []
+
+
+def scan_policy_files(root: Path) -> list[tuple[str, os.stat_result]]:
+    """(path relative to ``root``, stat) of every policy file under the directory ``root``, sorted by
+    path components — one ``scandir`` per directory and one stat per file (thousands of files)."""
+    out: list[tuple[tuple[str, ...], str, os.stat_result]] = []
+    pending = [("", str(root))]
+    while pending:
+        rel_dir, directory = pending.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            rel = f"{rel_dir}{entry.name}"
+            try:
+                if entry.is_dir():
+                    pending.append((rel + "/", entry.path))
+                elif entry.name.endswith(POLICY_SUFFIXES) and entry.is_file():
+                    out.append((tuple(rel.split("/")), rel, entry.stat()))
+            except OSError:
+                continue
+    out.sort(key=lambda row: row[0])
+    return [(rel, st) for _, rel, st in out]
 
 
 def signature(paths: list[Path]) -> tuple[object, ...]:
@@ -56,12 +80,12 @@ def content_hash(path: Path) -> str:
             return digest_hash([], False)
         return digest_hash([("", hashlib.sha256(data).hexdigest())], False)
     digests: list[tuple[str, str]] = []
-    for f in policy_files(target):
+    for rel, _ in scan_policy_files(target):
         try:
-            digest = hashlib.sha256(f.read_bytes()).hexdigest()
+            digest = hashlib.sha256((target / rel).read_bytes()).hexdigest()
         except OSError:
             digest = "\1<unreadable>"
-        digests.append((str(f.relative_to(target)), digest))
+        digests.append((rel, digest))
     return digest_hash(digests, True)
 
 

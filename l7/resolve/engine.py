@@ -174,6 +174,8 @@ class Engine:
         self._selectors = SelectorCache(allocator)
         # policies and what they name
         self._policies: dict[str, Policy] = {}
+        self._last_policies: Iterable[Policy] | None = None  # the last set_policies argument
+        self._last_topology: Topology | None = None
         self._by_namespace: dict[str | None, set[str]] = {}
         self._named_prefixes: dict[str, frozenset[Network]] = {}
         self._named_services: dict[str, frozenset[ServiceSelector]] = {}
@@ -294,13 +296,17 @@ class Engine:
     # ------------------------------------------------------------------------------------- policies
     def set_policies(self, policies: Iterable[Policy]) -> None:
         """Make the policy set ``policies`` (by key): only added, removed or changed ones cost."""
+        if policies is self._last_policies:
+            return
         wanted = {p.key: p for p in policies}
         for key in [k for k in self._policies if k not in wanted]:
             self.remove_policy(key)
         for policy in wanted.values():
             self.upsert_policy(policy)
+        self._last_policies = policies
 
     def upsert_policy(self, policy: Policy) -> None:
+        self._last_policies = None
         old = self._policies.get(policy.key)
         if old is policy or (old is not None and old == policy):
             return
@@ -308,6 +314,7 @@ class Engine:
         self._policy_changed(policy.key, old, policy)
 
     def remove_policy(self, key: str) -> None:
+        self._last_policies = None
         old = self._policies.pop(key, None)
         if old is not None:
             self._policy_changed(key, old, None)
@@ -378,6 +385,8 @@ class Engine:
     # ------------------------------------------------------------------------------------- topology
     def set_topology(self, topology: Topology) -> None:
         """Make the endpoints, nodes and services those of ``topology`` (diffed by key)."""
+        if topology is self._last_topology:
+            return
         wanted = {e.key: e for e in topology.endpoints}
         for key in [k for k in self._endpoints if k not in wanted]:
             self.remove_endpoint(key)
@@ -387,11 +396,13 @@ class Engine:
             self.set_nodes(topology.nodes)
         if topology.services != self._services:
             self.set_services(topology.services)
+        self._last_topology = topology
 
     def _is_local(self, ep: Endpoint) -> bool:
         return self.node is None or ep.node in (None, self.node)
 
     def upsert_endpoint(self, ep: Endpoint) -> None:
+        self._last_topology = None
         old = self._endpoints.get(ep.key)
         if old is ep or (old is not None and old == ep):
             return
@@ -414,6 +425,7 @@ class Engine:
             self._dirty.add(ep.key)
 
     def remove_endpoint(self, key: str) -> None:
+        self._last_topology = None
         old = self._endpoints.pop(key, None)
         if old is not None:
             self._drop_endpoint(old)
@@ -430,6 +442,7 @@ class Engine:
             self._dirty.add(old.key)
 
     def set_nodes(self, nodes: Sequence[Node]) -> None:
+        self._last_topology = None
         wanted: dict[str, int] = {}
         for node in nodes:
             local = self.node is not None and node.name == self.node
@@ -443,6 +456,7 @@ class Engine:
         self._nodes = tuple(nodes)
 
     def set_services(self, services: Sequence[Service]) -> None:
+        self._last_topology = None
         self._services = tuple(services)
         self._services_changed(set(self._targets))
 
