@@ -14,6 +14,7 @@ import ctypes.util
 import errno
 import os
 import select
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -28,6 +29,8 @@ IN_CREATE = 0x100
 IN_DELETE = 0x200
 IN_DELETE_SELF = 0x400
 IN_MOVE_SELF = 0x800
+IN_Q_OVERFLOW = 0x4000
+EVENT = struct.Struct("iIII")
 MASK = (
     IN_MODIFY
     | IN_ATTRIB
@@ -59,6 +62,7 @@ class InputWatcher:
         if fd < 0:
             raise WatchError(f"inotify_init1: {os.strerror(ctypes.get_errno())}")
         self._fd: int | None = fd
+        self._dirs_by_wd: dict[int, Path] = {}
         self.events = 0
         self.renew()
 
@@ -80,18 +84,24 @@ class InputWatcher:
         if self._fd is None:
             return
         for d in self._dirs():
-            if self._libc.inotify_add_watch(self._fd, os.fsencode(d), MASK) < 0:
+            wd = self._libc.inotify_add_watch(self._fd, os.fsencode(d), MASK)
+            if wd < 0:
                 err = ctypes.get_errno()
                 if err not in (errno.ENOENT, errno.ENOTDIR):
                     raise WatchError(f"inotify_add_watch {d}: {os.strerror(err)}")
+                continue
+            self._dirs_by_wd[wd] = d
 
-    def wait(self, timeout: float) -> bool:
-        """Block until an input changed (True) or ``timeout`` seconds passed (False)."""
+    def wait(self, timeout: float) -> set[Path] | None:
+        """Block until something under the watched directories changed or ``timeout`` seconds passed.
+        Returns the changed paths (empty: nothing happened), or None when events were lost (queue
+        overflow: anything may have changed)."""
         if self._fd is None:
-            return False
+            return set()
         ready, _, _ = select.select([self._fd], [], [], timeout)
         if not ready:
-            return False
+            return set()
+        changed: set[Path] | None = set()
         while True:
             try:
                 data = os.read(self._fd, 65536)
@@ -100,8 +110,28 @@ class InputWatcher:
             if not data:
                 break
             self.events += 1
+            for path in self._parse(data):
+                if path is None:
+                    changed = None
+                elif changed is not None:
+                    changed.add(path)
         self.renew()
-        return True
+        return changed
+
+    def _parse(self, data: bytes) -> Iterable[Path | None]:
+        """``struct inotify_event`` records: (wd, mask, cookie, len, name[len])."""
+        offset = 0
+        while offset + EVENT.size <= len(data):
+            wd, mask, _cookie, length = EVENT.unpack_from(data, offset)
+            name = data[offset + EVENT.size : offset + EVENT.size + length].rstrip(b"\0")
+            offset += EVENT.size + length
+            if mask & IN_Q_OVERFLOW:
+                yield None
+                continue
+            directory = self._dirs_by_wd.get(wd)
+            if directory is None:
+                continue
+            yield directory / os.fsdecode(name) if name else directory
 
     def close(self) -> None:
         if self._fd is not None:

@@ -212,6 +212,7 @@ class Agent:
         self._saved_identities = len(self.allocator)
         self._identities_saved_at = 0.0
         self._files = PolicyFiles()
+        self._last_loaded: tuple[Loaded | PolicySourceError, str] | None = None
         self._topology = TopologyBuilder(self.allocator)
         self._endpoints_loader = EndpointsLoader()
         self.map_write_failures = 0
@@ -293,13 +294,13 @@ class Agent:
             except WatchError as exc:
                 log.warning("%s: polling the inputs every %.1fs", exc, self.cfg.poll_interval)
             last_look = 0.0
-            woke = True
+            look: set[str] | None = None  # which inputs to look at (None: all)
             while not stop.is_set():
                 due = time.monotonic() - last_look >= SAFETY_POLL or watcher is None
-                if woke or due or self.missing or not self.ready:
+                if due or look is None or look or self.missing or not self.ready:
                     last_look = time.monotonic()
                     with self._lock:
-                        self.step()
+                        self.step(inputs=None if due or look is None else frozenset(look))
                 with self._lock:
                     if self.ready:
                         self.save_identities(every=IDENTITY_SAVE_INTERVAL)
@@ -307,10 +308,12 @@ class Agent:
                 if watcher is None:
                     stop.wait(self.cfg.poll_interval)
                     continue
-                woke = watcher.wait(self.cfg.poll_interval)
-                if woke:
+                changed = watcher.wait(self.cfg.poll_interval)
+                if changed is None or changed:
                     stop.wait(COALESCE)
-                    watcher.wait(0)  # take what the burst added meanwhile
+                    more = watcher.wait(0)  # what the burst added meanwhile
+                    changed = None if changed is None or more is None else changed | more
+                look = None if changed is None else self._inputs_of(changed)
         finally:
             if watcher is not None:
                 watcher.close()
@@ -320,17 +323,37 @@ class Agent:
             self.write_status("stopped")
 
     # ------------------------------------------------------------------------------------------ loop
-    def step(self, force: bool = False) -> bool:
-        """Look at the inputs; apply what changed (or an endpoint's veth that appeared). Policy files
-        are parsed again only when their content changed (:class:`PolicyFiles`). Returns ``True`` when
-        something was applied."""
+    def _inputs_of(self, changed: set[Path]) -> set[str]:
+        """Which inputs the changed paths (inotify) belong to: "policies", "endpoints"."""
+        out: set[str] = set()
+        policies, target = self.cfg.policies, self.cfg.policies.resolve()
+        for path in changed:
+            if path == self.cfg.endpoints:
+                out.add("endpoints")
+            elif path.is_relative_to(policies) or path.is_relative_to(target):  # the link, the set, a file
+                out.add("policies")
+        return out
+
+    def step(self, force: bool = False, inputs: frozenset[str] | None = None) -> bool:
+        """Look at the inputs (``inputs``: only those named, "policies" and/or "endpoints"; None: all);
+        apply what changed (or an endpoint's veth that appeared). Policy files are parsed again only
+        when their content changed (:class:`PolicyFiles`). Returns ``True`` when something was
+        applied."""
         loaded: Loaded | PolicySourceError
-        try:
-            loaded = self._files.load(self.cfg.policies)
-            policies_hash = loaded.content_hash
-        except PolicySourceError as exc:
-            loaded, policies_hash = exc, watch.content_hash(self.cfg.policies)
-        seen = (policies_hash, watch.content_hash(self.cfg.endpoints))
+        if inputs is not None and "policies" not in inputs and self._last_loaded is not None:
+            loaded, policies_hash = self._last_loaded
+        else:
+            try:
+                loaded = self._files.load(self.cfg.policies)
+                policies_hash = loaded.content_hash
+            except PolicySourceError as exc:
+                loaded, policies_hash = exc, watch.content_hash(self.cfg.policies)
+            self._last_loaded = (loaded, policies_hash)
+        if inputs is not None and "endpoints" not in inputs and self._seen is not None:
+            endpoints_hash = self._seen[1]
+        else:
+            endpoints_hash = watch.content_hash(self.cfg.endpoints)
+        seen = (policies_hash, endpoints_hash)
         if not force and seen == self._seen and self.ready and not self._interfaces_changed():
             return False
         if seen != self._seen:
