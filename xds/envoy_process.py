@@ -1,17 +1,15 @@
 """Start and stop an Envoy process (by PID) and talk to its admin endpoint.
 
-Used by the tests and the agent. Envoy runs with ``--disable-hot-restart`` (several Envoys per host),
-``--drain-strategy immediate --drain-time-s 1`` (listener changes do not hold connections for 600 s).
-Its stdout (the access log when ``access_log_path`` is unset) and stderr are appended to files.
+Used by the tests and the agent; starting, stopping and reaping the process is :mod:`l7.procs`'s.
+Envoy runs with ``--disable-hot-restart`` (several Envoys per host), ``--drain-strategy immediate
+--drain-time-s 1`` (listener changes do not hold connections for 600 s). Its stdout (the access log
+when ``access_log_path`` is unset) and stderr are appended to files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from l7 import procs
 from xds.errors import EnvoyProcessError
 
 
@@ -61,11 +60,12 @@ class EnvoyAdmin:
 
 
 class EnvoyProcess:
-    """One Envoy process; :meth:`stop` signals exactly its PID."""
+    """One Envoy process, started with :func:`l7.procs.spawn` (its own session; nothing warns when it
+    outlives its starter); :meth:`stop` signals exactly that process."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], workdir: Path) -> None:
-        self.popen = popen
-        self.pid = popen.pid
+    def __init__(self, process: procs.Process, workdir: Path) -> None:
+        self.process = process
+        self.pid = process.pid
         self.stdout_path = workdir / "envoy.stdout"
         self.stderr_path = workdir / "envoy.stderr"
 
@@ -99,24 +99,22 @@ class EnvoyProcess:
             *extra_args,
         ]
         workdir.mkdir(parents=True, exist_ok=True)
-        with open(workdir / "envoy.stdout", "ab") as out, open(workdir / "envoy.stderr", "ab") as err:
-            try:
-                popen = subprocess.Popen(
-                    argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
-                )
-            except OSError as exc:
-                raise EnvoyProcessError(f"cannot start Envoy: {exc}") from exc
-        return cls(popen, workdir)
+        try:
+            process = procs.spawn(argv, stdout=workdir / "envoy.stdout", stderr=workdir / "envoy.stderr")
+        except procs.ProcessError as exc:
+            raise EnvoyProcessError(f"cannot start Envoy: {exc}") from exc
+        return cls(process, workdir)
 
     def running(self) -> bool:
-        return self.popen.poll() is None
+        return self.process.alive()
 
     def wait_ready(self, admin: EnvoyAdmin, timeout: float = 10.0) -> None:
         """Poll ``/ready`` until Envoy is live (its initial xDS fetch is done) or fail with its log."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running():
-                raise EnvoyProcessError(f"Envoy exited with {self.popen.returncode}:\n{self.log_tail()}")
+                code = self.process.returncode()
+                raise EnvoyProcessError(f"Envoy exited with {code}:\n{self.log_tail()}")
             if admin.ready():
                 return
             time.sleep(0.02)
@@ -127,15 +125,10 @@ class EnvoyProcess:
             return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
 
-    def stop(self, timeout: float = 5.0) -> int:
-        """SIGTERM, then SIGKILL after ``timeout``; returns the exit status."""
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, signal.SIGKILL)
-                self.popen.wait()
-        return self.popen.returncode
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit status (None if unknown)."""
+        try:
+            self.process.stop(timeout)
+        except procs.ProcessError as exc:
+            raise EnvoyProcessError(f"Envoy (pid {self.pid}) did not stop") from exc
+        return self.process.returncode()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import subprocess
 import threading
 import time
 from collections.abc import Coroutine, Mapping
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bpf.maps import MARK_FROM_PROXY
-from l7.agent.envoy_files import STOP_TIMEOUT, EnvoyPaths, EnvoyRecord, listening_ports, process_start_time
+from l7.agent.envoy_files import EnvoyPaths, EnvoyRecord, listening_ports
 from l7.agent.http_redirects import follow, http_ports, redirects, successors
 from l7.agent.secrets import fingerprint, load_secrets
 from l7.agent.services import AppliedView, ServiceHost
@@ -59,7 +58,6 @@ ACK_TIMEOUT = 2.0
 SUPERVISE_INTERVAL = 0.5
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
 BACKOFF_RESET = 30.0  # running this long since its start: the next crash restarts quickly again
-_LEFT_RUNNING: list[subprocess.Popen[bytes]] = []  # Envoys close() left running (kept, not "leaked")
 RETIRE_AFTER = 300.0  # how long the listener of a port that went out of use is kept (see prepare)
 
 
@@ -70,13 +68,7 @@ def stop_envoy(state_dir: Path, node: str) -> bool:
     stopped = record is not None and record.stop()
     with contextlib.suppress(FileNotFoundError):
         paths.pid_file.unlink()
-    _reap_left()
     return stopped
-
-
-def _reap_left() -> None:
-    """Reap the Envoys this process started and left running once they have exited."""
-    _LEFT_RUNNING[:] = [popen for popen in _LEFT_RUNNING if popen.poll() is None]
 
 
 async def _cancel_tasks() -> None:
@@ -134,7 +126,6 @@ class EnvoyService:
         self._view: AppliedView | None = None
         self._retired: dict[int, tuple[int | None, float]] = {}  # port → (successor, since)
         self._lock = threading.Lock()  # the Envoy process fields
-        self._popen: subprocess.Popen[bytes] | None = None
         self._record: EnvoyRecord | None = None
         self._adopted = False
         self._spawned_at = 0.0
@@ -159,7 +150,6 @@ class EnvoyService:
         return self.paths.node
 
     def start(self, host: ServiceHost) -> None:
-        _reap_left()
         self._host = host
         self._paths = EnvoyPaths(host.state_dir, host.node)
         self._secrets_seen = fingerprint(self.paths.secrets)
@@ -209,10 +199,8 @@ class EnvoyService:
         process = EnvoyProcess.start(
             self.paths.config, self.paths.workdir, binary=self._binary, argv_prefix=self._argv_prefix
         )
-        self._popen = process.popen
         self._spawned_at = time.monotonic()
-        start_time = process_start_time(process.pid) or 0
-        self._record = EnvoyRecord(process.pid, start_time, str(self.paths.config))
+        self._record = EnvoyRecord.of(process.process, self.paths.config)
         self._adopted = False
         tmp = self.paths.pid_file.with_suffix(".tmp")
         tmp.write_text(self._record.dump())
@@ -220,9 +208,11 @@ class EnvoyService:
         log.info("started Envoy (pid %d)", process.pid)
 
     def _envoy_alive(self) -> bool:
-        if self._popen is not None:  # our child: its exit status is the truth
-            return self._popen.poll() is None
-        return self._record is not None and self._record.alive()
+        if self._record is None:
+            return False
+        if not self._adopted:  # started here: the same process (reaped once it exits), whatever its argv
+            return self._record.process.alive()
+        return self._record.alive()
 
     def _secrets_changed(self) -> None:
         now = fingerprint(self.paths.secrets)
@@ -245,7 +235,7 @@ class EnvoyService:
                     if time.monotonic() - self._spawned_at > BACKOFF_RESET:
                         backoff = BACKOFF_MIN
                     continue
-                code = self._popen.returncode if self._popen is not None else None
+                code = self._record.process.returncode() if self._record is not None else None
                 log.error("Envoy (pid %s) exited (status %s); restarting in %.1f s", self.pid, code, backoff)
             if self._stop.wait(backoff):
                 return
@@ -279,8 +269,8 @@ class EnvoyService:
                 self._thread.join(5)
             self._loop.close()
             self._loop = None
-        if self._popen is not None and self._popen.poll() is None:
-            _LEFT_RUNNING.append(self._popen)  # Envoy outlives this service on purpose
+        # Envoy outlives this service on purpose: l7.procs started it in its own session and holds no
+        # Popen for it; while this process lives, l7.procs reaps it if it exits, afterwards init does.
 
     def stop_envoy(self) -> bool:
         """Stop this node's Envoy and its supervision (tests; ``lab down`` uses :func:`stop_envoy`)."""
@@ -289,9 +279,7 @@ class EnvoyService:
             self._supervisor.join(5)
         with self._lock:
             record = self._record
-            stopped = record is not None and record.stop()
-            if self._popen is not None:
-                self._popen.wait(STOP_TIMEOUT)
+            stopped = record is not None and record.stop()  # waits until it is gone (and reaped)
             with contextlib.suppress(FileNotFoundError):
                 self.paths.pid_file.unlink()
             return stopped

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from l7 import procs
 from xds.errors import XdsError
 
 STOP_TIMEOUT = 5.0
@@ -68,37 +66,25 @@ class EnvoyPaths:
         return self.state_dir / "secrets"
 
 
-def process_start_time(pid: int) -> int | None:
-    """Start time in clock ticks since boot (/proc/PID/stat field 22); None if gone or a zombie."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
 @dataclass(frozen=True)
 class EnvoyRecord:
-    """An Envoy process by PID and start time (a recycled PID is never mistaken for it)."""
+    """An Envoy process by PID and start time (a recycled PID is never mistaken for it), and its config:
+    what a later agent adopts (see :mod:`l7.procs`)."""
 
     pid: int
     start_time: int
     config: str
 
+    @classmethod
+    def of(cls, process: procs.Process, config: Path) -> EnvoyRecord:
+        return cls(process.pid, process.start_time, str(config))
+
+    @property
+    def process(self) -> procs.Process:
+        return procs.Process(self.pid, self.start_time)
+
     def alive(self) -> bool:
-        if self.start_time != process_start_time(self.pid):
-            return False
-        argv = _cmdline(self.pid)
+        argv = self.process.cmdline()  # [] unless this very process is running
         return bool(argv) and Path(argv[0]).name == "envoy" and self.config in argv
 
     def dump(self) -> str:
@@ -113,18 +99,11 @@ class EnvoyRecord:
             return None
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
-        """SIGTERM, SIGKILL at the deadline; ``True`` if it was running. Signals only this PID."""
+        """SIGTERM, SIGKILL at the deadline; ``True`` if it was running. Signals only this process (and
+        its process group, which it leads)."""
         if not self.alive():
             return False
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGTERM)
-        for sig in (signal.SIGKILL, None):
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if process_start_time(self.pid) != self.start_time:
-                    return True
-                time.sleep(0.02)
-            if sig is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, sig)
-        raise XdsError(f"Envoy (pid {self.pid}) did not stop")
+        try:
+            return self.process.stop(timeout)
+        except procs.ProcessError as exc:
+            raise XdsError(f"Envoy (pid {self.pid}) did not stop") from exc

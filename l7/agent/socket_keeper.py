@@ -25,16 +25,15 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from l7 import procs
 from l7.errors import L7GateError
 
 log = logging.getLogger("l7gate.socket_keeper")
 MAX_FDS = 16
-_started: list[subprocess.Popen[bytes]] = []  # kept referenced: the keeper outlives this object
 
 
 class KeeperError(L7GateError):
@@ -73,6 +72,8 @@ class KeeperClient:
     def get(self, key: str) -> list[socket.socket]:
         """The sockets stored under ``key`` (new descriptors for the same sockets), or []."""
         reply, fds = self._call(f"GET {key}")
+        for fd in fds:  # received without O_CLOEXEC: keep them out of the processes this one starts
+            os.set_inheritable(fd, False)
         return [socket.socket(fileno=fd) for fd in fds] if reply.startswith("OK") else []
 
     def put(self, key: str, socks: list[socket.socket]) -> None:
@@ -92,36 +93,28 @@ class KeeperClient:
 
 def ensure_keeper(path: Path, log_path: Path | None = None, timeout: float = 5.0) -> int:
     """Start a keeper at ``path`` unless one answers there; return its PID. The keeper runs in its own
-    session (it outlives the agent); its PID is also written to ``path`` + ``.pid``."""
+    session (:func:`l7.procs.spawn`: it outlives the agent, and the next agent finds it by its socket);
+    its PID is also written to ``path`` + ``.pid``."""
     client = KeeperClient(path)
     pid = client.alive()
     if pid is not None:
         return pid
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
+    argv = [sys.executable, "-m", "l7.agent.socket_keeper", str(path)]
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "l7.agent.socket_keeper", str(path)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-            close_fds=True,
-        )
-    finally:
-        if log_path is not None and not isinstance(out, int):
-            out.close()
-    _started.append(proc)
+        process = procs.spawn(argv, stdout=log_path)
+    except procs.ProcessError as exc:
+        raise KeeperError(f"socket keeper: {exc}") from exc
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pid = client.alive()
         if pid is not None:
             return pid
-        if proc.poll() is not None:
-            raise KeeperError(f"socket keeper exited with {proc.returncode}")
+        if not process.alive():
+            raise KeeperError(f"socket keeper exited with {process.returncode()}")
         time.sleep(0.01)
-    proc.kill()
+    process.stop()
     raise KeeperError(f"socket keeper at {path} did not answer within {timeout}s")
 
 

@@ -1,21 +1,16 @@
-"""Process supervision: start long-running processes inside a namespace, in their own session, and stop
-exactly those — by recorded PID *and* start time, so a recycled PID is never signalled."""
+"""The lab's processes as records in its state file: a name, the namespace, the log and the process
+(PID *and* start time, see :mod:`l7.procs`), so ``lab down`` — in any later process — stops exactly
+those and never a process that got a recorded PID later. Starting, stopping and reaping is
+:mod:`l7.procs`'s; this module only names and records."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from l7 import procs as supervisor
 from l7.lab.errors import LabError
-
-# Children started by this process, kept so they are reaped (never left as zombies or unawaited Popens).
-_children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 class ProcRecord(BaseModel):
@@ -30,21 +25,13 @@ class ProcRecord(BaseModel):
     start_time: int  # /proc/PID/stat field 22, in clock ticks since boot
     log: str
 
-
-def _stat(pid: int) -> tuple[str, int] | None:
-    """``(state, start_time)`` of a process, or ``None`` if there is none."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[19])
+    @property
+    def process(self) -> supervisor.Process:
+        return supervisor.Process(self.pid, self.start_time)
 
 
 def alive(rec: ProcRecord) -> bool:
-    _reap(rec.pid)
-    stat = _stat(rec.pid)
-    return stat is not None and stat[1] == rec.start_time and stat[0] not in ("Z", "X")
+    return rec.process.alive()
 
 
 def start(name: str, netns: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> ProcRecord:
@@ -58,57 +45,22 @@ def launch(
     name: str, netns: str, full: list[str], log: Path, env: dict[str, str] | None = None
 ) -> ProcRecord:
     """Start ``full`` (which enters ``netns`` itself) in a new session, output to ``log``, and record it."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        try:
-            proc = subprocess.Popen(
-                full,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-                env=env,
-            )
-        except OSError as exc:
-            raise LabError(f"cannot start {name} in {netns}: {exc}") from exc
-    _children[proc.pid] = proc
-    stat = _stat(proc.pid)
+    try:
+        process = supervisor.spawn(full, stdout=log, env=env)
+    except supervisor.ProcessError as exc:
+        raise LabError(f"cannot start {name} in {netns}: {exc}") from exc
     return ProcRecord(
-        name=name, netns=netns, argv=full, pid=proc.pid, start_time=stat[1] if stat else 0, log=str(log)
+        name=name, netns=netns, argv=full, pid=process.pid, start_time=process.start_time, log=str(log)
     )
 
 
-def _reap(pid: int) -> None:
-    child = _children.get(pid)
-    if child is not None and child.poll() is not None:
-        del _children[pid]
-
-
-def _signal(rec: ProcRecord, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        # The recorded process leads its own session and group (setsid): signal the group, which is the
-        # process and its own children; anything else is left alone.
-        if os.getpgid(rec.pid) == rec.pid:
-            os.killpg(rec.pid, sig)
-        else:
-            os.kill(rec.pid, sig)
-
-
 def stop(rec: ProcRecord, timeout: float = 3.0) -> bool:
-    """Stop a recorded process (SIGTERM, then SIGKILL at the deadline); ``True`` if it was running."""
-    _reap(rec.pid)
-    if not alive(rec):
-        return False
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        _signal(rec, sig)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            _reap(rec.pid)
-            if not alive(rec):
-                return True
-            time.sleep(0.01)
-    raise LabError(f"process {rec.name} (pid {rec.pid}) did not stop")
+    """Stop a recorded process and its process group (SIGTERM, then SIGKILL at the deadline); ``True``
+    if it was running."""
+    try:
+        return rec.process.stop(timeout)
+    except supervisor.ProcessError as exc:
+        raise LabError(f"process {rec.name} (pid {rec.pid}) did not stop: {exc}") from exc
 
 
 def tail(rec: ProcRecord, lines: int = 10) -> str:

@@ -185,9 +185,9 @@ def test_xds_only_service_serves_an_envoy_it_does_not_run(netns: str, state_dir:
     )
     envoy = EnvoyProcess.start(config, config.parent, argv_prefix=("nsenter", f"--net=/run/netns/{netns}"))
     try:
-        svc.netns_pid = envoy.popen.pid
+        svc.netns_pid = envoy.pid
         assert svc.publish({15001: GET_PUBLIC}, timeout=10)
-        assert svc.pid is None and ("4", 15001) in listening_ports(envoy.popen.pid)
+        assert svc.pid is None and ("4", 15001) in listening_ports(envoy.pid)
         assert svc.status()["acked"]["LDS"]
         assert not (state_dir / "envoy-hxn.pid").exists()  # nothing of its own to adopt or stop
     finally:
