@@ -16,6 +16,8 @@ Per query (UDP or TCP, IPv4 or IPv6):
 
 The UDP path runs in reader callbacks with no task per query (a task is created only when ``on_answer``
 returns an awaitable); TCP connections are tasks, with queries on one connection answered concurrently.
+A TCP connection is not read further while its client leaves the replies unread (backpressure), and
+is closed when that lasts ``tcp_idle_timeout``.
 """
 
 from __future__ import annotations
@@ -345,6 +347,9 @@ class DNSProxy:
             while True:
                 try:
                     async with asyncio.timeout(self.config.tcp_idle_timeout):
+                        # Backpressure: no next query while the client leaves its replies unread
+                        # (above the transport's high-water mark); such a client is idle.
+                        await writer.drain()
                         length = int.from_bytes(await reader.readexactly(2), "big")
                         message = await reader.readexactly(length)
                 except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):

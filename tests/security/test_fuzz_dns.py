@@ -62,7 +62,7 @@ from dnsproxy.proxy import _Immediate
 from l7.policy import fqdn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dnsproxy"))
-from dnsproxy_harness import CLIENT, CLONE_NEWNET, PROXY_PORT, _libc, loopback_lab  # noqa: E402
+from dnsproxy_harness import CLIENT, CLONE_NEWNET, PROXY_PORT, _libc, loopback_lab
 
 T = TypeVar("T")
 
@@ -160,13 +160,17 @@ LABEL = st.one_of(
     ]),
     st.integers(60, 70).map(lambda n: b"L" * n),  # around the 63-octet limit
 )
-SUFFIX = st.sampled_from([[], [b"allowed", b"test"], [b"AlLoWeD", b"TEST"], [b"deep", b"test"], [b"evil", b"test"]])
+SUFFIX = st.sampled_from(
+    [[], [b"allowed", b"test"], [b"AlLoWeD", b"TEST"], [b"deep", b"test"], [b"evil", b"test"]]
+)
 NAME = st.builds(
     lambda head, suffix, padding: head + [b"P" * 63] * padding + suffix,
     st.lists(LABEL, max_size=6), SUFFIX, st.sampled_from([0, 0, 0, 3, 4]),  # 4 × 63 → longer than 255
 )
 TERMINATOR = st.sampled_from([
-    b"\x00", b"\x00", b"\x00", b"\xc0\x0c", b"\xc0\x0d", b"\xc0\x00", b"\xc0\xff", b"\xff\xff", b"\x40", b"\xc0", b"",
+    b"\x00", b"\x00", b"\x00",  # a proper end
+    b"\xc0\x0c", b"\xc0\x0d", b"\xc0\x00", b"\xc0\xff",  # pointers: to itself, into the header, ahead
+    b"\xff\xff", b"\x40", b"\xc0", b"",  # reserved label types, a half pointer, nothing
 ])
 QTYPE = st.one_of(st.sampled_from([1, 28, 5, 255, 16, 33, 41, 252]), st.integers(0, 65535))
 QCLASS = st.one_of(st.just(1), st.just(1), st.sampled_from([3, 254, 255, 0]), st.integers(0, 65535))
@@ -175,7 +179,9 @@ FLAGS = st.one_of(
     st.sampled_from([0x2100, 0x2800, 0x0300, 0x8180, 0x0110]),  # opcode 4 (NOTIFY), 5 (UPDATE), TC, QR, CD
     st.integers(0, 0xFFFF),
 )
-QDCOUNT = st.one_of(st.just(1), st.just(1), st.just(1), st.sampled_from([0, 2, 0xFFFF]), st.integers(0, 0xFFFF))
+QDCOUNT = st.one_of(
+    st.just(1), st.just(1), st.just(1), st.sampled_from([0, 2, 0xFFFF]), st.integers(0, 0xFFFF)
+)
 COUNT = st.one_of(st.just(0), st.just(0), st.integers(0, 0xFFFF))
 OPT_VALID = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
 EXTRA = st.sampled_from([
@@ -374,7 +380,8 @@ def test_pure_answer_with_a_pointer_loop_is_malformed_quickly() -> None:
     header = bytearray(bytes(request.reply().pack()))
     header[6:8] = b"\x00\x01"
     loop_at = len(header)
-    record = b"\x01a" + struct.pack("!H", 0xC000 | loop_at) + b"\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x0a\x00\x00\x01"
+    record = b"\x01a" + struct.pack("!H", 0xC000 | loop_at) + b"\x00\x01\x00\x01\x00\x00\x00\x3c"
+    record += b"\x00\x04\x0a\x00\x00\x01"
     started = time.perf_counter()
     with pytest.raises(MalformedMessage):
         answer_ips(bytes(header) + record, query.qname, len(query.question))
@@ -678,3 +685,58 @@ def test_health_after_fuzzing(running: Running) -> None:
     check_one(got[0], ok, running)
     settle(running)
 
+
+
+def _largest_write_buffer() -> int:
+    """The largest write buffer of any stream transport in this process (the proxy's side of a TCP
+    connection is one of them)."""
+    import gc
+
+    sizes = [
+        obj.get_write_buffer_size()
+        for obj in gc.get_objects()
+        if isinstance(obj, asyncio.WriteTransport) and not obj.is_closing()
+        and not isinstance(obj, asyncio.DatagramTransport)
+    ]
+    return max(sizes, default=0)
+
+
+@pytest.mark.root
+def test_tcp_client_that_never_reads_cannot_grow_the_proxys_memory(running: Running) -> None:
+    """Attack: a pod opens one TCP connection to its DNS server and streams queries for a refused name
+    (the largest reply: the 255-octet question echoed) without ever reading the replies. If the proxy
+    keeps reading and queueing replies, its memory grows at the pod's send rate (a node-wide DoS of
+    DNS). Precedent: unbounded per-connection buffering in proxies — Envoy GHSA-3xh3-33v5-chcc (memory
+    growth when a peer does not read), the HTTP/2 "rapid reset" / flood class; CoreDNS and
+    miekg/dns write replies synchronously per connection. Expected: the proxy stops reading the
+    connection while its replies are not being read (write buffer bounded), and serves others."""
+    long_name = ".".join(["r" * 63] * 3 + ["refused", "test"])
+    message = bytes(dnslib.DNSRecord.question(long_name).pack())
+    frame = len(message).to_bytes(2, "big") + message
+    chunk = frame * 2000  # ~0.5 MB of queries, ~0.5 MB of replies
+
+    async def flood() -> tuple[int, int]:
+        _reader, writer = await asyncio.open_connection(
+            "127.0.0.1", running.upstream_port, local_addr=(CLIENT, 0)
+        )
+        sent = 0
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(3.0):
+                    for _ in range(80):  # up to ~40 MB if the proxy never pushes back
+                        writer.write(chunk)
+                        await writer.drain()
+                        sent += len(chunk)
+            await asyncio.sleep(0.2)
+            largest = await asyncio.get_running_loop().run_in_executor(None, _largest_write_buffer)
+            # meanwhile another client is served normally
+            ok = bytes(dnslib.DNSRecord.question("www.allowed.test").pack())
+            other = await tcp_round(running, len(ok).to_bytes(2, "big") + ok, 1)
+            assert len(other) == 1 and other[0][3] & 0xF == 0
+            return sent, largest
+        finally:
+            writer.transport.abort()
+
+    sent, largest = running.run(flood(), timeout=30)
+    assert largest < 2 * 1024 * 1024, f"the proxy buffered {largest} bytes of replies (client sent {sent})"
+    settle(running)
