@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from l7 import procs
 from l7.agent import lab as agent_lab
 from l7.lab import Lab
 
@@ -212,7 +211,7 @@ def fresh_records(count: int, ttl: int = 300) -> list[dict[str, Any]]:
     return [{"name": f"h{i}.fresh.test", "a": [str(hosts[i])], "ttl": ttl} for i in range(count)]
 
 
-def start_anyip(lab: Lab) -> subprocess.Popen[bytes]:
+def start_anyip(lab: Lab) -> procs.Process:
     """Route :data:`ANYIP` to the fresh world host, make it local there, start the echo server."""
     world = lab.plan.world("fresh")
     subprocess.run(["ip", "-n", world.netns, "route", "add", "local", str(ANYIP), "dev", "lo"], check=True)
@@ -231,15 +230,8 @@ def start_anyip(lab: Lab) -> subprocess.Popen[bytes]:
         ],
         check=True,
     )
-    return subprocess.Popen(
-        ["ip", "netns", "exec", world.netns, sys.executable, "-I", "-c", ECHO_SERVER],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    return procs.spawn(["ip", "netns", "exec", world.netns, sys.executable, "-I", "-c", ECHO_SERVER])
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(5)
+def stop(proc: procs.Process) -> None:
+    proc.stop()

@@ -25,6 +25,7 @@ import yaml
 from l7.agent import lab as agent_lab
 from l7.lab import Lab, down, procs
 from l7.lab.topology import parse_topology
+from l7.procs import Process
 from tests.agent.fqdn_helpers import (
     ANYIP,
     CURL_TIMEOUT,
@@ -80,7 +81,7 @@ def topology() -> dict[str, Any]:
 def lab() -> Iterator[Lab]:
     saved = {k: os.environ.get(k) for k in ("L7GATE_DNS_GRACE",)}
     os.environ["L7GATE_DNS_GRACE"] = str(GRACE)  # the agents inherit it
-    server: subprocess.Popen[bytes] | None = None
+    server: Process | None = None
     started = time.monotonic()
     try:
         built = Lab.up(parse_topology(topology(), "<test_agent_fqdn>"), NAME)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 from dnsproxy_harness import new_name, run_in_netns, sh, wait_for
 
 from dnsproxy import DNSProxy, Listeners, QueryEvent, allow_names
+from l7 import procs
 from l7.policy import fqdn
 
 pytestmark = pytest.mark.root
@@ -39,7 +39,7 @@ def lab() -> Iterator[Lab]:
     tag = new_name()[5:]
     names = Lab(f"l7gd-c{tag}", f"l7gd-r{tag}", f"l7gd-s{tag}")
     made: list[str] = []
-    dnsmasq: subprocess.Popen[bytes] | None = None
+    dnsmasq: procs.Process | None = None
     try:
         for ns in (names.client, names.router, names.server):
             sh("ip", "netns", "add", ns)
@@ -77,25 +77,19 @@ table inet l7gd {{
         for family in ("-4", "-6"):
             _ns(family, "rule", "add", "fwmark", "1", "lookup", "100", ns=r)
             _ns(family, "route", "add", "local", "default", "dev", "lo", "table", "100", ns=r)
-        dnsmasq = subprocess.Popen(
+        dnsmasq = procs.spawn(
             ["ip", "netns", "exec", s, "dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--port", "53",
              f"--listen-address={SERVER4},{SERVER6}", "--bind-interfaces", "--pid-file=",
              "--address=/example.test/10.215.9.9", "--address=/example.test/fd00:215::99",
              "--address=/blocked.test/10.215.9.10", "--host-record=host.cdn.test,10.215.9.8",
              "--cname=alias.example.test,host.cdn.test"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_for(lambda: f"{SERVER6}]:53" in sh("ip", "netns", "exec", s, "ss", "-Hlun").stdout,
                  what="dnsmasq listening")
         yield names
     finally:
         if dnsmasq is not None:
-            dnsmasq.terminate()
-            try:
-                dnsmasq.wait(5)
-            except subprocess.TimeoutExpired:
-                dnsmasq.kill()
-                dnsmasq.wait()
+            dnsmasq.stop()
         for ns in reversed(made):
             sh("ip", "netns", "del", ns, check=False)
 

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from l7 import procs
 from l7.policy.model import HTTPRule
 from xds import resources as rt
 from xds.bootstrap import bootstrap, render
@@ -203,11 +204,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         _build_namespaces(client, router, backend)
 
         ready = work / "backend.ready"
-        backend_proc = subprocess.Popen(
+        backend_proc = procs.spawn(
             ["ip", "netns", "exec", backend, sys.executable, str(HERE / "backend.py"), str(ready)],
-            start_new_session=True,
+            stdout=work / "backend.log",
         )
-        cleanup.callback(_stop, backend_proc)
+        cleanup.callback(backend_proc.stop)
         poll("the backend", ready.exists)
 
         loop = LoopThread()
