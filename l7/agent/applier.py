@@ -31,7 +31,7 @@ from l7.plan import (
     endpoint_plan,
     endpoint_unions,
 )
-from l7.resolve.engine import Engine
+from l7.resolve.engine import Engine, network
 from l7.resolve.types import L7RuleSet, ResolvedEndpoint
 
 Unions = dict[str, tuple[L7RuleSet, ...]]
@@ -91,12 +91,10 @@ class Applier:
         for key, r in self.engine.endpoints.items():  # the ports now exist for every union
             self._endpoint(key, Delta())
             self.seen[key] = (r.endpoint.ips, key in self.audited)
-        ipcache = {
-            ipaddress.ip_network(prefix): IpcacheState(
-                identity, self.by_ip.get(ipaddress.ip_network(prefix), 0)
-            )
-            for prefix, identity in self.engine.ipcache.items()
-        }
+        ipcache: dict[IPNetwork, IpcacheState] = {}
+        for prefix, identity in self.engine.ipcache.items():
+            net = network(prefix)
+            ipcache[net] = IpcacheState(identity, self.by_ip.get(net, 0))
         return DesiredState(
             endpoints={s.endpoint_id: s for s in self.state.values()},
             ipcache=ipcache,
@@ -133,8 +131,8 @@ class Applier:
                     self.seen[key] = seen
         delta.touched = touched
         for prefix in prefixes:
-            net = ipaddress.ip_network(prefix)
-            identity = self.engine.ipcache.get(str(net))
+            net = network(prefix)
+            identity = self.engine.ipcache.get(prefix)
             if identity is None:
                 delta.ipcache_gone.add(net)
             else:

@@ -26,7 +26,9 @@ policy model is hashed.
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
+import socket
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -77,6 +79,30 @@ def host_prefix(ip: str) -> str:
     return f"{ip}/32" if ":" not in ip else f"{ipaddress.ip_address(ip)}/128"
 
 
+def _prefix_key(prefix: Network) -> tuple[int, int, int]:
+    return (
+        prefix.version,
+        int(prefix.network_address) >> (prefix.max_prefixlen - prefix.prefixlen),
+        prefix.prefixlen,
+    )
+
+
+def address_of(ip: str) -> Address:
+    """``ipaddress.ip_address`` for canonical address text, ~6x faster (through the packed form)."""
+    try:
+        if ":" in ip:
+            return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, ip))
+        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, ip))
+    except OSError:
+        return ipaddress.ip_address(ip)  # raises ValueError with the usual message
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def network(prefix: str) -> Network:
+    """The network of an ipcache key (parsed once: tens of thousands of keys)."""
+    return ipaddress.ip_network(prefix)
+
+
 def name_suffixes(name: str) -> list[str]:
     """``A.b.c.`` → ``["a.b.c", "b.c", "c", ""]``: the label suffixes an FQDN selector can be indexed
     under (see :func:`index_key`)."""
@@ -103,14 +129,14 @@ class _Addresses:
         self._text: dict[tuple[int, int], str] = {}
 
     def add(self, ip: str) -> None:
-        address = ipaddress.ip_address(ip)
+        address = address_of(ip)
         key = (address.version, int(address))
         if key not in self._text:
             self._text[key] = ip
             bisect.insort(self._sorted[address.version], int(address))
 
     def discard(self, ip: str) -> None:
-        address = ipaddress.ip_address(ip)
+        address = address_of(ip)
         if self._text.pop((address.version, int(address)), None) is not None:
             values = self._sorted[address.version]
             del values[bisect.bisect_left(values, int(address))]
@@ -212,6 +238,9 @@ class Engine:
         self._addresses = _Addresses()
         self._pending_keys: set[str] = set()  # index keys of FQDN selectors added or removed
         self._pending_prefixes: set[Network] = set()  # CIDR prefixes added or removed
+        self._pending_ips: set[str] = set()  # learned addresses whose identity is to be computed
+        self._prefix_keys: dict[tuple[int, int, int], Network] = {}  # (version, bits, length) → prefix
+        self._fqdn_ids: dict[tuple[frozenset[str], Network | None, int], int] = {}
         self._ipcache = _IPCache()
 
     # ------------------------------------------------------------------------------------- reading
@@ -264,13 +293,19 @@ class Engine:
     def fqdn_identity(self, ip: str, names: Iterable[str]) -> int:
         """The identity of ``ip`` learned for ``names``: the set of FQDN selectors matching any of the
         names, with the most specific policy CIDR containing the address (the from-scratch resolver's
-        rule); allocated when new."""
+        rule); allocated when new. Memoised per (selector set, prefix, family): identities are never
+        withdrawn, so a set's identity stays what it was."""
         chosen: set[str] = set()
         for name in names:
             chosen |= self.name_selectors(name)
-        address = ipaddress.ip_address(ip)
+        address = address_of(ip)
         best = self._best_prefix(address)
-        return self.allocator.fqdn_identity(chosen, address, () if best is None else (best,)).id
+        key = (frozenset(chosen), best, address.version)
+        found = self._fqdn_ids.get(key)
+        if found is None:
+            found = self.allocator.fqdn_identity(chosen, address, () if best is None else (best,)).id
+            self._fqdn_ids[key] = found
+        return found
 
     def snapshot(self) -> ResolvedNode:
         """The whole resolved node (linear in the node's state)."""
@@ -498,16 +533,18 @@ class Engine:
         for prefix in removed:
             self._ipcache.set("cidr", str(prefix), None)
         self._prefixes = wanted
+        self._prefix_keys = {_prefix_key(p): p for p in wanted}
         for version in (4, 6):
             lengths = {p.prefixlen for p in wanted if p.version == version}
             self._lengths[version] = sorted(lengths, reverse=True)
         self._pending_prefixes |= added | removed  # learned IPs inside them: see _flush_learned
 
     def _best_prefix(self, address: Address) -> Network | None:
+        value, bits = int(address), address.max_prefixlen
         for length in self._lengths[address.version]:
-            net = ipaddress.ip_network((address, length), strict=False)
-            if net in self._prefixes:
-                return net
+            found = self._prefix_keys.get((address.version, value >> (bits - length), length))
+            if found is not None:
+                return found
         return None
 
     # ----------------------------------------------------------------------------- learned names
@@ -517,10 +554,9 @@ class Engine:
         for ip, names in learned.items():
             self.learn(ip, names)
 
-    def learn(self, ip: str, names: Iterable[str]) -> int:
+    def learn(self, ip: str, names: Iterable[str]) -> None:
         """``ip`` was learned for ``names`` (all of them: replaces what it was learned for before).
-        Returns its identity; the ipcache entry is in the next :meth:`take_changes`."""
-        self._flush_learned()
+        Its identity and ipcache entry are in the next :meth:`take_changes` (computed in batches)."""
         wanted = frozenset(names)
         old = self._learned.get(ip)
         if old != wanted:
@@ -536,7 +572,7 @@ class Engine:
             if old is None:
                 self._addresses.add(ip)
             self._learned[ip] = wanted
-        return self._relearn(ip)
+        self._pending_ips.add(ip)
 
     def forget(self, ip: str) -> None:
         names = self._learned.pop(ip, None)
@@ -545,6 +581,7 @@ class Engine:
         for name in names:
             self._unname(ip, name)
         self._addresses.discard(ip)
+        self._pending_ips.discard(ip)
         self._ipcache.set("learned", host_prefix(ip), None)
 
     def _unname(self, ip: str, name: str) -> None:
@@ -584,9 +621,9 @@ class Engine:
         """Re-credit the learned IPs that changed FQDN selectors or CIDR prefixes affect: the names
         under the changed selectors' index keys, the addresses inside the changed prefixes (found by
         range in the sorted addresses) — once per batch of changes, never per change × address."""
-        if not self._pending_keys and not self._pending_prefixes:
+        if not self._pending_keys and not self._pending_prefixes and not self._pending_ips:
             return
-        ips: set[str] = set()
+        ips, self._pending_ips = self._pending_ips, set()
         keys, self._pending_keys = self._pending_keys, set()
         for key in keys:
             for name in list(self._names_by_suffix.get(key, ())):

@@ -52,6 +52,9 @@ class SelectorCache:
         self._by_prefix: dict[Network, set[Selector]] = {}
         self._general: set[Selector] = set()  # no index applies: tested against every new identity
         self._identities: dict[int, LabelSet] = {}
+        self._ids_by_namespace: dict[str, set[int]] = {}  # namespace label value (any source) → ids
+        self._ids_by_fqdn: dict[str, set[int]] = {}  # fqdn:<selector> → ids
+        self._ids_with_cidr: set[int] = set()  # ids with a cidr: label
         self._changed: set[str] = set()  # users whose selections changed, until taken
 
     def __len__(self) -> int:
@@ -65,7 +68,8 @@ class SelectorCache:
         cached = self._cache.get(selector)
         if cached is None:
             self.catch_up()
-            chosen = frozenset(i for i, lb in self._identities.items() if selector.matches(lb))
+            identities = self._identities
+            chosen = frozenset(i for i in self._possible(selector) if selector.matches(identities[i]))
             cached = _Cached(selector, chosen)
             self._cache[selector] = cached
             self._index(selector).add(selector)
@@ -89,6 +93,18 @@ class SelectorCache:
         if cached is None:
             raise KeyError(f"selector {selector.key} is not in use")
         return cached.selected
+
+    def _possible(self, selector: Selector) -> Iterable[int]:
+        """The identities ``selector`` could select (the index in the other direction)."""
+        if isinstance(selector, FQDNSelector):
+            return self._ids_by_fqdn.get(selector.text, ())
+        if isinstance(selector, CIDRSelector) and selector.prefix.prefixlen > 0:
+            return self._ids_with_cidr
+        if isinstance(selector, LabelSelector):
+            names = _namespaces(selector)
+            if names is not None:
+                return [i for name in set(names) for i in self._ids_by_namespace.get(name, ())]
+        return self._identities
 
     def _index(self, selector: Selector) -> set[Selector]:
         if isinstance(selector, FQDNSelector):
@@ -118,6 +134,13 @@ class SelectorCache:
         changed = self._changed
         for identity in fresh:
             self._identities[identity.id] = identity.labels
+            for lb in identity.labels:
+                if lb.key == NAMESPACE_KEY:
+                    self._ids_by_namespace.setdefault(lb.value, set()).add(identity.id)
+                elif lb.source == FQDN:
+                    self._ids_by_fqdn.setdefault(lb.key, set()).add(identity.id)
+                elif lb.source == CIDR:
+                    self._ids_with_cidr.add(identity.id)
             for selector in self._candidates(identity):
                 cached = self._cache[selector]
                 if selector.matches(identity.labels):
