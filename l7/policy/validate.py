@@ -32,7 +32,7 @@ from l7.policy.model import (
     Service,
 )
 from l7.policy.ports import MAX_PORT, parse_port
-from l7.policy.regex import re2_error
+from l7.policy.regex import envoy_host_regex, re2_error
 
 
 @dataclass(frozen=True)
@@ -366,7 +366,7 @@ def _http_rule(rule: HTTPRule, path: str) -> Problems:
     problems: Problems = []
     for name, value in (("method", rule.method), ("path", rule.path), ("host", rule.host)):
         if value is not None:
-            problem = re2_error(value)
+            problem = re2_error(value, envoy_host_regex(value) if name == "host" else None)
             if problem:
                 problems.append(Problem(field(path, name), problem))
     for i, header in enumerate(rule.headers or ()):

@@ -66,11 +66,13 @@ from dnsproxy_harness import CLIENT, CLONE_NEWNET, PROXY_PORT, _libc, loopback_l
 
 T = TypeVar("T")
 
-POLICY = allow_names([
-    fqdn.match_name("allowed.test"),
-    fqdn.match_pattern("*.allowed.test"),
-    fqdn.match_pattern("**.deep.test"),
-])
+POLICY = allow_names(
+    [
+        fqdn.match_name("allowed.test"),
+        fqdn.match_pattern("*.allowed.test"),
+        fqdn.match_pattern("**.deep.test"),
+    ]
+)
 PLAIN = frozenset(b"-_0123456789abcdefghijklmnopqrstuvwxyz")
 UPSTREAM_IP = "10.215.0.1"
 UPSTREAM_TTL = 60
@@ -154,10 +156,26 @@ LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
 LABEL = st.one_of(
     st.text(alphabet=LETTERS, min_size=1, max_size=12).map(str.encode),  # 0x20: any case
     st.binary(min_size=1, max_size=12),  # dots, NUL, high bytes, spaces, backslashes
-    st.sampled_from([
-        b"allowed", b"ALLOWED", b"Test", b"deep", b"allowed.test", b"deep.test", b"a\x00", b"evil.com\x00",
-        b"*", b"**", b"\\", b"a.allowed", b"x\\.allowed", b"\xc0", b"\x00", b"..",
-    ]),
+    st.sampled_from(
+        [
+            b"allowed",
+            b"ALLOWED",
+            b"Test",
+            b"deep",
+            b"allowed.test",
+            b"deep.test",
+            b"a\x00",
+            b"evil.com\x00",
+            b"*",
+            b"**",
+            b"\\",
+            b"a.allowed",
+            b"x\\.allowed",
+            b"\xc0",
+            b"\x00",
+            b"..",
+        ]
+    ),
     st.integers(60, 70).map(lambda n: b"L" * n),  # around the 63-octet limit
 )
 SUFFIX = st.sampled_from(
@@ -165,17 +183,31 @@ SUFFIX = st.sampled_from(
 )
 NAME = st.builds(
     lambda head, suffix, padding: head + [b"P" * 63] * padding + suffix,
-    st.lists(LABEL, max_size=6), SUFFIX, st.sampled_from([0, 0, 0, 3, 4]),  # 4 × 63 → longer than 255
+    st.lists(LABEL, max_size=6),
+    SUFFIX,
+    st.sampled_from([0, 0, 0, 3, 4]),  # 4 × 63 → longer than 255
 )
-TERMINATOR = st.sampled_from([
-    b"\x00", b"\x00", b"\x00",  # a proper end
-    b"\xc0\x0c", b"\xc0\x0d", b"\xc0\x00", b"\xc0\xff",  # pointers: to itself, into the header, ahead
-    b"\xff\xff", b"\x40", b"\xc0", b"",  # reserved label types, a half pointer, nothing
-])
+TERMINATOR = st.sampled_from(
+    [
+        b"\x00",
+        b"\x00",
+        b"\x00",  # a proper end
+        b"\xc0\x0c",
+        b"\xc0\x0d",
+        b"\xc0\x00",
+        b"\xc0\xff",  # pointers: to itself, into the header, ahead
+        b"\xff\xff",
+        b"\x40",
+        b"\xc0",
+        b"",  # reserved label types, a half pointer, nothing
+    ]
+)
 QTYPE = st.one_of(st.sampled_from([1, 28, 5, 255, 16, 33, 41, 252]), st.integers(0, 65535))
 QCLASS = st.one_of(st.just(1), st.just(1), st.sampled_from([3, 254, 255, 0]), st.integers(0, 65535))
 FLAGS = st.one_of(
-    st.just(0x0100), st.just(0x0000), st.just(0x0120),  # RD, none, RD+AD
+    st.just(0x0100),
+    st.just(0x0000),
+    st.just(0x0120),  # RD, none, RD+AD
     st.sampled_from([0x2100, 0x2800, 0x0300, 0x8180, 0x0110]),  # opcode 4 (NOTIFY), 5 (UPDATE), TC, QR, CD
     st.integers(0, 0xFFFF),
 )
@@ -184,14 +216,18 @@ QDCOUNT = st.one_of(
 )
 COUNT = st.one_of(st.just(0), st.just(0), st.integers(0, 0xFFFF))
 OPT_VALID = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
-EXTRA = st.sampled_from([
-    b"", b"", OPT_VALID,
-    b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x10",  # OPT rdlength past the end
-    b"\x01a\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00",  # OPT with a non-root owner
-    OPT_VALID + OPT_VALID,  # two OPT records
-    b"\x00\x00\x29\xff\xff\xff\xff\xff\xff\x00\x04\x00\x08\x00\x00",  # ext-rcode, version 255, bad option
-    b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x0a\x00\x00\x01",  # an answer record *in a query*
-])
+EXTRA = st.sampled_from(
+    [
+        b"",
+        b"",
+        OPT_VALID,
+        b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x10",  # OPT rdlength past the end
+        b"\x01a\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00",  # OPT with a non-root owner
+        OPT_VALID + OPT_VALID,  # two OPT records
+        b"\x00\x00\x29\xff\xff\xff\xff\xff\xff\x00\x04\x00\x08\x00\x00",  # ext-rcode, version 255, bad option
+        b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x0a\x00\x00\x01",  # an answer record *in a query*
+    ]
+)
 
 
 FRIENDLY_NAME = st.builds(  # names the policy may allow, in any case (0x20), at any depth
@@ -235,7 +271,9 @@ def structured_queries(draw: st.DrawFn, hostile_header: bool = True) -> bytes:
 
 
 MESSAGES = st.one_of(
-    structured_queries(), structured_queries(hostile_header=False), structured_queries(hostile_header=False),
+    structured_queries(),
+    structured_queries(hostile_header=False),
+    structured_queries(hostile_header=False),
     st.binary(max_size=600),
 )
 
@@ -327,6 +365,7 @@ def chain_oracle(qname: str, records: list[tuple[str, str, str, int]]) -> set[tu
     """RFC 1034 §3.6.2 / the proxy's documented semantics: follow CNAMEs from the query name (the first
     CNAME of an owner wins, at most MAX_CHAIN links, stop on a loop); credit A/AAAA on the chain with the
     lowest TTL on the path; a TTL with the top bit set counts as 0 (RFC 2181 §8)."""
+
     def ttl_of(ttl: int) -> int:
         return 0 if ttl > 0x7FFFFFFF else ttl
 
@@ -478,7 +517,8 @@ def running() -> Iterator[Running]:
                 loop.set_exception_handler(lambda _loop, context: holder[0].errors.append(context))
                 transport, server, port = loop.run_until_complete(_upstream(holder))
                 proxy = DNSProxy(
-                    Listeners.create(PROXY_PORT, ipv6=False), POLICY,
+                    Listeners.create(PROXY_PORT, ipv6=False),
+                    POLICY,
                     lambda source, qname, ips: holder[0].answers.append((source, qname, ips)),
                     config=ProxyConfig(timeout=TIMEOUT, tcp_idle_timeout=1.0),
                 )
@@ -555,9 +595,7 @@ async def udp_round(running: Running, message: bytes) -> list[bytes]:
 
 async def tcp_round(running: Running, frames: bytes, replies: int) -> list[bytes]:
     """Write ``frames`` on one connection, half-close, and read length-prefixed replies until EOF."""
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", running.upstream_port, local_addr=(CLIENT, 0)
-    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.upstream_port, local_addr=(CLIENT, 0))
     try:
         writer.write(frames)
         await writer.drain()
@@ -686,7 +724,6 @@ def test_health_after_fuzzing(running: Running) -> None:
     settle(running)
 
 
-
 def _largest_write_buffer() -> int:
     """The largest write buffer of any stream transport in this process (the proxy's side of a TCP
     connection is one of them)."""
@@ -695,7 +732,8 @@ def _largest_write_buffer() -> int:
     sizes = [
         obj.get_write_buffer_size()
         for obj in gc.get_objects()
-        if isinstance(obj, asyncio.WriteTransport) and not obj.is_closing()
+        if isinstance(obj, asyncio.WriteTransport)
+        and not obj.is_closing()
         and not isinstance(obj, asyncio.DatagramTransport)
     ]
     return max(sizes, default=0)
