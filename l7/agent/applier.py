@@ -81,6 +81,7 @@ class Applier:
     # ------------------------------------------------------------------------------------------ steps
     def full(self, ifindexes: Mapping[str, int], audited: AbstractSet[str]) -> DesiredState:
         """Everything, from scratch (the first sync after start: it adopts what the maps hold)."""
+        self.ports_assigned = False
         self.engine.take_changes()
         self.state, self.policy, self.ep_unions, self.by_ip, self.seen = {}, {}, {}, {}, {}
         self.ifindexes = {k: i for k, i in ifindexes.items() if k in self.engine.endpoints}
@@ -104,6 +105,7 @@ class Applier:
 
     def step(self, ifindexes: Mapping[str, int], audited: AbstractSet[str]) -> Delta:
         """The difference since the last step."""
+        self.ports_assigned = False
         changes = self.engine.take_changes()
         endpoints = self.engine.endpoints
         delta = Delta()
@@ -155,7 +157,7 @@ class Applier:
         merged = dict(sorted(merged.items()))
         changed = merged != self.unions
         self.unions = merged
-        self.ports_assigned = self.ports.assign(merged)
+        self.ports_assigned = self.ports.assign(merged) or self.ports_assigned
         return changed
 
     def _endpoint(self, key: str, delta: Delta) -> set[str]:

@@ -212,6 +212,7 @@ class Agent:
         self._saved_identities = len(self.allocator)
         self._identities_saved_at = 0.0
         self._files = PolicyFiles()
+        self._audited_of: tuple[EndpointsFile, frozenset[str]] | None = None
         self._last_loaded: tuple[Loaded | PolicySourceError, str] | None = None
         self._topology = TopologyBuilder(self.allocator)
         self._endpoints_loader = EndpointsLoader()
@@ -441,7 +442,7 @@ class Agent:
         entries, nothing a proxy needs)."""
         assert self.dp is not None
         t0 = time.monotonic()
-        audited = file.audited() if not self.cfg.audit else frozenset(self._engine.endpoints)
+        audited = self._audited(file)
         if interfaces or not self._synced:
             self._last_ifindexes = self._ifindexes(file)
         ifindexes = self._last_ifindexes
@@ -508,6 +509,14 @@ class Agent:
             {k: v for k, v in stats.as_dict().items() if v},
         )
         return stats
+
+    def _audited(self, file: EndpointsFile) -> frozenset[str]:
+        """The endpoints in audit mode (computed once per endpoints file)."""
+        if self.cfg.audit:
+            return frozenset(self._engine.endpoints)
+        if self._audited_of is None or self._audited_of[0] is not file:
+            self._audited_of = (file, file.audited())
+        return self._audited_of[1]
 
     def save_identities(self, every: float = 0.0) -> None:
         """Write the identity state file when identities were allocated since the last write, at most
