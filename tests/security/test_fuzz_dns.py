@@ -17,18 +17,20 @@ a dot in it, never two), which is what the attacks below try to confuse.
 
 Attacks covered by the generated messages, with precedents (public advisories and bug reports):
 
-- compression pointers in the question, pointer loops, pointers past the end — the classic resolver and
-  proxy crash class (e.g. CoreDNS/miekg-dns and dnsmasq pointer-loop bugs, CVE-2017-14491 in dnsmasq,
-  the "NAME:WRECK" family of DNS compression bugs); for l7gate a loop must give FORMERR or SERVFAIL,
-  never a hang;
-- labels containing dots or NUL, names that print like an allowed name — the policy-bypass class of
-  Cilium's DNS proxy matching on the presentation form (cilium/cilium GHSA-wc5v-r48v-g4vh, "DNS
-  proxy … bypass" advisories; Cilium's proxy lower-cases and matches the presentation form) — here the
-  oracle checks that only names whose *labels* end in ``allowed``/``test`` are ever forwarded;
-- 0x20 mixed case (Cilium issue "DNS proxy: case-insensitive matching" / dns 0x20 randomisation):
-  allowed in any case, and the question is echoed exactly as asked;
-- over-long labels and names, zero or several questions (Cilium's DNS proxy answers FORMERR for
-  ``qdcount != 1``, cilium/cilium#23339-style parser reports), bad EDNS OPT records, truncated headers;
+- compression pointers in the question, pointer loops, pointers past the end — the classic resolver
+  crash/DoS class: RFC 9267 (Forescout, "Common Implementation Anti-Patterns Related to DNS RR
+  Processing", §2 pointer and offset validation), nginx's resolver commit "explicit check for
+  compression pointers in question", haproxy "BUG/MEDIUM: resolvers: fix name compression pointer
+  validation in resolv_read_name()", FreeBSD VuXML eed1a411-699b-11f0 (resolv: unbounded decompressed
+  name length); for l7gate a loop must give FORMERR or SERVFAIL, never a hang;
+- labels containing dots or NUL, names that print like an allowed name (RFC 9267 §3 and §4: label
+  length and NUL-terminator validation) — the oracle checks that only names whose *wire labels* end in
+  ``allowed``/``test`` are ever forwarded (a label ``a.allowed`` is one label, never two);
+- 0x20 mixed case — envoyproxy/envoy#45381 "dns filter: allow case insensitive match for virtual
+  domains", haproxy/haproxy#566 "DNS Resolver and different case in response answer section": allowed
+  in any case, and the question is echoed exactly as asked;
+- over-long labels and names, zero or several questions, bad EDNS OPT records, truncated headers
+  (RFC 9267 §3, §5, §6: length and count validation);
 - TCP length prefixes that lie (shorter, longer, zero), several queries in one stream.
 
 Run long: ``L7GATE_FUZZ_EXAMPLES=1000000 .venv/bin/pytest tests/security/test_fuzz_dns.py -k pure``
@@ -395,9 +397,10 @@ def test_pure_answer_credits_only_the_query_names_chain(
 ) -> None:
     """Attack: an allowed name's answer also carries records for other names (``evil.test``), or a CNAME
     to a name the policy does not allow, hoping the proxy writes those IPs to the ipcache for the pod.
-    Precedent: Cilium's DNS proxy credits IPs only along the CNAME chain of the question
-    (cilium/cilium#12390-era "toFQDNs: only IPs for the requested name"); Calico's DNS policy had the
-    same rule. Expected: exactly the chain's A/AAAA, each with the lowest TTL on its path."""
+    Precedents: cilium/cilium#30588 "FQDN Policies ignore CNAMEs returned during lookup" (which
+    records count for a name), cilium/cilium#39926 "dnsproxy: don't verify names of answers" (the
+    question must match, the answer's owners are not checked — so crediting must follow the chain
+    from the question). Expected: exactly the chain's A/AAAA, each with the lowest TTL on its path."""
     request = dnslib.DNSRecord.question(asked)
     reply = request.reply()
     for owner, kind, data, ttl in records:
@@ -412,8 +415,9 @@ def test_pure_answer_credits_only_the_query_names_chain(
 
 def test_pure_answer_with_a_pointer_loop_is_malformed_quickly() -> None:
     """Attack: an answer whose owner name is a compression loop (label ``a`` then a pointer back to it).
-    Precedent: compression-loop DoS in DNS parsers (dnsmasq CVE-2017-14491 family, miekg/dns loop
-    fixes used by Cilium's proxy). Expected: MalformedMessage (→ SERVFAIL to the client) in bounded time."""
+    Precedents: RFC 9267 §2 (compression pointer validation); haproxy "BUG/MEDIUM: resolvers: fix name
+    compression pointer validation in resolv_read_name()". Expected: MalformedMessage (→ SERVFAIL to
+    the client) in bounded time."""
     request = dnslib.DNSRecord.question("q.allowed.test")
     query = wire.parse_query(bytes(request.pack()))
     header = bytearray(bytes(request.reply().pack()))
@@ -680,8 +684,9 @@ def test_tcp_fuzz_several_queries_per_connection(running: Running, messages: lis
 @given(st.lists(st.tuples(st.integers(0, 0xFFFF), MESSAGES), min_size=1, max_size=4))
 def test_tcp_stream_with_lying_length_prefixes(running: Running, frames: list[tuple[int, bytes]]) -> None:
     """Attack: length prefixes that do not match the message (shorter: the rest is read as the next
-    frame; longer: the stream ends mid-message; zero). Precedent: TCP framing confusion in DNS proxies
-    (CoreDNS/dnsmasq TCP handling bugs; Cilium's DNS proxy TCP support, cilium/cilium#15069).
+    frame; longer: the stream ends mid-message; zero). Precedents: RFC 7766 (DNS over TCP: framing,
+    pipelining); cilium/cilium#31197 "Cilium fqdn/dnsproxy fails with FQDN dns policy when DNS
+    response is truncated" (the TCP fallback goes through the proxy).
     Expected: every complete frame is judged on its own bytes, every reply obeys the contract, an
     incomplete last frame gets nothing, and the proxy keeps serving the next connection."""
     stream = b"".join(length.to_bytes(2, "big") + message for length, message in frames)
@@ -744,9 +749,9 @@ def test_tcp_client_that_never_reads_cannot_grow_the_proxys_memory(running: Runn
     """Attack: a pod opens one TCP connection to its DNS server and streams queries for a refused name
     (the largest reply: the 255-octet question echoed) without ever reading the replies. If the proxy
     keeps reading and queueing replies, its memory grows at the pod's send rate (a node-wide DoS of
-    DNS). Precedent: unbounded per-connection buffering in proxies — Envoy GHSA-3xh3-33v5-chcc (memory
-    growth when a peer does not read), the HTTP/2 "rapid reset" / flood class; CoreDNS and
-    miekg/dns write replies synchronously per connection. Expected: the proxy stops reading the
+    DNS). Precedents: Envoy/Istio ISTIO-SECURITY-2019-004 (HTTP/2 floods whose queued responses —
+    PING ACKs, RST_STREAMs, SETTINGS ACKs — grow memory without bound while the peer does not read);
+    Envoy CVE-2024-27919 (CONTINUATION flood: unlimited memory). Expected: the proxy stops reading the
     connection while its replies are not being read (write buffer bounded), and serves others."""
     long_name = ".".join(["r" * 63] * 3 + ["refused", "test"])
     message = bytes(dnslib.DNSRecord.question(long_name).pack())

@@ -23,8 +23,9 @@ the node (a NACK keeps the node's previous route configuration).
 Pathological ``matchPattern`` (``*a*a*a*a*a*a*a*b.test``): Python's backtracking ``re`` took ~10 s per
 query for a 60-letter label, on the DNS proxy's event loop (ReDoS of the node's DNS). Such patterns are
 now matched with RE2 (``l7/policy/fqdn.py``); the test bounds the time and checks the matcher against a
-reference label-glob. Precedent: Cilium compiles ``matchPattern`` to Go's linear-time ``regexp``
-(cilium/cilium#11034 "fqdn: Update high-level package docs" describes the matchPattern semantics).
+reference label-glob. Precedent: Cilium's DNS proxy matches ``matchPattern`` with Go's linear-time
+``regexp`` (RE2 semantics) — cilium/cilium#20246 "dnsproxy: Improve regex pattern", #21288 "dnsproxy:
+introduce cache to reference count regexes" (per-query pattern matching cost on the proxy's path).
 
 Long run: ``L7GATE_FUZZ_EXAMPLES=100000 .venv/bin/pytest tests/security/test_fuzz_policy.py -k "not envoy"``.
 """
