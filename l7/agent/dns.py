@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import threading
 import time
@@ -40,7 +39,7 @@ from dnsproxy import ALLOWED, AUDITED, REFUSED, DNSProxy, Listeners, ProxyConfig
 from dnsproxy.policy import Protocol_, Verdict
 from dnsproxy.wire import NXDOMAIN
 from dnsproxy.wire import REFUSED as RCODE_REFUSED
-from l7.agent.fqdn import CacheConfig, FQDNCache, state_path, usable
+from l7.agent.fqdn import FQDNCache, state_path, usable
 from l7.agent.services import AppliedView, ServiceHost
 from l7.agent.socket_keeper import KeeperClient, KeeperError, ensure_keeper
 from l7.flows import FlowLog, flow_path
@@ -82,14 +81,13 @@ class DnsService:
 
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
-        env = os.environ
-        refuse = env.get("L7GATE_DNS_REFUSE", "refused").lower()
+        settings = cfg.dns
         self.proxy_config = ProxyConfig(
-            timeout=float(env.get("L7GATE_DNS_TIMEOUT", "2.0")),
-            refuse_rcode=NXDOMAIN if refuse == "nxdomain" else RCODE_REFUSED,
+            timeout=settings.timeout,
+            refuse_rcode=NXDOMAIN if settings.refuse_nxdomain else RCODE_REFUSED,
             mark=MARK_FROM_PROXY,
         )
-        self.cache = FQDNCache(CacheConfig.from_env())
+        self.cache = FQDNCache(settings.cache)
         self._host: ServiceHost | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="dns-proxy", daemon=True)

@@ -50,6 +50,28 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class DnsSettings:
+    """The DNS service's settings (part of the agent's configuration; read from the environment only
+    at the edge, by the CLI: :meth:`from_env`)."""
+
+    timeout: float = 2.0
+    """Seconds an upstream server has to answer (then SERVFAIL)."""
+    refuse_nxdomain: bool = False
+    """Answer names no rule allows with NXDOMAIN instead of REFUSED."""
+    cache: CacheConfig = CacheConfig()
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> DnsSettings:
+        """``L7GATE_DNS_TIMEOUT``, ``L7GATE_DNS_REFUSE`` (refused|nxdomain) and the cache's variables."""
+        env = dict(os.environ) if env is None else env
+        return cls(
+            timeout=float(env.get("L7GATE_DNS_TIMEOUT", "2.0")),
+            refuse_nxdomain=env.get("L7GATE_DNS_REFUSE", "refused").lower() == "nxdomain",
+            cache=CacheConfig.from_env(env),
+        )
+
+
+@dataclass(frozen=True)
 class CachedIP:
     ip: str
     ttl: int

@@ -27,13 +27,14 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bpf.errors import DatapathError
 from l7.agent import watch
 from l7.agent.applier import Applier
+from l7.agent.fqdn import DnsSettings
 from l7.agent.inotify import InputWatcher, WatchError
 from l7.agent.inputs import Loaded, PolicyFiles
 from l7.agent.services import AppliedView, NodeService
@@ -79,6 +80,7 @@ class AgentConfig:
     poll_interval: float = POLL_INTERVAL
     services: tuple[str, ...] = ()  # names in SERVICES, started in this order
     audit: bool = False  # audit mode for every endpoint (else per endpoint, from the endpoints file)
+    dns: DnsSettings = field(default_factory=DnsSettings)  # the dns service's settings
 
     @property
     def status_file(self) -> Path:
@@ -105,6 +107,7 @@ def lab_config(lab: str, node: str, state_dir: Path | None = None) -> AgentConfi
         interfaces=lambda _file: veths,
         uplink=str(nodes[node]["uplink"]),
         services=LAB_SERVICES,
+        dns=DnsSettings.from_env(),
     )
 
 

@@ -85,6 +85,7 @@ def agent_cmd(  # noqa: PLR0917  (typer options)
 
     Invalid policies or endpoints are logged with their field paths and the last good set stays applied.
     On exit programs and maps stay in place: enforcement continues while the agent is down."""
+    from l7.agent.fqdn import DnsSettings
     from l7.agent.node import AgentConfig, AgentError, lab_config, route_interfaces, run_agent
     from l7.lab import LabError
 
@@ -130,6 +131,7 @@ def agent_cmd(  # noqa: PLR0917  (typer options)
         uplink=uplink,
         services=service_names,
         audit=audit,
+        dns=DnsSettings.from_env(),
     )
     raise typer.Exit(run_agent(cfg))
 
@@ -146,6 +148,7 @@ def _run_kubernetes(  # noqa: PLR0917
 ) -> int:
     """The controller (threads) writes the inputs; the agent loop runs on this thread until SIGTERM."""
     from l7.agent import watch
+    from l7.agent.fqdn import DnsSettings
     from l7.agent.node import AgentConfig, route_interfaces, run_agent
     from l7.k8s.controller import Controller, ControllerConfig
     from l7.k8s.errors import KubeError
@@ -181,6 +184,7 @@ def _run_kubernetes(  # noqa: PLR0917
             uplink=uplink,
             services=services,
             audit=audit,
+            dns=DnsSettings.from_env(),
         )
         return run_agent(cfg)
     finally:
