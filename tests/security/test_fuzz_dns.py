@@ -55,7 +55,7 @@ from typing import Any, TypeVar
 import dnslib
 import pytest
 from fuzz_settings import fuzz_settings
-from hypothesis import event, given
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 
 from dnsproxy import DNSProxy, Listeners, MalformedMessage, ProxyConfig, allow_names, wire
@@ -392,6 +392,10 @@ def chain_oracle(qname: str, records: list[tuple[str, str, str, int]]) -> set[tu
 
 @fuzz_settings(1000)
 @given(answer_sections(), st.sampled_from(["q.allowed.test", "Q.Allowed.Test"]))
+@example(  # found by the suite: a TTL with the top bit set is 0, the two records are one
+    [("q.allowed.test", "AAAA", "fd00:216::4", 0), ("q.allowed.test", "AAAA", "fd00:216::4", 2**31)],
+    "q.allowed.test",
+)
 def test_pure_answer_credits_only_the_query_names_chain(
     records: list[tuple[str, str, str, int]], asked: str
 ) -> None:
@@ -409,7 +413,9 @@ def test_pure_answer_credits_only_the_query_names_chain(
     packed = bytes(reply.pack())
     query = wire.parse_query(bytes(request.pack()))
     got = answer_ips(packed, query.qname, len(query.question))
-    assert len(got) == len(set(got)) or len(records) != len(set(records))
+    # a TTL with the top bit set counts as 0 (RFC 2181 §8), so two records may become one
+    normal = {(o, k, d, 0 if t >= 2**31 else t) for o, k, d, t in records}
+    assert len(got) == len(set(got)) or len(records) != len(normal)
     assert set(got) == chain_oracle(query.qname, records)
 
 
