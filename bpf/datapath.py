@@ -21,6 +21,7 @@ lookups for redirects happen in the namespace of the device the packet arrives o
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import ipaddress
 import os
 import time
@@ -47,6 +48,7 @@ from bpf.maps import (
     IpcacheKey,
     IpcacheValue,
     IPNetwork,
+    MapSizes,
     PolicyKey,
     PolicyValue,
     endpoint_value,
@@ -87,26 +89,34 @@ class Datapath:
         self.pin_dir = pin_dir
         self._progs = progs
         self._nl = nl
+        self.sizes = MapSizes()  # the maps' maximum entries (set by open)
         self._events: list[Event] = []
         self._policy: dict[int, dict[PolicyEntryKey, PolicyEntryValue]] | None = None
         self._progs.open_events(lambda data: self._events.append(Event.from_bytes(data)))
 
     # lifecycle -------------------------------------------------------------------------------
     @classmethod
-    def open(cls, node: str, netns: str | None = None, *, ct_max: int = 65536) -> Datapath:
-        """Load the programs for ``node``, adopting pinned maps and re-attaching recorded devices."""
+    def open(
+        cls, node: str, netns: str | None = None, *, ct_max: int | None = None, sizes: MapSizes | None = None
+    ) -> Datapath:
+        """Load the programs for ``node``, adopting pinned maps and re-attaching recorded devices.
+        ``sizes``: the maps' maximum entries (``ct_max`` overrides the conntrack size)."""
+        sizes = sizes or MapSizes()
+        if ct_max is not None:
+            sizes = dataclasses.replace(sizes, ct=ct_max)
         if not node or "/" in node or node.startswith("."):
             raise DatapathError(f"bad node name {node!r}")
         if not os.path.ismount(BPFFS):
             raise DatapathError(f"{BPFFS} is not a mounted bpffs (mount -t bpf bpf {BPFFS})")
         pin_dir = PIN_ROOT / node
-        progs = loader.load(pin_dir, ct_max)
+        progs = loader.load(pin_dir, sizes)
         try:
             nl = Netlink(netns)
         except DatapathError:
             progs.close()
             raise
         dp = cls(node, pin_dir, progs, nl)
+        dp.sizes = sizes
         try:
             nl.ensure_proxy_routing(PROXY_ROUTE_TABLE, PROXY_RULE_PRIORITY, MARK_TO_PROXY, MARK_MASK)
             dp._reattach()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bpf.errors import CompileError, DatapathError, IncompatibleMapError, MapWriteError
-from bpf.maps import MAP_SPECS, MapSpec
+from bpf.maps import MAP_SPECS, MapSizes, MapSpec
 
 __all__ = ["IncompatibleMapError", "LoadedPrograms", "MapHandle", "check_pins", "load", "unpin"]
 
@@ -98,13 +98,13 @@ def pinned_map_info(path: Path) -> tuple[int, int, int, int]:
         os.close(fd)
 
 
-def expected_shape(spec: MapSpec, ct_max: int) -> tuple[int, int, int, int]:
+def expected_shape(spec: MapSpec, sizes: MapSizes) -> tuple[int, int, int, int]:
     max_entries = {
         "l7g_endpoints": 4096,
         "l7g_endpoint_ids": 4096,
-        "l7g_ipcache": 65536,
-        "l7g_policy": 65536,
-        "l7g_ct": ct_max,
+        "l7g_ipcache": sizes.ipcache,
+        "l7g_policy": sizes.policy,
+        "l7g_ct": sizes.ct,
         "l7g_frags": 8192,
         "l7g_config": 16,
         "l7g_devices": 4096,
@@ -112,7 +112,7 @@ def expected_shape(spec: MapSpec, ct_max: int) -> tuple[int, int, int, int]:
     return (_MAP_TYPES[spec.kind], ctypes.sizeof(spec.key), ctypes.sizeof(spec.value), max_entries)
 
 
-def check_pins(pin_dir: Path, ct_max: int) -> list[str]:
+def check_pins(pin_dir: Path, sizes: MapSizes) -> list[str]:
     """Names of the maps already pinned in ``pin_dir``; raises if one has an unexpected shape."""
     found = []
     for spec in MAP_SPECS:
@@ -120,7 +120,7 @@ def check_pins(pin_dir: Path, ct_max: int) -> list[str]:
         if not path.exists():
             continue
         got = pinned_map_info(path)
-        want = expected_shape(spec, ct_max)
+        want = expected_shape(spec, sizes)
         if got != want:
             raise IncompatibleMapError(
                 f"pinned map {path} has (type, key, value, max_entries) {got}, expected {want}; "
@@ -217,13 +217,20 @@ class LoadedPrograms:
         self.bpf.cleanup()
 
 
-def load(pin_dir: Path, ct_max: int = 65536) -> LoadedPrograms:
+def load(pin_dir: Path, sizes: MapSizes | None = None) -> LoadedPrograms:
     """Compile the tc programs with maps pinned in ``pin_dir`` (created) and load them."""
     from bcc import BPF  # the only bcc import of the project
 
+    sizes = sizes or MapSizes()
     pin_dir.mkdir(parents=True, exist_ok=True)
-    check_pins(pin_dir, ct_max)
-    cflags = [f'-DL7G_PIN_DIR="{pin_dir}"', f"-DL7G_CT_MAX={ct_max}", "-Wno-unused-function"]
+    check_pins(pin_dir, sizes)
+    cflags = [
+        f'-DL7G_PIN_DIR="{pin_dir}"',
+        f"-DL7G_CT_MAX={sizes.ct}",
+        f"-DL7G_IPCACHE_MAX={sizes.ipcache}",
+        f"-DL7G_POLICY_MAX={sizes.policy}",
+        "-Wno-unused-function",
+    ]
     try:
         bpf = BPF(text=assemble_source().encode(), cflags=cflags)
     except Exception as exc:  # bcc raises bare Exception

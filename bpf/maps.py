@@ -10,6 +10,7 @@ Byte order: addresses and ports (``__be16``) are network order; every other inte
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -38,6 +39,23 @@ MARK_JUDGED = 0x0100  # set by the ingress hooks on packets they allowed
 # Policy routing for redirected packets (installed by bpf.attach).
 PROXY_ROUTE_TABLE = 2004
 PROXY_RULE_PRIORITY = 100
+
+@dataclasses.dataclass(frozen=True)
+class MapSizes:
+    """Maximum entries of the maps whose size is a setting (``-DL7G_*_MAX`` when compiling). A pinned
+    map of another size is refused (remove the pins to resize). When a map is full, a new entry is
+    refused by the kernel: what it would have allowed stays denied."""
+
+    ipcache: int = 65536
+    policy: int = 65536
+    ct: int = 65536
+
+    def __post_init__(self) -> None:
+        for name in ("ipcache", "policy", "ct"):
+            value = getattr(self, name)
+            if not 1 <= value <= 1 << 24:
+                raise ValueError(f"map size {name}={value} is out of range 1-{1 << 24}")
+
 
 # The node's proxy ports (``PROXY_PORT_MIN``/``PROXY_PORT_MAX`` in bpf/lib/common.h): Envoy listeners and
 # DNS proxy sockets use ports in this range; the tc programs drop TCP/UDP sent straight to a node address

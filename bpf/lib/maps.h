@@ -33,6 +33,12 @@
 #ifndef L7G_CT_MAX
 #define L7G_CT_MAX 65536
 #endif
+#ifndef L7G_IPCACHE_MAX
+#define L7G_IPCACHE_MAX 65536
+#endif
+#ifndef L7G_POLICY_MAX
+#define L7G_POLICY_MAX 65536
+#endif
 
 #define DEV_ENDPOINT 1
 #define DEV_UPLINK   2
@@ -140,9 +146,9 @@ struct l7g_event {
 
 BPF_TABLE_PINNED("hash", __u32, struct l7g_endpoint, l7g_endpoints, 4096, L7G_PIN_DIR "/endpoints");
 BPF_TABLE_PINNED("hash", __u32, struct l7g_endpoint, l7g_endpoint_ids, 4096, L7G_PIN_DIR "/endpoint_ids");
-BPF_TABLE_PINNED("lpm_trie", struct l7g_ipcache_key, struct l7g_ipcache_value, l7g_ipcache, 65536,
+BPF_TABLE_PINNED("lpm_trie", struct l7g_ipcache_key, struct l7g_ipcache_value, l7g_ipcache, L7G_IPCACHE_MAX,
                  L7G_PIN_DIR "/ipcache", BPF_F_NO_PREALLOC);
-BPF_TABLE_PINNED("lpm_trie", struct l7g_policy_key, struct l7g_policy_value, l7g_policy, 65536,
+BPF_TABLE_PINNED("lpm_trie", struct l7g_policy_key, struct l7g_policy_value, l7g_policy, L7G_POLICY_MAX,
                  L7G_PIN_DIR "/policy", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("lru_hash", struct l7g_ct_key, struct l7g_ct_entry, l7g_ct, L7G_CT_MAX, L7G_PIN_DIR "/ct");
 BPF_TABLE_PINNED("lru_hash", struct l7g_frag_key, struct l7g_frag_entry, l7g_frags, 8192, L7G_PIN_DIR "/frags");

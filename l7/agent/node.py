@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bpf.errors import DatapathError
+from bpf.maps import MapSizes
 from l7.agent import watch
 from l7.agent.applier import Applier
 from l7.agent.fqdn import DnsSettings
@@ -81,6 +82,7 @@ class AgentConfig:
     services: tuple[str, ...] = ()  # names in SERVICES, started in this order
     audit: bool = False  # audit mode for every endpoint (else per endpoint, from the endpoints file)
     dns: DnsSettings = field(default_factory=DnsSettings)  # the dns service's settings
+    map_sizes: MapSizes = field(default_factory=MapSizes)  # the datapath maps' maximum entries
 
     @property
     def status_file(self) -> Path:
@@ -185,7 +187,7 @@ class Agent:
         services: list[NodeService] | None = None,
     ) -> None:
         self.cfg = cfg
-        self._open = open_datapath or _open_datapath
+        self._open = open_datapath or (lambda name: _open_datapath(name, cfg.map_sizes))
         self.dp: DatapathLike | None = None
         self.services = make_services(cfg) if services is None else services
         self._lock = threading.RLock()
@@ -571,11 +573,11 @@ class Agent:
         return pid != os.getpid() and watch.pid_alive(pid) and self._last_status is not None
 
 
-def _open_datapath(name: str) -> DatapathLike:
+def _open_datapath(name: str, sizes: MapSizes) -> DatapathLike:
     from bpf.datapath import Datapath
 
     ensure_bpffs()
-    return Datapath.open(name)
+    return Datapath.open(name, sizes=sizes)
 
 
 def run_agent(cfg: AgentConfig) -> int:

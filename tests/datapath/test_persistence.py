@@ -11,7 +11,7 @@ import pytest
 
 from bpf import loader
 from bpf.datapath import Datapath
-from bpf.maps import Event
+from bpf.maps import Event, MapSizes
 from bpf.reasons import DropReason, EventType
 from tests.datapath import netlab
 from tests.datapath.conftest import IDENTITY, Lab
@@ -59,10 +59,12 @@ def test_loader_exit_keeps_enforcing_and_reopen_adopts(lab: Lab) -> None:
 def test_incompatible_pinned_map_is_refused(tmp_path: Path, lab: Lab) -> None:
     pin_dir = Path("/sys/fs/bpf/l7gate") / f"{lab.topo.prefix}-shape"
     try:
-        # a map pinned with another CT size than asked for
-        progs = loader.load(pin_dir, ct_max=1024)
+        # a map pinned with another size than asked for (conntrack, then ipcache)
+        progs = loader.load(pin_dir, MapSizes(ct=1024, ipcache=4096))
         progs.close()
-        with pytest.raises(loader.IncompatibleMapError):
-            loader.load(pin_dir, ct_max=2048)
+        with pytest.raises(loader.IncompatibleMapError, match=r"/ct\b"):
+            loader.load(pin_dir, MapSizes(ct=2048, ipcache=4096))
+        with pytest.raises(loader.IncompatibleMapError, match="ipcache"):
+            loader.load(pin_dir, MapSizes(ct=1024, ipcache=8192))
     finally:
         loader.unpin(pin_dir)
