@@ -21,10 +21,6 @@ class TranslationError(XdsError):
     """A rule set cannot be expressed as Envoy resources."""
 
 
-class PortAllocationError(XdsError):
-    """The proxy port range has no free port left."""
-
-
 class ServerError(XdsError):
     """The xDS gRPC server could not start or failed."""
 

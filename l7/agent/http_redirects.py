@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 
-from bpf.maps import Action, Direction
+from bpf.maps import Action
 from l7.agent.services import AppliedView
 from l7.plan import PlanError, direction_decisions
 from l7.policy.model import HTTPRule
-from l7.resolve.types import L7RuleSet
+from l7.resolve.types import Direction, L7RuleSet
 from xds.translate import RuleSet
 
 
@@ -40,14 +40,14 @@ def redirects(view: AppliedView) -> Redirects:
     out: Redirects = {}
     for resolved in view.local:
         key = f"{resolved.endpoint.namespace}/{resolved.endpoint.name}"
-        for policy, direction in ((resolved.ingress, Direction.INGRESS), (resolved.egress, Direction.EGRESS)):
+        for direction in Direction:
             try:
-                decisions = direction_decisions(policy, direction, view.ports)
+                decisions = direction_decisions(resolved.direction(direction), direction, view.ports)
             except PlanError:
                 continue
             for d in decisions:
                 if d.action is Action.REDIRECT and d.proxy_port in http:
-                    out.setdefault((key, int(direction), d.peer_identity, d.proto), []).append(
+                    out.setdefault((key, int(d.direction), d.peer_identity, d.proto), []).append(
                         (d.port_lo, d.port_hi, d.proxy_port)
                     )
     return out

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-POLICY_SUFFIXES = (".yaml", ".yml")
+from l7.errors import L7GateError
+from l7.policy.documents import SUFFIXES
 
 
 def policy_files(path: Path) -> list[Path]:
@@ -43,7 +44,7 @@ def scan_policy_files(root: Path) -> list[tuple[str, os.stat_result]]:
             try:
                 if entry.is_dir():
                     pending.append((rel + "/", entry.path))
-                elif entry.name.endswith(POLICY_SUFFIXES) and entry.is_file():
+                elif entry.name.endswith(SUFFIXES) and entry.is_file():
                     out.append((tuple(rel.split("/")), rel, entry.stat()))
             except OSError:
                 continue
@@ -141,8 +142,8 @@ class Expect:
     endpoints_hash: str | None = None
 
 
-class WaitError(Exception):
-    pass
+class WaitError(L7GateError):
+    """The agents did not report the expected input applied (deadline, exit or policy errors)."""
 
 
 def _satisfied(st: dict[str, Any] | None, e: Expect) -> bool:

@@ -41,6 +41,7 @@ from bpf.policy_entries import PolicyDecision
 from l7.errors import L7GateError
 from l7.resolve.types import (
     ANY_PROTOCOL,
+    Direction,
     DirectionPolicy,
     Entry,
     L7RuleSet,
@@ -54,7 +55,15 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 PROTO_NUMBERS: Mapping[str, int] = {"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1, "ICMPV6": 58}
 PORT_MAX = 65535
 
-_DIRECTIONS = (("ingress", DpDirection.INGRESS), ("egress", DpDirection.EGRESS))
+
+def datapath_direction(direction: Direction) -> DpDirection:
+    """The datapath's wire value (``DIR_*`` in ``bpf/lib``) of a resolver direction.
+
+    The two enums are one concept at two layers: ``bpf`` imports nothing of ``l7``, so its
+    :class:`bpf.maps.Direction` is the C value, and ``l7`` speaks :class:`l7.resolve.Direction` (the
+    policy's ``ingress``/``egress``). Planning is where they meet, and this is the only conversion.
+    """
+    return DpDirection[direction.name]
 
 
 @dataclass(frozen=True, order=True)
@@ -166,8 +175,8 @@ def _l7_segments(policy: DirectionPolicy) -> list[_L7Segment]:
 def endpoint_unions(r: ResolvedEndpoint, audit: bool = False) -> dict[str, tuple[L7RuleSet, ...]]:
     """The L7 rule-set unions one endpoint's redirects use: key → its member rule sets."""
     out: dict[str, tuple[L7RuleSet, ...]] = {}
-    for attr, _ in _DIRECTIONS:
-        for seg in _l7_segments(getattr(r, attr)):
+    for direction in Direction:
+        for seg in _l7_segments(r.direction(direction)):
             key = union_key(seg.origins)
             out.setdefault(audit_key(key) if audit else key, seg.rule_sets)
     return out
@@ -234,9 +243,10 @@ def _peers(entry: Entry) -> list[int]:
 
 
 def direction_decisions(
-    policy: DirectionPolicy, direction: DpDirection, proxy_ports: Mapping[str, int], audit: bool = False
+    policy: DirectionPolicy, direction: Direction, proxy_ports: Mapping[str, int], audit: bool = False
 ) -> list[PolicyDecision]:
     """The policy decisions of one endpoint in one direction."""
+    wire = datapath_direction(direction)
     out: list[PolicyDecision] = []
     for action, entries in ((Action.DENY, policy.denies), (Action.ALLOW, policy.allows)):
         for e in entries:
@@ -244,7 +254,7 @@ def direction_decisions(
                 continue
             proto = _proto(e)
             lo, hi = (0, PORT_MAX) if proto is None else (e.lo, e.hi)
-            out += [PolicyDecision(direction, p, proto, lo, hi, action) for p in _peers(e)]
+            out += [PolicyDecision(wire, p, proto, lo, hi, action) for p in _peers(e)]
     for seg in _l7_segments(policy):
         key = union_key(seg.origins)
         if audit:
@@ -252,7 +262,7 @@ def direction_decisions(
         if key not in proxy_ports:
             raise PlanError(f"no proxy port assigned for L7 rule set {key}")
         out.append(
-            PolicyDecision(direction, seg.peer, seg.proto, seg.lo, seg.hi, Action.REDIRECT, proxy_ports[key])
+            PolicyDecision(wire, seg.peer, seg.proto, seg.lo, seg.hi, Action.REDIRECT, proxy_ports[key])
         )
     return sorted(set(out), key=_decision_order)
 
@@ -286,8 +296,8 @@ def endpoint_plan(
         audit=audit,
     )
     decisions: list[PolicyDecision] = []
-    for attr, direction in _DIRECTIONS:
-        decisions += direction_decisions(getattr(r, attr), direction, proxy_ports, audit)
+    for direction in Direction:
+        decisions += direction_decisions(r.direction(direction), direction, proxy_ports, audit)
     return state, tuple(decisions)
 
 

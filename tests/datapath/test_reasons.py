@@ -1,4 +1,5 @@
-"""bpf/lib/reasons.h and bpf/reasons.py agree; so do the proxy port ranges of common.h and bpf/maps.py."""
+"""bpf/lib/reasons.h and bpf/reasons.py agree; so do the proxy port ranges and directions of common.h and
+bpf/maps.py, and the resolver's directions convert to the datapath's."""
 
 from __future__ import annotations
 
@@ -51,3 +52,15 @@ def test_agent_allocates_proxy_ports_from_the_datapath_range() -> None:
     ports = ProxyPorts()
     ports.assign([f"o-{i}" for i in range(200)])
     assert all(maps.PROXY_PORT_MIN <= p <= maps.PROXY_PORT_MAX for p in ports.ports.values())
+
+
+def test_directions_agree() -> None:
+    from bpf.maps import Direction
+    from l7.plan import datapath_direction
+    from l7.resolve import Direction as ResolverDirection
+
+    pat = re.compile(r"^#define\s+DIR_([A-Z]+)\s+(\d+)", re.MULTILINE)
+    c = {m.group(1): int(m.group(2)) for m in pat.finditer(COMMON.read_text())}
+    assert c == {d.name: d.value for d in Direction}
+    converted = {d.value: datapath_direction(d) for d in ResolverDirection}
+    assert converted == {"ingress": Direction.INGRESS, "egress": Direction.EGRESS}

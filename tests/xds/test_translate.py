@@ -12,8 +12,7 @@ import yaml
 from l7.policy.model import HeaderMatch, HTTPRule, Mismatch, Secret
 from xds import resources as rt
 from xds.bootstrap import EXAMPLE, bootstrap, render
-from xds.errors import PortAllocationError, TranslationError
-from xds.ports import assign_ports
+from xds.errors import TranslationError
 from xds.translate import (
     AMBIGUOUS_PATH,
     AMBIGUOUS_PATH_ROUTE,
@@ -181,17 +180,6 @@ def test_translator_reencodes_only_what_changed() -> None:
     assert first.version(rt.LISTENER) == second.version(rt.LISTENER)
     changed = [n for n, r in second.resources(rt.ROUTE).items() if first.resources(rt.ROUTE)[n] != r]
     assert changed == ["l7gate-http-15003"]
-
-
-def test_assign_ports_is_stable() -> None:
-    ports = range(15000, 15004)
-    first = assign_ports(["b", "a"], {}, ports)
-    assert first == {"a": 15000, "b": 15001}
-    second = assign_ports(["c", "b"], first, ports)
-    assert second == {"b": 15001, "c": 15000}
-    assert assign_ports(["b", "c", "d", "e"], second, ports)["b"] == 15001
-    with pytest.raises(PortAllocationError):
-        assign_ports(["a", "b", "c", "d", "e"], {}, ports)
 
 
 def test_bootstrap_example_is_current() -> None:
