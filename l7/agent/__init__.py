@@ -10,5 +10,5 @@ datapath and proxies. Resolution is :mod:`l7.resolve.engine` (incremental), plan
   :mod:`l7.agent.metrics` (Prometheus);
 * :mod:`l7.agent.socket_keeper` — holds the DNS listening sockets across agent restarts;
 * :mod:`l7.agent.secrets` — headerMatches secrets from files;
-* :mod:`l7.agent.lab` — the lab's agents: start, wait, ``lab apply``, restarts, teardown.
+
 """

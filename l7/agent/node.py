@@ -89,30 +89,6 @@ class AgentConfig:
         return watch.status_path(self.state_dir, self.node)
 
 
-def lab_config(lab: str, node: str, state_dir: Path | None = None) -> AgentConfig:
-    """The agent of ``node`` in lab ``lab``: the lab's policy set and endpoints, its veth names."""
-    from l7.agent import lab as agent_lab
-    from l7.lab import Lab
-
-    state = Lab.load(lab).state
-    dp = agent_lab.datapath_info(state)
-    nodes = {n["name"]: n for n in dp["nodes"]}
-    if node not in nodes:
-        raise AgentError(f"lab {lab}: no node {node!r} (nodes: {', '.join(nodes)})")
-    veths = {f"{p['namespace']}/{p['name']}": str(p["interface"]) for p in dp["pods"] if p["node"] == node}
-    return AgentConfig(
-        node=node,
-        policies=agent_lab.policies_link(state),
-        endpoints=state.directory / "endpoints.json",
-        state_dir=state_dir or agent_lab.agent_dir(state),
-        datapath_name=str(nodes[node]["netns"]),
-        interfaces=lambda _file: veths,
-        uplink=str(nodes[node]["uplink"]),
-        services=LAB_SERVICES,
-        dns=DnsSettings.from_env(),
-    )
-
-
 def route_interfaces(node: str) -> Callable[[EndpointsFile], Mapping[str, str]]:
     """Find each local endpoint's host-side veth from the route to its first IP (files mode). A found
     veth is remembered while the endpoint keeps its IP and the veth exists: an endpoints file change

@@ -86,8 +86,9 @@ def agent_cmd(  # noqa: PLR0917  (typer options)
     Invalid policies or endpoints are logged with their field paths and the last good set stays applied.
     On exit programs and maps stay in place: enforcement continues while the agent is down."""
     from l7.agent.fqdn import DnsSettings
-    from l7.agent.node import AgentConfig, AgentError, lab_config, route_interfaces, run_agent
+    from l7.agent.node import AgentConfig, AgentError, route_interfaces, run_agent
     from l7.lab import LabError
+    from l7.lab.agents import lab_config
 
     try:
         configure_logs(f"agent[{node}]", verbose=verbose, fmt=log_format)

@@ -24,8 +24,8 @@ console = Console()
 def _state_dir(lab: str | None, state_dir: Path | None) -> Path:
     if state_dir is not None:
         return state_dir
-    from l7.agent import lab as agent_lab
     from l7.lab import DEFAULT_LAB, Lab
+    from l7.lab import agents as agent_lab
 
     return agent_lab.agent_dir(Lab.load(lab or DEFAULT_LAB).state)
 

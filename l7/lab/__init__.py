@@ -22,7 +22,8 @@ Public API: :class:`Lab` (``Lab.up``, ``Lab.load``, ``lab.exec``, ``lab.down``),
 """
 
 from l7.lab.errors import LabError, TopologyError, TopologyIssue
-from l7.lab.lab import Lab, datapath, down, endpoints, start_node_agents
+from l7.lab.lab import Lab, down, endpoints, start_node_agents
+from l7.lab.layout import datapath
 from l7.lab.state import DEFAULT_LAB, LabState, list_labs
 from l7.lab.topology import Topology, load_topology, parse_topology
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import l7
-from l7.lab import certs, dns, netns, procs, ready
-from l7.lab.addressing import NODE_UPLINK, Plan, PodPlan
+from l7.lab import agents, certs, dns, netns, procs, ready
+from l7.lab.addressing import Plan, PodPlan
 from l7.lab.errors import LabError
+from l7.lab.layout import datapath
+from l7.lab.procs import lab_env
 from l7.lab.servers import SERVE
 from l7.lab.state import DEFAULT_LAB, LabState, check_name, free_index, lab_dir, labs_lock, load_state
 from l7.lab.topology import Pod, Server, Topology, load_topology
@@ -35,29 +35,17 @@ def start_node_agents(state: LabState) -> None:
     """Start the node agent in every node namespace of the lab and wait until each has applied the
     initial policy set (``state.policies``, copied into the lab's watched policy directory).
 
-    Each agent runs as ``setsid nsenter --net=/run/netns/<node-netns> python -m l7.agent --lab NAME
+    Each agent runs as ``setsid nsenter --net=/run/netns/<node-netns> python -m l7.cli agent --lab NAME
     --node NODE`` (``ip netns exec`` would hide /sys/fs/bpf) and is recorded in ``state.processes``, so
-    ``lab down`` stops it (see :mod:`l7.agent.lab`).
+    ``lab down`` stops it (see :mod:`l7.lab.agents`).
     """
-    from l7.agent import lab as agent_lab
-
-    agent_lab.start_agents(state, _env())
+    agents.start_agents(state, lab_env())
 
 
 def apply_policies(name: str, source: str | Path) -> tuple[str, float]:
     """``lab apply``: replace the lab's policy set with ``source`` (validated by the caller) and wait
     until every node agent has applied it. Returns (the set's content hash, seconds waited)."""
-    from l7.agent import lab as agent_lab
-
-    return agent_lab.apply(check_name(name), Path(source))
-
-
-def _env() -> dict[str, str]:
-    root = str(Path(l7.__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return agents.apply(check_name(name), Path(source))
 
 
 def _servers_argv(
@@ -212,7 +200,7 @@ class Lab:
 
     def _start(self, name: str, ns: str, argv: list[str]) -> procs.ProcRecord:
         log = self.state.directory / "logs" / f"{name.replace('/', '_')}.log"
-        rec = procs.start(name, ns, argv, log, env=_env())
+        rec = procs.start(name, ns, argv, log, env=lab_env())
         self.state.processes.append(rec)
         self.state.save()
         return rec
@@ -333,44 +321,6 @@ def endpoints(state: LabState) -> dict[str, Any]:
     }
 
 
-def datapath(state: LabState) -> dict[str, Any]:
-    """Where the lab's workloads live, for the node agent that attaches to them::
-
-    {"nodes": [{name, netns, uplink, podCIDRs, routerIPs, uplinkIPs}],
-     "pods": [{name, namespace, node, netns, interface, ips}],   # interface: host-side veth in the node
-     "world": [{name, netns, ips}], "fabric": {netns, ips}, "dns": {pod, ips}}
-    """
-    plan = state.plan()
-    dns_pod = plan.pod(state.topology_model().dns_pod().key)
-    return {
-        "nodes": [
-            {
-                "name": n.name,
-                "netns": n.netns,
-                "uplink": NODE_UPLINK,
-                "podCIDRs": [n.pod_cidr_v4, n.pod_cidr_v6],
-                "routerIPs": [n.router_v4, n.router_v6],
-                "uplinkIPs": [n.uplink_v4, n.uplink_v6],
-            }
-            for n in plan.nodes
-        ],
-        "pods": [
-            {
-                "name": p.name,
-                "namespace": p.namespace,
-                "node": p.node,
-                "netns": p.netns,
-                "interface": p.host_if,
-                "ips": p.ips,
-            }
-            for p in plan.pods
-        ],
-        "world": [{"name": w.name, "netns": w.netns, "ips": w.ips} for w in plan.worlds],
-        "fabric": {"netns": plan.fabric_netns, "ips": [plan.fabric_v4, plan.fabric_v6]},
-        "dns": {"pod": dns_pod.key, "ips": dns_pod.ips},
-    }
-
-
 def down_state(state: LabState) -> list[str]:
     """Remove everything ``state`` records; return what was removed. Idempotent; errors are collected and
     raised together at the end (the state stays, so ``down`` can be retried)."""
@@ -383,10 +333,9 @@ def down_state(state: LabState) -> list[str]:
         except (LabError, OSError) as exc:
             errors.append(str(exc))
     if not errors:  # agents stopped: remove the node datapaths (their filters and rules go with the netns)
-        from l7.agent import lab as agent_lab
 
         try:
-            removed += agent_lab.destroy_datapaths(state)
+            removed += agents.destroy_datapaths(state)
         except (LabError, OSError, ValueError) as exc:
             errors.append(f"datapath: {exc}")
     for ns in reversed(state.netns):

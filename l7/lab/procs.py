@@ -5,10 +5,12 @@ those and never a process that got a recorded PID later. Starting, stopping and 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+import l7
 from l7 import procs as supervisor
 from l7.lab.errors import LabError
 
@@ -68,3 +70,12 @@ def tail(rec: ProcRecord, lines: int = 10) -> str:
         return "\n".join(Path(rec.log).read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def lab_env() -> dict[str, str]:
+    """The environment of the lab's processes: this checkout first on the path, unbuffered output."""
+    root = str(Path(l7.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 from l7 import procs
-from l7.agent import lab as agent_lab
 from l7.lab import Lab
+from l7.lab import agents as agent_lab
 
 REPO = Path(__file__).resolve().parents[2]
 SEEDS = REPO / "deploy" / "examples" / "seeds"

@@ -22,10 +22,10 @@ import pytest
 import yaml
 from agent_helpers import REPO
 
-from l7.agent import lab as agent_lab
 from l7.agent.envoy import stop_envoy
 from l7.flows import parse_http
 from l7.lab import Lab, down, procs
+from l7.lab import agents as agent_lab
 from l7.lab.topology import parse_topology
 
 pytestmark = pytest.mark.root

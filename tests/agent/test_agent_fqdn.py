@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from l7.agent import lab as agent_lab
 from l7.lab import Lab, down, procs
+from l7.lab import agents as agent_lab
 from l7.lab.topology import parse_topology
 from l7.procs import Process
 from tests.agent.fqdn_helpers import (

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from l7.agent import lab as agent_lab
 from l7.agent.envoy_files import EnvoyRecord
 from l7.lab import Lab, down, procs
+from l7.lab import agents as agent_lab
 from l7.lab.topology import parse_topology
 from tests.agent.agent_helpers import SEED_002_LAB, SEEDS
 

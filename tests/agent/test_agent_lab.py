@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from agent_helpers import REPO, SEED_002_LAB, SEEDS
 
-from l7.agent import lab as agent_lab
 from l7.lab import Lab, down, procs
+from l7.lab import agents as agent_lab
 
 pytestmark = pytest.mark.root
 

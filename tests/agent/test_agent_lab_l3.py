@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from l7.agent import lab as agent_lab
 from l7.lab import Lab, down
+from l7.lab import agents as agent_lab
 from l7.lab.topology import parse_topology
 
 pytestmark = pytest.mark.root

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from bpf.maps import PROXY_PORT_MAX, PROXY_PORT_MIN
-from l7.agent import lab as agent_lab
 from l7.agent.envoy_files import EnvoyRecord, listening_ports
 from l7.lab import Lab, down
+from l7.lab import agents as agent_lab
 from l7.lab.topology import parse_topology
 from tests.agent import fqdn_helpers as fh
 from tests.agent.test_agent_http import envoy_records

@@ -219,7 +219,7 @@ def throughput_lab(work: Path) -> Iterator[Any]:
 
 def measure_throughput(opts: Options) -> dict[str, Any]:
     _repo_first()
-    from l7.agent import lab as agent_lab
+    from l7.lab import agents as agent_lab
     from xds.envoy_process import EnvoyAdmin, EnvoyProcess
 
     seconds = 1 if opts.quick else 2

@@ -19,10 +19,10 @@ import pytest
 from fakeapi import FakeAPIServer
 from kube_helpers import condition, controller_config, crd_validators, l7np, running_controller, wait_for
 
-from l7.agent import lab as agent_lab
 from l7.agent import watch
 from l7.k8s.controller import Controller, ControllerConfig
 from l7.lab import Lab, down
+from l7.lab import agents as agent_lab
 from l7.lab.topology import parse_topology
 
 pytestmark = pytest.mark.root

@@ -1,4 +1,5 @@
-"""The node agents of a lab: the policy set they watch, starting them, waiting for them, ``lab apply``.
+"""The node agents of a lab: their configuration, the policy set they watch, starting them, waiting for
+them, ``lab apply``, restarts and teardown (the lab drives the agent; the agent knows nothing of labs).
 
 Layout in the lab's state directory::
 
@@ -23,8 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from l7.agent import watch
+from l7.agent.dns import stop_keeper
+from l7.agent.envoy import stop_envoy
+from l7.agent.fqdn import DnsSettings
+from l7.agent.node import LAB_SERVICES, AgentConfig, AgentError
 from l7.lab import procs
 from l7.lab.errors import LabError
+from l7.lab.layout import datapath
+from l7.lab.procs import lab_env
 from l7.lab.state import LabState, load_state
 
 AGENT_READY_TIMEOUT = 60.0
@@ -33,8 +40,6 @@ PIN_ROOT = Path("/sys/fs/bpf/l7gate")
 
 
 def datapath_info(state: LabState) -> dict[str, Any]:
-    from l7.lab.lab import datapath
-
     return datapath(state)
 
 
@@ -85,7 +90,7 @@ def install_policies(state: LabState, source: Path | None) -> str:
 
 
 def agent_argv(lab: str, node: str) -> list[str]:
-    return [sys.executable, "-m", "l7.agent", "--lab", lab, "--node", node]
+    return [sys.executable, "-m", "l7.cli", "agent", "--lab", lab, "--node", node]
 
 
 def start_agent(state: LabState, node: str, netns: str, env: dict[str, str]) -> procs.ProcRecord:
@@ -158,8 +163,6 @@ def apply(name: str, source: Path, timeout: float = APPLY_TIMEOUT) -> tuple[str,
 def stop_proxies(state: LabState) -> list[str]:
     """Stop the Envoy each node agent started (by the PID and start time in its PID file) and the socket
     keeper holding its DNS sockets; the agents are stopped already, and both outlive an agent on purpose."""
-    from l7.agent.dns import stop_keeper
-    from l7.agent.envoy import stop_envoy
     from xds.errors import XdsError
 
     removed = []
@@ -200,7 +203,6 @@ def restart_agent(
     already (it died or was stopped). With ``graceful`` the old agent is still running: the new one
     starts beside it (adopting the datapath and Envoy, serving the same kept DNS sockets), and only
     once it is ready is the old one stopped with SIGTERM — no moment without a DNS proxy."""
-    from l7.lab.lab import _env
 
     state = load_state(name)
     if state is None:
@@ -214,7 +216,7 @@ def restart_agent(
         raise LabError(f"lab {name}: no node {node!r}")
     with contextlib.suppress(FileNotFoundError):
         status_file(state, node).unlink()
-    rec = start_agent(state, node, str(nodes[node]["netns"]), _env())
+    rec = start_agent(state, node, str(nodes[node]["netns"]), lab_env())
     state.processes = [r for r in state.processes if r.name != f"agent:{node}"] + [rec]
     state.save()
     expect = watch.Expect(
@@ -230,3 +232,26 @@ def restart_agent(
     if running is not None:
         procs.stop(running, timeout=10.0)  # drains its DNS queries; the new agent serves the rest
     return rec, seconds
+
+
+def lab_config(lab: str, node: str, state_dir: Path | None = None) -> AgentConfig:
+    """The agent of ``node`` in lab ``lab``: the lab's policy set and endpoints, its veth names."""
+    state = load_state(lab)
+    if state is None:
+        raise AgentError(f"no lab {lab!r} (start it with: l7gate lab up --name {lab})")
+    dp = datapath_info(state)
+    nodes = {n["name"]: n for n in dp["nodes"]}
+    if node not in nodes:
+        raise AgentError(f"lab {lab}: no node {node!r} (nodes: {', '.join(nodes)})")
+    veths = {f"{p['namespace']}/{p['name']}": str(p["interface"]) for p in dp["pods"] if p["node"] == node}
+    return AgentConfig(
+        node=node,
+        policies=policies_link(state),
+        endpoints=state.directory / "endpoints.json",
+        state_dir=state_dir or agent_dir(state),
+        datapath_name=str(nodes[node]["netns"]),
+        interfaces=lambda _file: veths,
+        uplink=str(nodes[node]["uplink"]),
+        services=LAB_SERVICES,
+        dns=DnsSettings.from_env(),
+    )
