@@ -8,20 +8,28 @@
                                      PolicyError(source, index, path, message)
 
 Nothing stops at the first error: each document, each rule and each list entry is checked on its own,
-and :class:`LoadResult` carries the valid policies and all errors of the invalid ones.
+and :class:`LoadResult` carries the valid policies and all errors of the invalid ones. A YAML syntax
+error in one document does not hide the others: the file is read again split on its ``---`` lines.
+A ``kind: List`` (what ``kubectl get cnp -A -o yaml`` prints) is read item by item (field paths
+``items[i]...``); a document of a kind that is not a policy at all (a Deployment, a ConfigMap) is
+skipped with a :class:`PolicyNote`, so a whole manifest directory can be checked.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import enum
-from collections.abc import Iterator, Mapping, Sequence
+import re
+import types
+import typing
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from l7.errors import L7GateError
 from l7.policy import labels
@@ -86,9 +94,26 @@ class PolicyError:
 
 
 @dataclass(frozen=True)
+class PolicyNote:
+    """A document that was skipped (not a policy kind), at ``source[index]`` (``path``: ``items[i]`` in a
+    ``kind: List``)."""
+
+    source: str
+    index: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}[{self.index}]"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
 class LoadResult:
     policies: tuple[Policy, ...]
     errors: tuple[PolicyError, ...]
+    notes: tuple[PolicyNote, ...] = ()
+    sources: tuple[str, ...] = ()  # the files read, in reading order (for reports in document order)
 
     @property
     def ok(self) -> bool:
@@ -146,21 +171,29 @@ _CILIUM_UNSUPPORTED = frozenset(
 )
 
 
-def load_paths(paths: Sequence[Path]) -> LoadResult:
-    """Load every ``*.yaml``/``*.yml`` file (directories recursively, sorted) and validate it.
+STDIN = Path("-")
+
+
+def load_paths(paths: Sequence[Path], stdin: TextIO | None = None) -> LoadResult:
+    """Load every ``*.yaml``/``*.yml`` file (directories recursively, sorted) and validate it. With
+    ``stdin``, the path ``-`` reads it (source ``<stdin>``).
 
     Raises :class:`PolicySourceError` when a path does not exist; everything else is a
     :class:`PolicyError` in the result.
     """
-    missing = [str(path) for path in paths if not path.exists()]
+    missing = [str(path) for path in paths if not path.exists() and not (stdin is not None and path == STDIN)]
     if missing:
         raise PolicySourceError(f"no such file or directory: {', '.join(missing)}")
     loader = _Loader()
     for path in paths:
+        if stdin is not None and path == STDIN:
+            loader.add_text(stdin.read(), "<stdin>")
+            continue
         for file in _files(path):
             try:
                 text = file.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
+                loader.sources.append(str(file))
                 loader.errors.append(PolicyError(str(file), 0, "", f"cannot read: {exc}"))
                 continue
             loader.add_text(text, str(file))
@@ -204,46 +237,96 @@ def _construct_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) 
 _StrictSafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _yaml_message(exc: yaml.YAMLError) -> str:
+def _yaml_message(exc: yaml.YAMLError, line_offset: int = 0) -> str:
     if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
         mark = exc.problem_mark
-        return f"YAML error at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+        return f"YAML error at line {mark.line + 1 + line_offset}, column {mark.column + 1}: {exc.problem}"
     return f"YAML error: {exc}"
+
+
+_SEPARATOR = re.compile(r"^---(?:\s.*)?$")
+_END = re.compile(r"^\.\.\.\s*$")
+
+
+def _chunks(text: str) -> list[tuple[int, str]]:
+    """The documents of a stream as (first line's offset, text), split on ``---`` lines: the fallback
+    when a syntax error stops the parser. A first chunk before the first ``---`` that holds nothing but
+    comments and directives is not a document (as for the parser)."""
+    out: list[tuple[int, list[str]]] = [(0, [])]
+    for number, line in enumerate(text.splitlines()):
+        if _SEPARATOR.match(line):
+            out.append((number, [line[3:]]))
+        elif _END.match(line):
+            continue
+        else:
+            out[-1][1].append(line)
+    first = [line for line in out[0][1] if line.strip() and not line.lstrip().startswith(("#", "%"))]
+    chunks = [(offset, "\n".join(lines)) for offset, lines in out]
+    return chunks[1:] if not first and len(chunks) > 1 else chunks
+
+
+# kinds that are policies (an unknown one of them is an error, not a skipped document)
+_POLICY_API_GROUPS = ("cilium.io/", "l7gate.io/")
+
+
+def _is_policy_kind(api_version: object, kind: object) -> bool:
+    return str(kind).endswith("Policy") or str(api_version).startswith(_POLICY_API_GROUPS)
 
 
 class _Loader:
     def __init__(self) -> None:
         self.policies: list[Policy] = []
         self.errors: list[PolicyError] = []
+        self.notes: list[PolicyNote] = []
+        self.sources: list[str] = []
         self._seen: dict[str, Policy] = {}
 
     def result(self) -> LoadResult:
-        return LoadResult(tuple(self.policies), tuple(self.errors))
+        return LoadResult(tuple(self.policies), tuple(self.errors), tuple(self.notes), tuple(self.sources))
 
     def add_text(self, text: str, source: str) -> None:
-        position = 0
-        documents = yaml.load_all(text, Loader=_StrictSafeLoader)
-        while True:
-            try:
-                document = next(documents)
-            except StopIteration:
-                return
-            except yaml.YAMLError as exc:
-                self.errors.append(PolicyError(source, position, "", _yaml_message(exc)))
-                return
+        self.sources.append(source)
+        try:
+            documents = list(yaml.load_all(text, Loader=_StrictSafeLoader))
+        except yaml.YAMLError:
+            self._add_chunks(text, source)
+            return
+        for position, document in enumerate(documents):
             if document is not None:
                 self._add_document(document, source, position)
-            position += 1
 
-    def _add_document(self, document: object, source: str, position: int) -> None:
+    def _add_chunks(self, text: str, source: str) -> None:
+        """After a syntax error: each ``---`` section on its own, the error at its own document."""
+        for position, (offset, chunk) in enumerate(_chunks(text)):
+            try:
+                documents = list(yaml.load_all(chunk, Loader=_StrictSafeLoader))
+            except yaml.YAMLError as exc:
+                self.errors.append(PolicyError(source, position, "", _yaml_message(exc, offset)))
+                continue
+            for document in documents[:1]:
+                if document is not None:
+                    self._add_document(document, source, position)
+
+    def _add_document(self, document: object, source: str, position: int, prefix: str = "") -> None:
         errors: list[PolicyError] = []
 
         def error(path: str, message: str, policy: str | None = None) -> None:
-            errors.append(PolicyError(source, position, path, message, policy))
+            full = f"{prefix}.{path}" if prefix and path else (prefix or path)
+            errors.append(PolicyError(source, position, full, message, policy))
 
         if not isinstance(document, dict):
             error("", f"a policy document must be a mapping, not {type(document).__name__}")
             self.errors += errors
+            return
+        if not prefix and document.get("kind") == "List" and isinstance(document.get("items"), list):
+            for i, item in enumerate(document["items"]):
+                self._add_document(item, source, position, index("items", i))
+            return
+        api_version, kind_text = document.get("apiVersion"), document.get("kind")
+        if api_version is not None and kind_text is not None and not _is_policy_kind(api_version, kind_text):
+            self.notes.append(
+                PolicyNote(source, position, prefix, f"skipped: {api_version} {kind_text} is not a policy")
+            )
             return
         kind = _kind(document, error)
         metadata = document.get("metadata")
@@ -253,7 +336,7 @@ class _Loader:
             label = f"{kind} {namespace}/{name}" if namespace is not None else f"{kind} {name}"
             errors[:] = [PolicyError(e.source, e.index, e.path, e.message, label) for e in errors]
         for unknown in sorted(set(map(str, document)) - _TOP_LEVEL):
-            error(unknown, "unsupported field", label)
+            error(unknown, "unsupported field" + did_you_mean(unknown, _TOP_LEVEL), label)
         if kind is None:  # not a policy kind (or unknown): its spec means nothing to check
             self.errors += errors
             return
@@ -296,7 +379,8 @@ def _kind(document: dict[Any, Any], error: _Report) -> Kind | None:
         kind = Kind(kind_text)
     except ValueError:
         supported = ", ".join(f"{v} {k}" for k, v in API_VERSIONS.items())
-        error("kind", f"unsupported kind {api_version} {kind_text} (supported: {supported})")
+        hint = did_you_mean(str(kind_text), [k.value for k in Kind])
+        error("kind", f"unsupported kind {api_version} {kind_text}{hint} (supported: {supported})")
         return None
     if api_version != API_VERSIONS[kind]:
         error("apiVersion", f"{kind} belongs to apiVersion {API_VERSIONS[kind]}, not {api_version}")
@@ -344,7 +428,7 @@ def _metadata(metadata: object, kind: Kind | None, error: _Report) -> tuple[str 
             error(f"metadata.{map_name}", "must be a mapping of strings to strings")
     allowed = _SERVER_METADATA | {"name", "namespace", "labels", "annotations"}
     for unknown in sorted(set(map(str, metadata)) - allowed):
-        error(field("metadata", unknown), "unsupported field")
+        error(field("metadata", unknown), "unsupported field" + did_you_mean(unknown, allowed))
     return valid_name, valid_namespace
 
 
@@ -457,12 +541,12 @@ def _schema_errors(exc: ValidationError, prefix: str, error: _Report, label: str
             message = (
                 "unsupported by l7gate (a Cilium feature l7gate does not implement)"
                 if known
-                else "unsupported field"
+                else "unsupported field" + did_you_mean(str(last), _field_names(loc[:-1]))
             )
         elif item["type"] == "missing":
             message = "required field missing"
         else:
-            message = str(item["msg"])
+            message = _plain_message(item, loc)
         merged.setdefault(path, [])
         if message not in merged[path]:
             merged[path].append(message)
@@ -471,10 +555,112 @@ def _schema_errors(exc: ValidationError, prefix: str, error: _Report, label: str
 
 
 def _join(messages: list[str]) -> str:
-    """One message for the alternatives of a union (``int | str``): "... a valid integer or string"."""
+    """One message for the alternatives of a union (``int | str``): "must be an integer or a string"."""
     if len(messages) == 1:
         return messages[0]
-    lead = "Input should be a valid "
+    lead = "must be "
     if all(m.startswith(lead) for m in messages):
-        return lead + " or ".join(m.removeprefix(lead) for m in messages)
+        return lead + " or ".join(dict.fromkeys(m.removeprefix(lead) for m in messages))
     return "; ".join(messages)
+
+
+def did_you_mean(text: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate, or ``""``."""
+    close = difflib.get_close_matches(text, sorted(candidates), n=1, cutoff=0.6)
+    if not close:
+        lowered = {c.lower(): c for c in candidates}
+        close = [lowered[text.lower()]] if text.lower() in lowered else []
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# ---------------------------------------------------------------------- schema errors in plain words
+_ELEMENT_WORDS = {
+    "IngressRule": "ingress rules",
+    "EgressRule": "egress rules",
+    "PortRule": "port rules",
+    "PortProtocol": "ports",
+    "EndpointSelector": "endpoint selectors",
+    "CIDRRule": "CIDR rules",
+    "HTTPRule": "HTTP rules",
+    "DNSRule": "DNS rules",
+    "FQDNSelector": "FQDN selectors",
+    "ICMPRule": "ICMP rules",
+    "ICMPField": "ICMP fields",
+    "Service": "services",
+    "HeaderMatch": "header matches",
+    "LabelSelectorRequirement": "label selector requirements",
+    "str": "strings",
+    "int": "integers",
+}
+_TYPE_WORDS = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The types an annotation allows (``X | None`` → [X])."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return [a for arg in typing.get_args(annotation) if arg is not type(None) for a in _unwrap(arg)]
+    return [annotation]
+
+
+def _field_at(loc: Sequence[int | str]) -> Any:
+    """The annotation of the rule field at ``loc`` (document spelling), or None when unknown."""
+    current: Any = Rule
+    for part in loc:
+        if isinstance(part, int):
+            nxt = None
+            for option in _unwrap(current):
+                if typing.get_origin(option) in (tuple, list):
+                    nxt = typing.get_args(option)[0]
+            current = nxt
+        else:
+            nxt = None
+            for option in _unwrap(current):
+                if isinstance(option, type) and issubclass(option, BaseModel):
+                    for name, info in option.model_fields.items():
+                        if part in (info.alias, name):
+                            nxt = info.annotation
+            current = nxt
+        if current is None:
+            return None
+    return current
+
+
+def _field_names(loc: Sequence[int | str]) -> list[str]:
+    """The fields the object at ``loc`` may have (their document spelling)."""
+    out: list[str] = []
+    for option in _unwrap(_field_at(loc)):
+        if isinstance(option, type) and issubclass(option, BaseModel):
+            out += [info.alias or name for name, info in option.model_fields.items()]
+    return out
+
+
+def _plain_message(item: Any, loc: Sequence[int | str]) -> str:
+    """A pydantic error in the words of the policy reference ("must be a list of egress rules")."""
+    kind = item["type"]
+    if kind in ("tuple_type", "list_type"):
+        element = None
+        for option in _unwrap(_field_at(loc)):
+            if typing.get_origin(option) in (tuple, list):
+                element = typing.get_args(option)[0]
+        name = getattr(element, "__name__", "")
+        words = _ELEMENT_WORDS.get(name)
+        return f"must be a list of {words}" if words else "must be a list"
+    if kind in _TYPE_WORDS:
+        return f"must be {_TYPE_WORDS[kind]}"
+    if kind == "enum":
+        expected = (item.get("ctx") or {}).get("expected")
+        return f"must be one of {expected}" if expected else str(item["msg"])
+    return str(item["msg"])

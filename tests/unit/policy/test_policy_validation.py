@@ -232,7 +232,7 @@ CASES: list[tuple[str, str, str, str]] = [
         "label-value-int",
         "endpointSelector:\n  matchLabels: {app: 1}",
         "spec.endpointSelector.matchLabels[app]",
-        "valid string",
+        "must be a string",
     ),
     (
         "expr-value",
@@ -513,7 +513,7 @@ CASES: list[tuple[str, str, str, str]] = [
         "default-deny-type",
         EP + "enableDefaultDeny: {ingress: maybe}",
         "spec.enableDefaultDeny.ingress",
-        "boolean",
+        "true or false",
     ),
 ]
 
