@@ -48,7 +48,7 @@ from tests.bench.common import Figure, Options, sh, stop
 NAME = "http"
 RATIO_TARGET = 0.9
 CHANGE_TARGET_MS = 100.0
-PLAIN_PORT = 18080
+PLAIN_PORT = 28080  # outside the proxy port range: pods may not reach those on a node address
 BODY = "hello from the backend\n"
 BACKEND_PY = Path(__file__).resolve().parents[1] / "xds" / "backend.py"
 
