@@ -69,6 +69,8 @@ class Applier:
         self.by_ip: dict[IPNetwork, int] = {}  # local endpoint IP → endpoint id
         self.seen: dict[str, tuple[tuple[str, ...], bool]] = {}  # local endpoint → (IPs, audit)
         self.ports_assigned = False  # a new proxy port was assigned in the last step
+        self._ifindexes_in: Mapping[str, int] | None = None  # the last step's arguments, by identity
+        self._audited_in: AbstractSet[str] | None = None
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -110,11 +112,13 @@ class Applier:
         endpoints = self.engine.endpoints
         delta = Delta()
         touched = set(changes.endpoints)
-        for key in endpoints.keys() | self.ifindexes.keys():
-            if ifindexes.get(key) != self.ifindexes.get(key) or (key in audited) != (key in self.audited):
-                touched.add(key)
-        self.ifindexes = {k: i for k, i in ifindexes.items() if k in endpoints}
-        self.audited = frozenset(audited)
+        if ifindexes is not self._ifindexes_in or audited is not self._audited_in or changes.endpoints:
+            for key in endpoints.keys() | self.ifindexes.keys():
+                if ifindexes.get(key) != self.ifindexes.get(key) or (key in audited) != (key in self.audited):
+                    touched.add(key)
+            self.ifindexes = {k: i for k, i in ifindexes.items() if k in endpoints}
+            self.audited = frozenset(audited)
+            self._ifindexes_in, self._audited_in = ifindexes, audited
         prefixes: set[str] = set(changes.ipcache)
         unions_before = {k: self.ep_unions.get(k) for k in touched}
         for key in touched:

@@ -287,8 +287,10 @@ class DnsService:
         ips = tuple((ip, ttl) for ip, ttl in ips if not engine.is_managed(ip))
         if not ips:
             return
-        self.cache.add(qname, ips, time.time())
-        changed = [ip for ip, _ in ips] + self.cache.take_evicted()
+        changed = self.cache.add(qname, ips, time.time()) + self.cache.take_evicted()
+        if not changed:  # every address was already credited to the name: nothing to write
+            self._done(started, "fast")
+            return
         touched = self._host.learn({ip: self.cache.names_of(ip) for ip in changed}, f"DNS answer for {qname}")
         self._done(started, "slow" if touched else "fast")
 

@@ -435,9 +435,11 @@ class Agent:
             services = services or delta.unions_changed or delta.endpoints_changed
         if self.applier.ports_assigned:
             self.ports.save(self._ports_path)
-        view = AppliedView(
-            self.generation + 1, self.applier.local(), file, self.applier.unions, self.ports.ports
-        )
+        view = self._view
+        if services or view is None or view.endpoints is not file:
+            view = AppliedView(
+                self.generation + 1, self.applier.local(), file, self.applier.unions, self.ports.ports
+            )
         if services:
             for service in self.services:
                 service.prepare(view)
