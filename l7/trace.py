@@ -6,11 +6,16 @@
                               ──► Resolver ──► decide(source, egress) ─┬─► L7: HTTP request / DNS name
                                            ──► decide(dest, ingress) ──┘    against the merged rules
 
-HTTP rules are evaluated the way Envoy does: method, path (query string included) and host are RE2
-regexes matched against the whole value; host ignores case, port and a trailing dot; ``headers``
-entries are an exact value or presence, names case-insensitive; a ``headerMatches`` mismatch passes
-when the entry has a ``mismatch`` action and fails without one. Secrets cannot be read offline: a
-``headerMatches`` entry with a secret and no ``mismatch`` action cannot match (the trace says so).
+HTTP rules are evaluated the way the node's Envoy evaluates the translator's routes
+(tests/security/test_trace_parity.py sends the same requests through a real Envoy and through
+:func:`evaluate_rules`): CONNECT and ambiguous paths (:data:`l7.policy.regex.AMBIGUOUS_PATH`) are refused
+before any rule; method, path (query string included) and host are RE2 regexes matched against the whole
+value, the path as Envoy normalises it (:func:`envoy_path`), the host with the translator's own regex
+(:func:`l7.policy.regex.envoy_host_regex`); ``headers`` entries are an exact value or presence, names
+case-insensitive, a repeated header joined into one value first (:func:`joined_headers`); a
+``headerMatches`` mismatch passes when the entry has a ``mismatch`` action and fails without one. Secrets
+cannot be read offline: a ``headerMatches`` entry with a secret and no ``mismatch`` action cannot match
+(the trace says so).
 
 ``--to`` is an endpoint (``NAME`` or ``NAMESPACE/NAME``), a node name (``host`` from its own node, its
 node-labels identity from the others), a Service (``NAMESPACE/NAME``, or ``NAME`` in the source's
@@ -38,6 +43,7 @@ from l7.policy import model
 from l7.policy.documents import Policy
 from l7.policy.fqdn import NameMatcher
 from l7.policy.headers import parse_header
+from l7.policy.regex import AMBIGUOUS_PATH, envoy_host_regex
 from l7.resolve import (
     Decision,
     Direction,
@@ -157,32 +163,83 @@ def _full(pattern: str, value: str, *, ignore_case: bool = False) -> bool:
         return False
 
 
-def normalize_host(host: str) -> str:
-    """Lower case, without port and trailing dot (``Example.COM.:8080`` → ``example.com``)."""
-    text = host.strip().lower()
-    if text.startswith("[") and "]" in text:
-        text = text[1 : text.find("]")]
-    elif text.count(":") == 1:
-        text = text.partition(":")[0]
-    return text.rstrip(".")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def _decode_unreserved(match: re.Match[str]) -> str:
+    char = chr(int(match.group(1), 16))
+    return char if char in _UNRESERVED else match.group(0)
+
+
+def _remove_dot_segments(path: str) -> str:
+    out: list[str] = []
+    segments = path.split("/")[1:]
+    for k, segment in enumerate(segments):
+        last = k == len(segments) - 1
+        if segment == ".":
+            if last:
+                out.append("")
+        elif segment == "..":
+            if out:
+                out.pop()
+            if last:
+                out.append("")
+        else:
+            out.append(segment)
+    return "/" + "/".join(out)
+
+
+def envoy_path(target: str) -> str:
+    """The ``:path`` Envoy's listener matches and forwards for the request target ``target``: escaped
+    slashes unescaped (``%2F`` → ``/``, ``%5C`` → ``\\``), then normalised (RFC 3986: ``%XX`` of an
+    unreserved character decoded, ``\\`` read as ``/``, ``.`` and ``..`` segments resolved), then
+    repeated slashes merged. The query string is left as it is."""
+    path, question, query = target.partition("?")
+    path = re.sub(r"%2[fF]", "/", path)
+    path = re.sub(r"%5[cC]", "\\\\", path)
+    path = _ESCAPE.sub(_decode_unreserved, path).replace("\\", "/")
+    path = re.sub("/{2,}", "/", _remove_dot_segments(path if path.startswith("/") else "/" + path))
+    return path + question + query
+
+
+def joined_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The request's headers as Envoy's routes see them: names in lower case, values without surrounding
+    white space, a header sent more than once joined into one value (``,``; ``cookie``: ``; ``)."""
+    values: dict[str, list[str]] = {}
+    for name, value in headers:
+        values.setdefault(name.strip().lower(), []).append(value.strip(" \t"))
+    return {name: ("; " if name == "cookie" else ",").join(v) for name, v in values.items()}
+
+
+def refusal(request: HTTPRequest) -> str | None:
+    """Why Envoy refuses ``request`` before any rule is looked at (403), or None."""
+    if request.method == "CONNECT":
+        return "CONNECT is always denied"
+    path = envoy_path(request.path).partition("?")[0]
+    if _full(AMBIGUOUS_PATH, path):
+        return (
+            f"path {path}: a ';', an encoded ';' or a double-encoded '.', '/', '\\' or ';' is always denied "
+            "(backends may resolve it to another path than the one checked)"
+        )
+    return None
 
 
 def http_rule_matches(rule: model.HTTPRule, request: HTTPRequest) -> tuple[bool, tuple[str, ...]]:
-    """Whether one HTTP rule allows ``request``, with notes on what could not be evaluated."""
+    """Whether one HTTP rule allows ``request``, with notes on what could not be evaluated. The rule is
+    matched as Envoy matches the translator's route (see :func:`envoy_path`, :func:`joined_headers`)."""
     notes: list[str] = []
     if rule.method and not _full(rule.method, request.method):
         return False, ()
-    if rule.path and not _full(rule.path, request.path):
+    if rule.path and not _full(rule.path, envoy_path(request.path)):
         return False, ()
-    if rule.host and not _full(rule.host, normalize_host(request.host or ""), ignore_case=True):
+    if rule.host and not _full(envoy_host_regex(rule.host), (request.host or "").strip()):
         return False, ()
-    headers: dict[str, list[str]] = {}
-    for name, value in request.headers:
-        headers.setdefault(name.lower(), []).append(value)
+    headers = joined_headers(request.headers)
     for entry in rule.headers or ():
         wanted, expected = parse_header(entry)
         present = headers.get(wanted.lower())
-        if present is None or (expected is not None and expected not in present):
+        if present is None or (expected is not None and expected != present):
             return False, ()
     for match in rule.header_matches or ():
         present = headers.get(match.name.lower())
@@ -197,12 +254,31 @@ def http_rule_matches(rule: model.HTTPRule, request: HTTPRequest) -> tuple[bool,
                 f"header {match.name}: secret {secret} not checked offline; mismatch {match.mismatch}"
             )
             continue
-        ok = present is not None and (match.value is None or match.value in present)
+        ok = present is not None and (match.value is None or match.value == present)
         if not ok:
             if match.mismatch is None:
                 return False, ()
             notes.append(f"header {match.name} mismatch: action {match.mismatch} (request passes)")
     return True, tuple(notes)
+
+
+def evaluate_rules(
+    rules: Sequence[model.HTTPRule], request: HTTPRequest
+) -> tuple[int | None, tuple[str, ...]]:
+    """Envoy's verdict on ``request`` for the routes of one rule set: the index of the first rule that
+    allows it (``-1``: the set is empty and allows every request), or None (``403``), with notes."""
+    refused = refusal(request)
+    if refused is not None:
+        return None, (refused,)
+    if not rules:
+        return -1, ()
+    notes: list[str] = []
+    for k, rule in enumerate(rules):
+        ok, why = http_rule_matches(rule, request)
+        notes += why
+        if ok:
+            return k, tuple(notes)
+    return None, tuple(notes)
 
 
 def dns_rule_matches(rule: model.DNSRule, name: str) -> bool:
@@ -217,14 +293,14 @@ def evaluate_http(entries: Sequence[Entry], request: HTTPRequest) -> L7Result:
     notes: list[str] = []
     for entry in entries:
         assert entry.l7 is not None
-        for k, rule in enumerate(entry.l7.http):
-            ok, why = http_rule_matches(rule, request)
-            notes += why
-            if ok:
-                return L7Result(
-                    True, f"{entry.origin.path}.rules.http[{k}]", entry.origin.policy, tuple(notes)
-                )
-    return L7Result(False, None, None, tuple(notes))
+        index, why = evaluate_rules(entry.l7.http, request)
+        notes += why
+        if index is not None:
+            rule = f"{entry.origin.path}.rules.http" + (f"[{index}]" if index >= 0 else "")
+            return L7Result(True, rule, entry.origin.policy, tuple(notes))
+        if refusal(request) is not None:
+            break
+    return L7Result(False, None, None, tuple(dict.fromkeys(notes)))
 
 
 def evaluate_dns(entries: Sequence[Entry], name: str) -> L7Result:

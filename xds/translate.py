@@ -70,6 +70,7 @@ from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2  # t
 
 from l7.policy.headers import parse_header
 from l7.policy.model import HeaderMatch, HTTPRule, Mismatch
+from l7.policy.regex import AMBIGUOUS_PATH, envoy_host_regex
 from xds import resources as rt
 from xds.errors import TranslationError
 from xds.snapshot import Encoder, Resource, Snapshot
@@ -82,18 +83,8 @@ SO_MARK_LEVEL = 1  # SOL_SOCKET
 SO_MARK_NAME = 36  # SO_MARK
 MAX_CONDITIONAL_MISMATCHES = 4  # ADD/DELETE headerMatches per rule: 2**n routes
 DENY_DELAY_MS = 1  # a deny is answered in a later event than the response before it (see the docstring)
+host_regex = envoy_host_regex  # the :authority regex of a host rule; policy trace matches the same one
 
-#: Paths that common backends resolve to another path than the one Envoy checked, refused before any
-#: rule is looked at (RouteMatch.safe_regex: the whole path without the query, after Envoy's
-#: normalisation, which already resolved ``.``/``..``, decoded ``%2e`` and unescaped ``%2F``/``%5C``):
-#:
-#: - any ``;``: Tomcat, Jetty and Spring drop ``;parameters`` from each segment, so ``/public/..;x/admin``
-#:   is ``/admin`` to them and ``/api/secret;.json`` (allowed by a rule ``/api/.*\\.json``) is
-#:   ``/api/secret``;
-#: - an encoded ``;`` (``%3B``): Spring decodes before it drops parameters (``/public/..%3Bx/admin``);
-#: - double-encoded ``.``, ``/``, ``\\`` or ``;`` (``%252e``, ``%252f``, ``%255c``, ``%253b``), for backends
-#:   that decode twice.
-AMBIGUOUS_PATH = r".*(?:;|%3[bB]|%25(?:2[eEfF]|5[cC]|3[bB])).*"
 
 #: Joins every header sent more than once into one field before the routes see the request (and clears
 #: the route cache, so the routes match the joined value); the backend receives that one field.
@@ -210,14 +201,6 @@ def _set_header(matcher: rc.HeaderMatcher, cond: _Cond) -> None:
         matcher.invert_match = True
         if kind == "exact":
             matcher.treat_missing_header_as_empty = True
-
-
-def host_regex(host: str) -> str:
-    """The ``:authority`` regex for a host pattern: any case, optional trailing dot and port."""
-    core = host.removeprefix("^")
-    if core.endswith("$") and not core.endswith("\\$"):
-        core = core[:-1]
-    return rf"(?i:{core})\.?(?::[0-9]+)?"
 
 
 def _equal(name: str, value: str | None) -> _Cond:

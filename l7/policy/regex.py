@@ -18,9 +18,23 @@ MAX_PROGRAM_SIZE = 100
 HTTP policy, for *every* policy on it), so validation rejects it first. ``/[a-z]{0,50}`` is 105."""
 
 
+#: Paths that common backends resolve to another path than the one Envoy checked; the translator refuses
+#: them before any rule is looked at (a route whose ``safe_regex`` is matched against the path without the
+#: query, after Envoy's normalisation, which already resolved ``.``/``..``, decoded ``%2e`` and unescaped
+#: ``%2F``/``%5C``), and ``policy trace`` refuses them too:
+#:
+#: - any ``;``: Tomcat, Jetty and Spring drop ``;parameters`` from each segment, so ``/public/..;x/admin``
+#:   is ``/admin`` to them and ``/api/secret;.json`` (allowed by a rule ``/api/.*\\.json``) is
+#:   ``/api/secret``;
+#: - an encoded ``;`` (``%3B``): Spring decodes before it drops parameters (``/public/..%3Bx/admin``);
+#: - double-encoded ``.``, ``/``, ``\\`` or ``;`` (``%252e``, ``%252f``, ``%255c``, ``%253b``), for backends
+#:   that decode twice.
+AMBIGUOUS_PATH = r".*(?:;|%3[bB]|%25(?:2[eEfF]|5[cC]|3[bB])).*"
+
+
 def envoy_host_regex(host: str) -> str:
-    """The ``:authority`` regex Envoy gets for a ``host`` rule: the same wrapping as
-    ``xds.translate.host_regex`` (tests/security/test_fuzz_policy.py checks that they agree)."""
+    """The ``:authority`` regex Envoy gets for a ``host`` rule (the translator's routes and ``policy trace``
+    both use it): any case, an optional trailing dot and an optional ``:port``."""
     core = host.removeprefix("^")
     if core.endswith("$") and not core.endswith("\\$"):
         core = core[:-1]
