@@ -7,6 +7,7 @@
     <state-dir>/flows-<node>-dns.jsonl    the DNS proxy's query events                   ─┘        │
                                                                                                    ▼
     endpoints file (pods, nodes, world names) + DNS answers (ip → qname) ──► Names ──► Flow.src/dst names
+    the applied policy set (l7.flow_decisions, at read time) ──► Flow.direction/decision/decided_by
 
 Every parser is a pure function of one JSON object (malformed lines are skipped by the reader, never
 fatal). :class:`FlowReader` reads all files of a state directory, follows them (``follow``) across
@@ -16,6 +17,7 @@ size-capped rotation (``.1``), and hands out flows in time order.
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import ipaddress
 import json
 import re
@@ -74,18 +76,40 @@ class Flow:
     dns_qtype: str = ""
     dns_rcode: str = ""
     dns_ips: tuple[str, ...] = field(default_factory=tuple)
+    # ingress | egress: whose policy decided (egress of the source, ingress of the destination)
+    direction: str = ""
+    # what decided, from the applied policy set (l7.flow_decisions): allow-rule, deny-rule, l7,
+    # default-deny, no-policy, default-allow; ``decided_by``: "policy field-path" of the deciding rules
+    # (for a default deny: the policies that put the endpoint in default deny)
+    decision: str = ""
+    decided_by: tuple[str, ...] = field(default_factory=tuple)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["dns_ips"] = list(self.dns_ips)
+        out["decided_by"] = list(self.decided_by)
         return {k: v for k, v in out.items() if v not in ("", None, [])}
+
+    @property
+    def redirected(self) -> bool:
+        """An L3/L4 flow the datapath sent to a proxy (Envoy or the DNS proxy)."""
+        return self.reason.startswith("to-proxy")
 
     def touches(self, pod: str) -> bool:
         """Whether ``pod`` ("name" or "ns/name") is the source or the destination."""
-        for name in (self.src, self.dst):
-            if name == pod or ("/" not in pod and name.endswith(f"/{pod}")):
-                return True
+        return _is_pod(self.src, pod) or _is_pod(self.dst, pod)
+
+
+def _is_pod(name: str, pod: str, prefix: bool = False) -> bool:
+    """``name`` ("ns/name") is ``pod`` ("name" or "ns/name"; ``prefix``: a pod name prefix as in
+    ``hubble observe --from-pod``)."""
+    if "/" not in name or name.startswith(("node:", "world:")):
         return False
+    ns, _, pod_name = name.partition("/")
+    want_ns, _, want = pod.rpartition("/")
+    if want_ns and want_ns != ns:
+        return False
+    return pod_name.startswith(want) if prefix else pod_name == want
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -118,6 +142,8 @@ def parse_l3l4(obj: Mapping[str, Any], node: str) -> Flow:
     if reason in ("", "NONE"):
         reason = "policy" if v == "allowed" else reason
     proto = _int(obj.get("proto")) or 0
+    hook = str(obj.get("hook") or "")
+    direction = "egress" if hook == "from_lxc" else ("ingress" if hook in ("to_lxc", "from_uplink") else "")
     return Flow(
         time=float(obj.get("time", 0.0)),
         node=node,
@@ -131,6 +157,7 @@ def parse_l3l4(obj: Mapping[str, Any], node: str) -> Flow:
         dst_port=_int(obj.get("dport")) or 0,
         src_identity=_int(obj.get("src_identity")),
         dst_identity=_int(obj.get("dst_identity")),
+        direction=direction,
     )
 
 
@@ -197,6 +224,7 @@ def parse_dns(obj: Mapping[str, Any], node: str) -> Flow:
         dns_qtype=QTYPES.get(qtype, str(qtype)),
         dns_rcode="dropped" if rcode == -1 else RCODES.get(rcode or 0, str(rcode)),
         dns_ips=ips,
+        direction="egress",  # the DNS proxy sees a pod's queries: its egress
     )
 
 
@@ -219,10 +247,13 @@ class Names:
     def __init__(self, endpoints: Mapping[str, Any] | None = None) -> None:
         self.static: dict[str, str] = {}
         self.learned: dict[str, str] = {}
+        self.labels: dict[str, dict[str, str]] = {}  # "ns/name" → the endpoint's labels
         if endpoints:
             for ep in endpoints.get("endpoints") or ():
+                key = f"{ep.get('namespace', 'default')}/{ep.get('name')}"
+                self.labels[key] = {str(k): str(v) for k, v in (ep.get("labels") or {}).items()}
                 for ip in ep.get("ips") or ():
-                    self.static[_norm(ip)] = f"{ep.get('namespace', 'default')}/{ep.get('name')}"
+                    self.static[_norm(ip)] = key
             for node in endpoints.get("nodes") or ():
                 for ip in node.get("ips") or ():
                     self.static[_norm(ip)] = f"node:{node.get('name')}"
@@ -232,10 +263,14 @@ class Names:
 
     @classmethod
     def load(cls, path: Path) -> Names:
+        """From an endpoints file, JSON (a lab's ``endpoints.json``) or YAML; empty when unreadable."""
+        import yaml
+
         try:
-            return cls(json.loads(path.read_text()))
-        except (OSError, ValueError):
+            data = yaml.safe_load(path.read_text())
+        except (OSError, ValueError, yaml.YAMLError):
             return cls()
+        return cls(data) if isinstance(data, dict) else cls()
 
     def learn(self, flow: Flow) -> None:
         if flow.type == "dns" and flow.dns_qname:
@@ -349,6 +384,101 @@ class FlowReader:
         return out
 
 
+#: ``--verdict`` words: hubble's (forwarded, dropped, redirected) besides l7gate's own.
+VERDICT_ALIASES = {"forwarded": "allowed", "dropped": "denied"}
+
+
+@dataclass(frozen=True)
+class Filter:
+    """``hubble observe``'s filters; every one given must match (a flow matches an empty filter).
+
+    ``pod``: source or destination ("name" or "ns/name"); ``from_pod``/``to_pod``: a pod name prefix,
+    ``[namespace/]name``; ``namespace``: source or destination namespace; ``labels``: ``key=value`` or
+    ``key`` on the source or destination endpoint; ``since``/``until``: unix times; ``port``: source or
+    destination port; ``http_status``: ``403`` or ``4+``; ``http_path``: a regex (searched);
+    ``fqdn``: a DNS name pattern (``*.github.com``) of the query, the source or the destination;
+    ``verdict``: allowed, denied, audit, redirected (or hubble's forwarded, dropped)."""
+
+    pod: str | None = None
+    from_pod: str | None = None
+    to_pod: str | None = None
+    namespace: str | None = None
+    labels: tuple[str, ...] = ()
+    since: float | None = None
+    until: float | None = None
+    port: int | None = None
+    http_status: str | None = None
+    http_path: str | None = None
+    fqdn: str | None = None
+    verdict: str | None = None
+    type: str | None = None
+
+    def matches(self, flow: Flow, names: Names | None = None) -> bool:
+        if self.type and flow.type != self.type:
+            return False
+        if self.verdict:
+            want = VERDICT_ALIASES.get(self.verdict, self.verdict)
+            if want == "redirected":
+                if not flow.redirected:
+                    return False
+            elif flow.verdict != want:
+                return False
+        if self.since is not None and flow.time < self.since:
+            return False
+        if self.until is not None and flow.time > self.until:
+            return False
+        if self.pod and not flow.touches(self.pod):
+            return False
+        if self.from_pod and not _is_pod(flow.src, self.from_pod, prefix=True):
+            return False
+        if self.to_pod and not _is_pod(flow.dst, self.to_pod, prefix=True):
+            return False
+        if self.namespace and not any(
+            _is_pod(n, f"{self.namespace}/", prefix=True) for n in (flow.src, flow.dst)
+        ):
+            return False
+        if self.port is not None and self.port not in (flow.src_port, flow.dst_port):
+            return False
+        if self.http_status and not _status_matches(flow.http_status, self.http_status):
+            return False
+        if self.http_path and (flow.type != "http" or not re.search(self.http_path, flow.http_path)):
+            return False
+        if self.fqdn and not _fqdn_matches(flow, self.fqdn):
+            return False
+        return not self.labels or _labels_match(flow, self.labels, names)
+
+
+def _status_matches(status: int | None, want: str) -> bool:
+    if status is None:
+        return False
+    if want.endswith("+"):
+        return str(status).startswith(want[:-1])
+    return str(status) == want
+
+
+def _fqdn_matches(flow: Flow, pattern: str) -> bool:
+    pattern = pattern.lower().rstrip(".")
+    candidates = [flow.dns_qname, flow.src, flow.dst, flow.http_host.split(":")[0]]
+    return any(c and fnmatch.fnmatchcase(c.lower().rstrip("."), pattern) for c in candidates)
+
+
+def _labels_match(flow: Flow, wanted: tuple[str, ...], names: Names | None) -> bool:
+    if names is None:
+        return False
+    for endpoint in (flow.src, flow.dst):
+        labels = names.labels.get(endpoint)
+        if labels is None:
+            continue
+        ok = True
+        for item in wanted:
+            k, eq, v = item.partition("=")
+            if k not in labels or (eq and labels[k] != v):
+                ok = False
+        if ok:
+            return True
+    return False
+
+
 def select(
     flows: Iterable[Flow],
     *,
@@ -356,14 +486,8 @@ def select(
     verdict: str | None = None,
     type: str | None = None,
 ) -> Iterator[Flow]:
-    for flow in flows:
-        if pod and not flow.touches(pod):
-            continue
-        if verdict and flow.verdict != verdict:
-            continue
-        if type and flow.type != type:
-            continue
-        yield flow
+    wanted = Filter(pod=pod, verdict=verdict, type=type)
+    return (flow for flow in flows if wanted.matches(flow))
 
 
 FLOW_LOG_MAX_BYTES = 64 << 20

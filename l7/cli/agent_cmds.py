@@ -95,9 +95,13 @@ def agent_cmd(  # noqa: PLR0917  (typer options)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    for path, option in ((policies, "--policies"), (endpoints, "--endpoints")):
+        if path is not None and not path.exists():
+            typer.echo(f"error: {option} {path}: no such file or directory", err=True)
+            raise typer.Exit(2)
     if os.geteuid() != 0:
         typer.echo("error: the agent needs root (BPF, tc)", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(2)
     modes = sum((lab is not None, policies is not None or endpoints is not None, kubernetes))
     if modes > 1:
         typer.echo("error: give one of --lab, --policies/--endpoints, --kubernetes", err=True)
@@ -106,9 +110,9 @@ def agent_cmd(  # noqa: PLR0917  (typer options)
     if lab is not None:
         try:
             cfg = lab_config(lab, node, state_dir)
-        except (LabError, AgentError) as exc:
+        except (LabError, AgentError) as exc:  # no such lab or node: missing input
             typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(2) from None
         raise typer.Exit(run_agent(dataclasses.replace(cfg, audit=audit or cfg.audit)))
     state = (state_dir or DEFAULT_STATE_DIR).resolve()
     if kubernetes:

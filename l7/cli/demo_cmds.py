@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from l7.cli import app
+from l7.cli.common import EXIT_FAILURE, EXIT_USAGE, Output, OutputOpt, emit
 from l7.demo import (
     DEFAULT_SCENARIOS,
     DemoError,
@@ -26,11 +25,6 @@ from l7.demo import (
 from l7.lab import LabError
 
 DEMO_LAB = "l7gate-demo"
-
-
-class Output(StrEnum):
-    table = "table"
-    json = "json"
 
 
 def _table(report: DemoReport) -> Table:
@@ -65,12 +59,12 @@ def demo_cmd(
     scenarios: Annotated[
         Path, typer.Option("--scenarios", help="Scenario file (default: the seed documents' scenarios).")
     ] = DEFAULT_SCENARIOS,
-    name: Annotated[str, typer.Option("--name", "-n", help="Name of the lab the demo builds.")] = DEMO_LAB,
+    name: Annotated[str, typer.Option("--lab", "--name", help="Name of the lab the demo builds.")] = DEMO_LAB,
     keep: Annotated[bool, typer.Option("--keep", help="Leave the lab up afterwards.")] = False,
     only: Annotated[
         str | None, typer.Option("--only", help="Only scenarios whose name, pod or command contains this.")
     ] = None,
-    output: Annotated[Output, typer.Option("--output", "-o", help="table or json")] = Output.table,
+    output: OutputOpt = Output.table,
 ) -> None:
     """Build a lab, apply each seed policy set, run the seed documents' commands inside the pods and
     compare what they show with what they should. Exit status 1 if any scenario fails."""
@@ -78,16 +72,19 @@ def demo_cmd(
     if not console.is_terminal:  # a pipe or a file: wide enough for one line per row
         console = Console(width=max(console.width, 160))
     err = Console(stderr=True)
+    if not scenarios.is_file():
+        err.print(f"[red]error:[/red] --scenarios {scenarios}: no such file", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
     if os.geteuid() != 0:
         err.print("[red]error:[/red] the demo needs root (network namespaces, eBPF)")
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_USAGE)
     try:
         loaded = load_scenarios(scenarios)
     except ScenarioError as exc:
         err.print(f"[red]{exc.source}: invalid scenario file[/red]")
         for problem in exc.problems:
             err.print(f"  {problem}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_FAILURE) from None
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     live = output is Output.table
     try:
@@ -111,8 +108,8 @@ def demo_cmd(
         raise typer.Exit(1) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if output is Output.json:
-        print(json.dumps(report.as_dict(), indent=2))
+    if output is not Output.table:
+        emit(report.as_dict(), output)
     else:
         console.print(_table(report))
         for phase, note in report.notes.items():
@@ -124,6 +121,6 @@ def demo_cmd(
         )
         console.print(("[green]" if not failed else "[red]") + summary)
         if keep:
-            console.print(f"lab {name} is still up: `l7gate lab down --name {name}` removes it")
+            console.print(f"lab {name} is still up: `l7gate lab down --lab {name}` removes it")
     if not report.passed:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILURE)

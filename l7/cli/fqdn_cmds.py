@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from l7.cli import app
+from l7.cli.common import LabOpt, Output, OutputOpt, StateDirOpt, emit, node_source
 
 fqdn_app = typer.Typer(no_args_is_help=True, help="toFQDNs: the names and IPs learned from DNS.")
 app.add_typer(fqdn_app, name="fqdn")
@@ -38,7 +39,10 @@ def cache_rows(directory: Path, node: str | None = None) -> list[dict[str, Any]]
         this = path.stem.removeprefix("fqdn-cache-")
         if node is not None and this != node:
             continue
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # being rewritten, or not ours: the next read sees it
         selectors = data.get("selectors", {})
         for name, entries in sorted(data.get("names", {}).items()):
             for ip, ttl, learned, expires in entries:
@@ -59,17 +63,16 @@ def cache_rows(directory: Path, node: str | None = None) -> list[dict[str, Any]]
 
 @fqdn_app.command("cache")
 def cache_cmd(
-    lab: Annotated[str | None, typer.Option("--lab", help="The lab whose agents to read.")] = None,
+    lab: LabOpt = None,
     node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
-    state_dir: Annotated[
-        Path | None, typer.Option("--state-dir", help="An agent's state directory (files mode).")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON rows instead of a table.")] = False,
+    state_dir: StateDirOpt = None,
+    output: OutputOpt = Output.table,
+    as_json: Annotated[bool, typer.Option("--json", hidden=True, help="Same as -o json.")] = False,
 ) -> None:
     """Print the FQDN cache: name, IPs, TTL, time to expiry and the toFQDNs selectors it feeds."""
-    rows = cache_rows(_state_dir(lab, state_dir), node)
-    if as_json:
-        typer.echo(json.dumps(rows, indent=1))
+    rows = cache_rows(node_source(lab, state_dir).agent_dir, node)
+    if as_json or output is not Output.table:
+        emit(rows, Output.json if as_json else output)
         return
     table = Table("node", "name", "ip", "ttl", "expires in", "selectors")
     for r in rows:

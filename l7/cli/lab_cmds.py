@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from l7.cli import app
+from l7.cli.common import EXIT_FAILURE, EXIT_USAGE, Output, OutputOpt, emit
 from l7.lab import DEFAULT_LAB, Lab, LabError, TopologyError, down, list_labs
 
 lab_app = typer.Typer(no_args_is_help=True, help="Build and use a lab: nodes and pods as network namespaces.")
@@ -20,23 +20,37 @@ app.add_typer(lab_app, name="lab")
 console = Console()
 err = Console(stderr=True)
 
-NameOpt = Annotated[str, typer.Option("--name", "-n", help="The lab's name.")]
+# ``--lab`` like every other command; ``--name`` is kept as an alias (older scripts, the lab's messages).
+NameOpt = Annotated[str, typer.Option("--lab", "--name", help="The lab's name.")]
 
 
 def _fail(exc: Exception) -> typer.Exit:
+    """Exit 1 for an invalid topology or a failed step, 2 for a lab that does not exist."""
     if isinstance(exc, TopologyError):
         err.print(f"[red]{exc.source}: invalid topology[/red]")
         for issue in exc.issues:
             err.print(f"  {issue}", markup=False, highlight=False)
-    else:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-    return typer.Exit(1)
+        return typer.Exit(EXIT_FAILURE)
+    err.print(f"[red]error:[/red] {exc}", highlight=False)
+    return typer.Exit(EXIT_USAGE if _missing_input(exc) else EXIT_FAILURE)
+
+
+def _missing_input(exc: Exception) -> bool:
+    """A lab, pod or lab name that does not exist or is malformed (LabError has no subclass for it)."""
+    text = str(exc)
+    return text.startswith(("no lab named", "lab name ")) or ": no pod " in text or "is ambiguous" in text
 
 
 def _root() -> None:
     if os.geteuid() != 0:
         err.print("[red]error:[/red] the lab needs root (network namespaces)")
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_USAGE)
+
+
+def _exists(path: Path, what: str) -> None:
+    if not path.exists():
+        err.print(f"[red]error:[/red] {what} {path}: no such file or directory", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
 
 
 @lab_app.command("up")
@@ -48,6 +62,9 @@ def up_cmd(
     ] = None,
 ) -> None:
     """Build the lab and wait until its DNS and servers answer."""
+    _exists(topology, "topology")
+    if policies is not None:
+        _exists(policies, "--policies")
     _root()
     try:
         with console.status("building the lab") as status:
@@ -109,9 +126,11 @@ def _print_status(lab: Lab) -> None:
 @lab_app.command("status")
 def status_cmd(
     name: NameOpt = DEFAULT_LAB,
-    as_json: Annotated[bool, typer.Option("--json", help="The lab's endpoints as JSON.")] = False,
+    output: OutputOpt = Output.table,
+    as_json: Annotated[bool, typer.Option("--json", hidden=True, help="Same as -o json.")] = False,
 ) -> None:
-    """Nodes, pods, addresses and whether the lab's processes are alive."""
+    """Nodes, pods, addresses and whether the lab's processes are alive (-o json|yaml: the lab's
+    endpoints)."""
     try:
         lab = Lab.load(name)
     except LabError as exc:
@@ -119,8 +138,8 @@ def status_cmd(
         if others:
             err.print(f"labs: {', '.join(others)}")
         raise _fail(exc) from None
-    if as_json:
-        print(json.dumps(lab.endpoints(), indent=2))
+    if as_json or output is not Output.table:
+        emit(lab.endpoints(), Output.json if as_json else output)
         return
     _print_status(lab)
 
@@ -153,6 +172,7 @@ def apply_cmd(
     from l7.lab.lab import apply_policies
     from l7.policy.documents import PolicySourceError, load_paths
 
+    _exists(policies, "policies")
     _root()
     try:
         result = load_paths([policies])

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 import time
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -16,12 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from l7.cli import app
-from l7.lab.state import DEFAULT_LAB, check_name, load_state
-
-
-class Output(StrEnum):
-    table = "table"
-    json = "json"
+from l7.cli.common import EXIT_FAILURE, LabOpt, Output, OutputOpt, StateDirOpt, emit, node_source
 
 
 def _alive(pid: object) -> bool:
@@ -155,31 +149,21 @@ def render(statuses: list[dict[str, Any]], policies: dict[str, Any] | None, cons
 
 
 @app.command("status")
-def status_cmd(
-    lab: Annotated[str | None, typer.Option("--lab", "-n", help="The lab (default: l7gate).")] = None,
-    state_dir: Annotated[
-        Path | None, typer.Option("--state-dir", help="A files-mode agent's state directory instead.")
-    ] = None,
-    output: Annotated[Output, typer.Option("--output", "-o", help="table or json")] = Output.table,
-) -> None:
+def status_cmd(lab: LabOpt = None, state_dir: StateDirOpt = None, output: OutputOpt = Output.table) -> None:
     """Node agents (pid, ready, generation, errors), Envoy (ACKed version, last NACK), DNS proxy,
-    datapath (programs attached, map usage) and the policy set (accepted, rejected with field paths)."""
+    datapath (programs attached, map usage) and the policy set (accepted, rejected with field paths).
+
+    Exit status 1 when an agent is down or not ready, 2 when the lab or state directory does not exist."""
     console = Console(highlight=False)
-    policies: dict[str, Any] | None = None
-    if state_dir is None:
-        name = check_name(lab or DEFAULT_LAB)
-        state = load_state(name)
-        if state is None:
-            Console(stderr=True).print(f"[red]error:[/red] no lab named {name!r}")
-            raise typer.Exit(1)
-        state_dir = state.directory / "agent"
-        policies = policy_report(state.directory / "policies")
+    source = node_source(lab, state_dir)
+    state_dir = source.agent_dir
+    policies = policy_report(source.policies) if source.policies is not None else None
     statuses = read_statuses(state_dir)
-    if output is Output.json:
-        print(json.dumps({"agents": statuses, "policies": policies}, indent=2, default=str))
+    if output is not Output.table:
+        emit({"agents": statuses, "policies": policies}, output)
     else:
         if not statuses:
             console.print(f"no agent status files in {state_dir}")
         render(statuses, policies, console)
     if not statuses or not all(st.get("alive") and st.get("ready") for st in statuses):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILURE)

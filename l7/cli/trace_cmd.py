@@ -1,17 +1,18 @@
 """``l7gate policy trace``: which rule allows or denies one flow or request, offline.
 
-Exit status: 0 when the flow is allowed, 1 when it is denied, 2 on usage or input errors.
+Exit status: 0 when the flow is allowed, 1 when it is denied or the policies do not validate, 2 on usage
+or input errors (a missing file, an unknown endpoint, a malformed port).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from l7.cli import policy_app
+from l7.cli.common import EXIT_FAILURE, EXIT_OK, Output, OutputOpt, emit
 from l7.endpoints import EndpointsError, load_endpoints
 from l7.policy.documents import PolicySourceError, load_paths
 from l7.trace import HTTPRequest, TraceError, parse_header_option, parse_port, trace
@@ -55,12 +56,10 @@ def trace_command(  # noqa: PLR0917
     node: Annotated[
         str | None, typer.Option("--node", help="The node whose view to take (default: the source's).")
     ] = None,
-    output: Annotated[str, typer.Option("--output", "-o", help="text or json.")] = "text",
+    output: OutputOpt = Output.table,
 ) -> None:
     """Trace a flow from an endpoint: the source's egress verdict, the destination's ingress verdict
     (when it is an endpoint) and, for redirected flows, the HTTP request or DNS query."""
-    if output not in ("text", "json"):
-        raise _fail("--output must be text or json")
     try:
         number, protocol = parse_port(port)
         headers = tuple(parse_header_option(h) for h in header or ())
@@ -72,15 +71,16 @@ def trace_command(  # noqa: PLR0917
         if loaded.errors:
             for error in loaded.errors:
                 typer.echo(str(error), err=True)
-            raise _fail(f"{len(loaded.errors)} policy error(s)")
+            typer.echo(f"error: {len(loaded.errors)} policy error(s)", err=True)
+            raise typer.Exit(EXIT_FAILURE)
         topology = load_endpoints(endpoints)
         result = trace(
             loaded.policies, topology, source, destination, number, protocol, http=request, dns=dns, node=node
         )
     except (TraceError, EndpointsError, PolicySourceError) as exc:
         raise _fail(str(exc)) from exc
-    if output == "json":
-        typer.echo(json.dumps(result.to_json(), indent=2))
-    else:
+    if output is Output.table:
         typer.echo(result.to_text())
-    raise typer.Exit(0 if result.allowed else 1)
+    else:
+        emit(result.to_json(), output)
+    raise typer.Exit(EXIT_OK if result.allowed else EXIT_FAILURE)

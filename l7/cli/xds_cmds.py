@@ -118,8 +118,13 @@ def serve_cmd(
     ] = None,
 ) -> None:
     """Serve the HTTP policy of the files over ADS (SotW and Delta) until interrupted."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from l7.cli.common import usage_error
     from l7.errors import L7GateError
+
+    for path, option in ((policies, "--policies"), (endpoints, "--endpoints")):
+        if not path.exists():
+            usage_error(f"{option} {path}: no such file or directory")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     inputs = Inputs(policies, endpoints, node)
     try:

@@ -48,7 +48,9 @@ def test_invalid_lists_every_error(tmp_path: Path) -> None:
     bad.write_text(GOOD + "---\n" + BAD)
     result = CliRunner().invoke(app, ["policy", "validate", str(bad)])
     assert result.exit_code == 1
+    # every document in document order: the valid first document's ok line, then the errors of the second
     assert result.stdout.splitlines() == [
+        f"ok  CiliumNetworkPolicy default/allow-public-from-prod  ({bad}#0)  2 rules",
         f"{bad}[1] (L7ClusterwideNetworkPolicy bad): spec.egress[0].toPorts[0].rules.http[0].path: "
         "invalid RE2 regex: invalid perl operator: (?!",
         f"{bad}[1] (L7ClusterwideNetworkPolicy bad): spec.egress[1].toEntities[0]: unknown entity 'mars' "
