@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
 from bpf.maps import DeviceKind, EndpointFlags, EndpointValue, IpcacheValue, endpoint_value
 from bpf.policy_entries import PolicyDecision, PolicyEntryKey, PolicyEntryValue, policy_entries
 from l7.plan import IPNetwork
@@ -9,6 +13,19 @@ from tests.unit.resolve.resolve_helpers import ENDPOINTS, REPO, SEEDS, policies,
 
 SEED_002_ENDPOINTS = ENDPOINTS / "seed-002.yaml"
 SEED_002_LAB = REPO / "deploy" / "lab" / "seed-002.yaml"
+T = TypeVar("T")
+
+
+def wait_for(what: str, check: Callable[[], T], timeout: float = 10.0, interval: float = 0.05) -> T:
+    """Poll ``check`` until it returns something truthy and return that; fail naming ``what`` at the
+    deadline (the tests wait on conditions, never for a fixed time)."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+    return value
+
 
 __all__ = [
     "REPO",
@@ -19,6 +36,7 @@ __all__ = [
     "policies",
     "seed_002",
     "seeds",
+    "wait_for",
 ]
 
 

@@ -26,6 +26,7 @@ from l7.lab import Lab, down, procs
 from l7.lab import agents as agent_lab
 from l7.lab.topology import parse_topology
 from l7.procs import Process
+from tests.agent.agent_helpers import wait_for
 from tests.agent.fqdn_helpers import (
     ANYIP,
     CURL_TIMEOUT,
@@ -151,10 +152,14 @@ def test_first_connection_never_fails(lab: Lab, tmp_path: Path) -> None:
     for failure in result["first"]:  # diagnosis: is the address allowed by now?
         print(f"again {failure}: {connect(lab, 'client-prod', failure[1])}")
     assert result["failed"] == 0 and result["ok"] == LOOKUPS and result["ips"] == LOOKUPS, result
-    time.sleep(1.0)  # the agent writes its status twice a second
-    status = agent_status(lab, CLIENT_NODE)["services"]["dns"]
+
+    def fast_writes() -> dict[str, Any] | None:  # the agent writes its status twice a second
+        dns: dict[str, Any] = agent_status(lab, CLIENT_NODE)["services"]["dns"]
+        return dns if dns["fast"] >= LOOKUPS - 100 else None
+
+    # the selector set's identity exists: direct writes
+    status = wait_for("the fast path counted in the agent's status", fast_writes)
     print(f"dns service on {CLIENT_NODE}: {status}")
-    assert status["fast"] >= LOOKUPS - 100, status  # the selector set's identity exists: direct writes
     # an address of the range no answer gave stays closed
     never = str(list(ANYIP.hosts())[LOOKUPS + 100])
     assert connect(lab, "client-prod", never) == "timeout"
@@ -165,7 +170,11 @@ def test_learned_addresses_survive_an_agent_restart(lab: Lab, tmp_path: Path) ->
     ip = str(list(ANYIP.hosts())[7])
     _rc, out = dig(lab, "client-prod", "+short", "h7.fresh.test")
     assert out.split() == [ip], out
-    time.sleep(1.5)  # the state file is saved about once a second
+    cache_file = agent_lab.agent_dir(lab.state) / f"fqdn-cache-{CLIENT_NODE}.json"
+    wait_for(  # the state file is saved about once a second
+        "h7.fresh.test in the saved FQDN cache",
+        lambda: cache_file.exists() and "h7.fresh.test" in json.loads(cache_file.read_text())["names"],
+    )
     record = agent_lab.agent_records(lab.state)[CLIENT_NODE]
     os.kill(record.pid, signal.SIGTERM)
     deadline = time.monotonic() + 15

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_helpers import REPO, SEED_002_LAB, SEEDS
+from agent_helpers import REPO, SEED_002_LAB, SEEDS, wait_for
 
 from l7.lab import Lab, down, procs
 from l7.lab import agents as agent_lab
@@ -189,14 +189,15 @@ def test_sigkill_keeps_enforcing_and_restart_adopts(lab: Lab, tmp_path: Path) ->
     flow = threading.Thread(target=traffic)
     flow.start()
     try:
-        time.sleep(0.5)
+        wait_for("requests before the kill", lambda: len(results) >= 3)
         rec = agent_lab.agent_records(lab.state)["k8s-w1"]
         os.kill(rec.pid, signal.SIGKILL)  # the agent this lab started (recorded pid)
         deadline = time.monotonic() + 5
         while procs.alive(rec) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert not procs.alive(rec)
-        time.sleep(1.0)
+        after = len(results)
+        wait_for("requests while no agent runs", lambda: len(results) >= after + 5)
     finally:
         stop.set()
         flow.join()

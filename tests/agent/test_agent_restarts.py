@@ -191,11 +191,11 @@ def test_agent_restarts_cut_nothing_allowed_and_open_nothing_denied(lab: Lab, tm
     client = _python(lab, "client-prod", CLIENT, service, webpod, str(stop))
     denied = _python(lab, "client-dev", DENIED, service, str(stop))
     try:
-        time.sleep(1.0)
+        time.sleep(1.0)  # under test: traffic flows (the clients count it) before the first restart
         restarts = []
         for node, sig in (("k8s-w1", signal.SIGKILL), ("k8s-w2", signal.SIGKILL), ("k8s-w1", signal.SIGTERM)):
             restarts.append((node, sig, _kill_and_restart(node, sig)))
-        time.sleep(1.0)
+        time.sleep(1.0)  # under test: traffic after the last restart is judged as before
         stop.touch()
         got = _result(client, 30)
         dev = _result(denied, 30)
@@ -220,15 +220,15 @@ def test_dns_queries_survive_agent_restarts(lab: Lab, tmp_path: Path) -> None:
     stop = tmp_path / "stop"
     load = _python(lab, "mediabot", QUERIES, server, str(stop))
     try:
-        time.sleep(1.0)
+        time.sleep(1.0)  # under test: queries flow (the client counts them) before the first restart
         restarts = []
         # mediabot's node: its DNS proxy restarts. Killed: queries queue in the kept sockets until the
         # next agent serves them (one in flight may need the second attempt). Graceful: none waits.
         restarts.append(("SIGKILL", _kill_and_restart("k8s-w2", signal.SIGKILL, downtime=0.0)))
-        time.sleep(1.0)
+        time.sleep(1.0)  # under test: queries flow between the two restarts
         _, seconds = agent_lab.restart_agent(NAME, "k8s-w2", graceful=True)
         restarts.append(("graceful", seconds))
-        time.sleep(1.0)
+        time.sleep(1.0)  # under test: queries flow after the graceful restart
         stop.touch()
         got = _result(load, 30)
     finally:
@@ -284,7 +284,7 @@ def test_envoy_killed_fails_closed_and_comes_back(lab: Lab, tmp_path: Path) -> N
     stop = tmp_path / "stop"
     client = _python(lab, "client-prod", THROUGH_ENVOY, lab.pod("service-pod").ips[0], str(stop))
     try:
-        time.sleep(1.0)
+        time.sleep(1.0)  # under test: requests flow (the client counts them) before Envoy is killed
         os.kill(record.pid, signal.SIGKILL)  # the Envoy the lab's agent started (PID + start time)
         deadline = time.monotonic() + 20
         while True:
@@ -293,7 +293,8 @@ def test_envoy_killed_fails_closed_and_comes_back(lab: Lab, tmp_path: Path) -> N
                 break
             assert time.monotonic() < deadline, "the agent did not restart Envoy"
             time.sleep(0.1)
-        time.sleep(3.0)  # requests succeed again once the new Envoy has its listeners
+        time.sleep(3.0)  # under test: requests succeed again once the new Envoy has its listeners (the client
+        # reports only at the end, so the test gives it this long with the new Envoy)
         stop.touch()
         got = _result(client, 30)
     finally:

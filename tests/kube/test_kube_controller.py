@@ -97,7 +97,7 @@ def test_policy_create_update_delete_and_status(server: FakeAPIServer, tmp_path:
 
         # no hot loop: once converged, nothing more is written
         before = len(server.patches)
-        time.sleep(0.6)
+        time.sleep(0.6)  # under test: nothing is written for a while (an absence cannot be polled for)
         assert len(server.patches) == before, server.patches[before:]
 
         server.delete("l7networkpolicies", "allow-web", "shop")
@@ -273,7 +273,7 @@ def test_cilium_policies_with_the_flag_and_no_status_on_them(server: FakeAPIServ
     with running_controller(server, on), running_agent(on) as agent:
         wait_for("the CNP file", lambda: "CiliumNetworkPolicy/shop/legacy.yaml" in policy_files(on))
         wait_for("applied", lambda: agent.ready)
-        time.sleep(0.3)
+        time.sleep(0.3)  # under test: no status patch follows (an absence cannot be polled for)
         assert not [p for p in server.patches if p[0] == "ciliumnetworkpolicies"]
         assert "status" not in server.get("ciliumnetworkpolicies", "legacy", "shop")
 
