@@ -79,10 +79,15 @@ def _views(
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    table = Table(*columns, title=title)
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*row)
-    Console(highlight=False).print(table)
+    console = Console(highlight=False)
+    if not console.is_terminal:  # a pipe or a file: wide enough that labels are not cut
+        console = Console(highlight=False, width=max(console.width, 160))
+    console.print(table)
 
 
 def _labels(labels: object) -> str:
