@@ -65,12 +65,10 @@ fi
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 [ -e "$site/bcc" ] || ln -sfn /usr/lib/python3/dist-packages/bcc "$site/bcc"
 
-# --- the repository first on sys.path: the xds-protos wheel also installs a top-level `xds`
-# package (the Envoy protos import xds.core...); ours must win, and it extends its __path__
-# with the wheel's folder so both resolve (see xds/__init__.py).
-first="import sys; sys.path.insert(0, '$repo')"
-[ "$(cat "$site/l7gate-repo-first.pth" 2>/dev/null)" = "$first" ] || echo "$first" >"$site/l7gate-repo-first.pth"
+# --- no path hack: our xDS package is `l7xds` (folder xds/l7xds), the xds-protos wheel keeps `xds`.
+# A venv made by an earlier version had a .pth putting the checkout first on sys.path: remove it.
+rm -f "$site/l7gate-repo-first.pth"
 
-(cd / && "$venv/bin/python" -c 'import bcc, l7, xds.server, xds.core.v3') || { echo "[setup] bcc or l7gate not importable" >&2; exit 1; }
+(cd / && "$venv/bin/python" -c 'import bcc, l7, l7xds.server, xds.core.v3') || { echo "[setup] bcc or l7gate not importable" >&2; exit 1; }
 "$venv/bin/envoy" --version >/dev/null || { echo "[setup] envoy does not run" >&2; exit 1; }
 say "ready ($("$venv/bin/envoy" --version 2>/dev/null | grep -o '1\.[0-9]*\.[0-9]*' | head -n1) envoy, $("$venv/bin/python" -V))"

@@ -3,7 +3,7 @@
 ::
 
     <state-dir>/flows-<node>-l3l4.jsonl   datapath events (l7.agent.flows writes them)  ─┐
-    <state-dir>/flows-<node>-http.jsonl   Envoy's JSON access log (xds.translate fields) ─┼─► parse_* ─► Flow
+    <state-dir>/flows-<node>-http.jsonl   Envoy's JSON access log (l7xds.translate) ─┼─► parse_* ─► Flow
     <state-dir>/flows-<node>-dns.jsonl    the DNS proxy's query events                   ─┘        │
                                                                                                    ▼
     endpoints file (pods, nodes, world names) + DNS answers (ip → qname) ──► Names ──► Flow.src/dst names
@@ -170,12 +170,12 @@ def _envoy_time(value: object) -> float:
 
 
 def parse_http(obj: Mapping[str, Any], node: str) -> Flow:
-    """One line of Envoy's access log (fields: ``xds.translate.ACCESS_LOG_FIELDS``). The listener is
+    """One line of Envoy's access log (fields: ``l7xds.translate.ACCESS_LOG_FIELDS``). The listener is
     transparent, so ``downstream_local`` is the original destination. A request answered by a ``deny``
     route (Cilium's 403 ``Access denied``) is ``denied``."""
     route = str(obj.get("route") or "")
     denied = route.startswith("deny")
-    audited = route == "audit"  # xds.translate.AUDIT_ROUTE: no rule allows it, let through in audit mode
+    audited = route == "audit"  # l7xds.translate.AUDIT_ROUTE: no rule allows it, let through in audit mode
     src_ip, src_port = _split_addr(obj.get("downstream_remote"))
     dst_ip, dst_port = _split_addr(obj.get("downstream_local"))
     flags = str(obj.get("response_flags") or "")

@@ -44,7 +44,7 @@ def _imports(path: Path) -> set[str]:
 def _importers(top: str) -> list[str]:
     return sorted(
         str(path.relative_to(REPO))
-        for package in ("l7", "xds", "dnsproxy", "bpf")
+        for package in ("l7", "xds/l7xds", "dnsproxy", "bpf")
         for path in (REPO / package).rglob("*.py")
         if any(name == top or name.startswith(top + ".") for name in _imports(path))
     )
@@ -58,14 +58,19 @@ def test_one_module_imports(top: str, allowed: str) -> None:
 
 def test_policy_model_imports_nothing_else_of_the_project() -> None:
     for path in (REPO / "l7" / "policy").rglob("*.py"):
-        own = {n for n in _imports(path) if n.split(".")[0] in {"l7", "xds", "dnsproxy", "bpf"}}
+        own = {n for n in _imports(path) if n.split(".")[0] in {"l7", "l7xds", "dnsproxy", "bpf"}}
         assert all(n.startswith("l7.policy") or n == "l7.errors" for n in own), (path, own)
 
 
-def test_xds_is_ours_from_anywhere() -> None:
-    """The xds-protos wheel also installs a top-level ``xds``; set-up puts the repository first, and our
-    package extends its ``__path__`` with the wheel's, so both resolve whatever the working directory."""
-    code = "import xds, xds.server, xds.core.v3; print(xds.__file__)"
+def test_our_xds_package_and_the_protos_resolve_from_anywhere() -> None:
+    """Our xDS package has its own import name (``l7xds``, in the ``xds/`` folder); the ``xds-protos`` wheel
+    keeps ``xds``. Both import from any working directory, with no path hack in the environment."""
+    code = "import l7xds.server, xds.core.v3, l7xds; print(l7xds.__file__)"
     proc = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == str(REPO / "xds" / "__init__.py")
+    assert proc.stdout.strip() == str(REPO / "xds" / "l7xds" / "__init__.py")
+    site = subprocess.run(
+        [sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    assert not list(Path(site).glob("l7gate-repo-first.pth"))

@@ -32,20 +32,21 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from l7xds import resources as rt
+from l7xds.bootstrap import bootstrap, render
+from l7xds.cache import SnapshotCache
+from l7xds.envoy_process import EnvoyProcess
+from l7xds.errors import XdsError
+from l7xds.observer import AckEvent, NackEvent, XdsStats
+from l7xds.server import XdsServer
+from l7xds.snapshot import Snapshot
+from l7xds.translate import ProxySettings, RuleSet, Translator
+
 from bpf.maps import MARK_FROM_PROXY
 from l7.agent.envoy_files import EnvoyPaths, EnvoyRecord, listening_ports
 from l7.agent.http_redirects import follow, http_ports, redirects, successors
 from l7.agent.secrets import fingerprint, load_secrets
 from l7.agent.services import AppliedView, ServiceHost
-from xds import resources as rt
-from xds.bootstrap import bootstrap, render
-from xds.cache import SnapshotCache
-from xds.envoy_process import EnvoyProcess
-from xds.errors import XdsError
-from xds.observer import AckEvent, NackEvent, XdsStats
-from xds.server import XdsServer
-from xds.snapshot import Snapshot
-from xds.translate import ProxySettings, RuleSet, Translator
 
 if TYPE_CHECKING:
     from l7.agent.node import AgentConfig

@@ -8,8 +8,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from l7xds.errors import XdsError
+
 from l7 import procs
-from xds.errors import XdsError
 
 STOP_TIMEOUT = 5.0
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 
+from l7xds.translate import RuleSet
+
 from bpf.maps import Action
 from l7.agent.services import AppliedView
 from l7.plan import PlanError, direction_decisions
 from l7.policy.model import HTTPRule
 from l7.resolve.types import Direction, L7RuleSet
-from xds.translate import RuleSet
 
 
 def union_rules(members: Iterable[L7RuleSet]) -> RuleSet:

@@ -19,7 +19,7 @@ import typer
 from l7.cli import app
 
 if TYPE_CHECKING:
-    from xds.translate import RuleSet
+    from l7xds.translate import RuleSet
 
 xds_app = typer.Typer(no_args_is_help=True, help="The xDS server (Envoy's configuration).")
 app.add_typer(xds_app, name="xds")
@@ -65,13 +65,14 @@ def http_ports_of_files(inputs: Inputs) -> dict[int, RuleSet]:
 async def serve(
     listen: str, inputs: Inputs, node_id: str, access_log: str | None, once: bool = False
 ) -> None:
+    from l7xds.cache import SnapshotCache
+    from l7xds.observer import XdsStats
+    from l7xds.server import XdsServer
+    from l7xds.translate import ProxySettings, Translator
+
     from bpf.maps import MARK_FROM_PROXY
     from l7.agent import watch
     from l7.errors import L7GateError
-    from xds.cache import SnapshotCache
-    from xds.observer import XdsStats
-    from xds.server import XdsServer
-    from xds.translate import ProxySettings, Translator
 
     cache = SnapshotCache()
     server = XdsServer(cache, XdsStats())

@@ -163,7 +163,7 @@ def apply(name: str, source: Path, timeout: float = APPLY_TIMEOUT) -> tuple[str,
 def stop_proxies(state: LabState) -> list[str]:
     """Stop the Envoy each node agent started (by the PID and start time in its PID file) and the socket
     keeper holding its DNS sockets; the agents are stopped already, and both outlive an agent on purpose."""
-    from xds.errors import XdsError
+    from l7xds.errors import XdsError
 
     removed = []
     for node in datapath_info(state)["nodes"]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+from l7xds import resources as rt
 
 from l7.agent.envoy import EnvoyService, XdsOnlyService, stop_envoy
 from l7.agent.envoy_files import EnvoyRecord, listening_ports
@@ -25,7 +26,6 @@ from l7.agent.http_redirects import Redirects, follow, successors, union_rules
 from l7.agent.services import ServiceHost
 from l7.policy.model import HTTPRule
 from l7.resolve.types import L7RuleSet
-from xds import resources as rt
 
 GET_PUBLIC = (HTTPRule(method="GET", path="/public"),)
 GET_PRIVATE = (HTTPRule(method="GET", path="/private"),)
@@ -167,8 +167,8 @@ def test_envoy_is_adopted_restarted_and_stopped(netns: str, state_dir: Path) -> 
 def test_xds_only_service_serves_an_envoy_it_does_not_run(netns: str, state_dir: Path) -> None:
     """Kubernetes: Envoy is its own DaemonSet; the agent's ``xds`` service only serves the socket its
     bootstrap points at, and waits for that Envoy's listeners like for its own."""
-    from xds.bootstrap import bootstrap, render
-    from xds.envoy_process import EnvoyProcess
+    from l7xds.bootstrap import bootstrap, render
+    from l7xds.envoy_process import EnvoyProcess
 
     svc = XdsOnlyService()
     svc.start(host(state_dir))

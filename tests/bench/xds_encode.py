@@ -1,4 +1,4 @@
-"""xDS encode: build + encode snapshots with ``xds.translate.Translator``.
+"""xDS encode: build + encode snapshots with ``l7xds.translate.Translator``.
 
 Rules are HTTP rules with method + path + host + one header (4 matchers each, as in docs/xds.md),
 grouped into policies of 10 rules, one proxy port (listener + route configuration) per policy.
@@ -82,7 +82,7 @@ def _bare(total: int) -> None:
 
 def run(opts: Options) -> list[Figure]:
     _repo_first()
-    from xds.translate import ProxySettings, Translator
+    from l7xds.translate import ProxySettings, Translator
 
     settings = ProxySettings()
     repeat = {100: 15, 1000: 9, 5000: 7}

@@ -109,7 +109,7 @@ class _AckWatch:
         self.done = asyncio.Event()
 
     def on_ack(self, event: Any) -> None:
-        from xds import resources as rt
+        from l7xds import resources as rt
 
         self.total += 1
         if event.type_url != rt.ROUTE or self.done.is_set():
@@ -125,9 +125,9 @@ class _AckWatch:
 
 async def serve(settings: Settings) -> None:
     """The server process: reads commands on stdin, answers one JSON line each on stdout."""
-    from xds.cache import SnapshotCache
-    from xds.server import XdsServer
-    from xds.translate import ProxySettings, Translator
+    from l7xds.cache import SnapshotCache
+    from l7xds.server import XdsServer
+    from l7xds.translate import ProxySettings, Translator
 
     translator, proxy = Translator(), ProxySettings()
     snapshots = [translator.snapshot(_ports(settings.ports, None), proxy)]
@@ -215,9 +215,8 @@ class Client:
     async def connect(self) -> None:
         import grpc
         from envoy.service.discovery.v3 import discovery_pb2
-
-        from xds import resources as rt
-        from xds.server import SERVICE
+        from l7xds import resources as rt
+        from l7xds.server import SERVICE
 
         self._channel = grpc.aio.insecure_channel(self.address)
         method = "DeltaAggregatedResources" if self.delta else "StreamAggregatedResources"
@@ -248,7 +247,7 @@ class Client:
         return cls(**fields)
 
     async def _subscribe_routes(self) -> None:
-        from xds import resources as rt
+        from l7xds import resources as rt
 
         if self.delta:
             req = self._request(type_url=rt.ROUTE, resource_names_subscribe=self.routes)
@@ -259,8 +258,7 @@ class Client:
 
     def _route_names(self, response: Any) -> list[str]:
         from envoy.config.listener.v3 import listener_pb2
-
-        from xds import resources as rt
+        from l7xds import resources as rt
 
         packed = [r.resource for r in response.resources] if self.delta else list(response.resources)
         names: set[str] = set()
@@ -272,8 +270,7 @@ class Client:
 
     async def _read(self) -> None:
         import grpc
-
-        from xds import resources as rt
+        from l7xds import resources as rt
 
         try:
             while True:
@@ -389,7 +386,7 @@ def _p(values: list[float], q: float) -> float:
 
 
 async def measure_async(settings: Settings) -> dict[str, Any]:
-    from xds import resources as rt
+    from l7xds import resources as rt
 
     server = Server(settings)
     address = server.hello["address"]

@@ -7,7 +7,7 @@ text, the way ``l7gate policy validate`` and the agent read them:
 - nothing ever raises; every error names a field path under ``spec`` (never an empty path);
 - a mutated document is rejected, and an error's path is the mutated field or one of its ancestors;
 - a valid document resolves against a small endpoints file and translates (``l7gate xds serve``'s
-  path: Engine → L7 unions → proxy ports → ``xds.translate``) without error;
+  path: Engine → L7 unions → proxy ports → ``l7xds.translate``) without error;
 - every regex that validation accepts is accepted by a real Envoy (``envoy --mode validate`` on all of
   them at once), and a sample of translated policies is ACKed by a real Envoy over xDS (the lab of
   tests/xds/test_envoy.py, reused).
@@ -46,13 +46,13 @@ import yaml
 from fuzz_settings import fuzz_settings
 from hypothesis import event, given
 from hypothesis import strategies as st
+from l7xds.translate import ProxySettings, Translator, host_regex
 
 from l7.cli.xds_cmds import Inputs, http_ports_of_files
 from l7.policy import fqdn
 from l7.policy.documents import load_text
 from l7.policy.model import HTTPRule
 from l7.policy.regex import MAX_PROGRAM_SIZE, envoy_host_regex
-from xds.translate import ProxySettings, Translator, host_regex
 
 HERE = Path(__file__).resolve().parent
 ENVOY = Path(sys.executable).parent / "envoy"

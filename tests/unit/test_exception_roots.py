@@ -1,6 +1,6 @@
 """One exception root per package (STYLE.md): every exception class defined in a package derives from it.
 
-``xds`` and ``dnsproxy`` have their own roots under :class:`l7.errors.L7GateError`; ``bpf`` imports nothing
+``l7xds`` and ``dnsproxy`` have their own roots under :class:`l7.errors.L7GateError`; ``bpf`` imports nothing
 of ``l7``, so :class:`bpf.errors.DatapathError` is a root of its own.
 """
 
@@ -12,16 +12,16 @@ import pkgutil
 from pathlib import Path
 
 import pytest
+from l7xds.errors import XdsError
 
 from bpf.errors import DatapathError
 from dnsproxy.errors import DNSProxyError
 from l7.errors import L7GateError
-from xds.errors import XdsError
 
 REPO = Path(__file__).resolve().parents[2]
 ROOTS: dict[str, type[Exception]] = {
     "l7": L7GateError,
-    "xds": XdsError,
+    "l7xds": XdsError,
     "dnsproxy": DNSProxyError,
     "bpf": DatapathError,
 }
@@ -32,9 +32,8 @@ def _exceptions(top: str) -> list[type[BaseException]]:
     package = importlib.import_module(top)
     found: list[type[BaseException]] = []
     for info in pkgutil.walk_packages(package.__path__, f"{top}."):
-        # xds's __path__ also holds the xds-protos package: only this repository's modules count.
         if not Path(getattr(info.module_finder, "path", "")).resolve().is_relative_to(REPO):
-            continue
+            continue  # only this repository's modules count
         module = importlib.import_module(info.name)
         found += [
             cls

@@ -25,17 +25,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from l7xds import resources as rt
+from l7xds.bootstrap import bootstrap, render
+from l7xds.cache import SnapshotCache
+from l7xds.envoy_process import EnvoyAdmin, EnvoyProcess
+from l7xds.observer import XdsStats
+from l7xds.server import XdsServer
+from l7xds.snapshot import Snapshot, subset_version
+from l7xds.translate import ProxySettings, RuleSet, Translator
 
 from l7 import procs
 from l7.policy.model import HTTPRule
-from xds import resources as rt
-from xds.bootstrap import bootstrap, render
-from xds.cache import SnapshotCache
-from xds.envoy_process import EnvoyAdmin, EnvoyProcess
-from xds.observer import XdsStats
-from xds.server import XdsServer
-from xds.snapshot import Snapshot, subset_version
-from xds.translate import ProxySettings, RuleSet, Translator
 
 pytestmark = pytest.mark.root
 

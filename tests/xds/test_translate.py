@@ -8,12 +8,10 @@ from typing import Any
 import pytest
 import re2
 import yaml
-
-from l7.policy.model import HeaderMatch, HTTPRule, Mismatch, Secret
-from xds import resources as rt
-from xds.bootstrap import EXAMPLE, bootstrap, render
-from xds.errors import TranslationError
-from xds.translate import (
+from l7xds import resources as rt
+from l7xds.bootstrap import EXAMPLE, bootstrap, render
+from l7xds.errors import TranslationError
+from l7xds.translate import (
     AMBIGUOUS_PATH,
     AMBIGUOUS_PATH_ROUTE,
     AUDIT_ROUTE,
@@ -27,6 +25,8 @@ from xds.translate import (
     host_regex,
     snapshot_of,
 )
+
+from l7.policy.model import HeaderMatch, HTTPRule, Mismatch, Secret
 
 REPO = Path(__file__).resolve().parents[2]
 

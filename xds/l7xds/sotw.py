@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from xds import resources as rt
-from xds.observer import AckEvent, NackEvent, Observer
-from xds.snapshot import Resource, Snapshot, subset_version
+from l7xds import resources as rt
+from l7xds.observer import AckEvent, NackEvent, Observer
+from l7xds.snapshot import Resource, Snapshot, subset_version
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from l7 import procs
-from xds.errors import EnvoyProcessError
+from l7xds.errors import EnvoyProcessError
 
 
 def envoy_binary() -> Path:

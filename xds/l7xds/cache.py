@@ -10,7 +10,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from xds.snapshot import Snapshot
+from l7xds.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 

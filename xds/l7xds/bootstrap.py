@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from xds.errors import XdsError
+from l7xds.errors import XdsError
 
 XDS_CLUSTER = "l7gate-xds"
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"

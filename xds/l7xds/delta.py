@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from xds import resources as rt
-from xds.observer import AckEvent, NackEvent, Observer
-from xds.snapshot import Snapshot
-from xds.sotw import WILDCARD, ordered
+from l7xds import resources as rt
+from l7xds.observer import AckEvent, NackEvent, Observer
+from l7xds.snapshot import Snapshot
+from l7xds.sotw import WILDCARD, ordered
 
 log = logging.getLogger(__name__)
 

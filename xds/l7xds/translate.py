@@ -71,9 +71,9 @@ from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2  # t
 from l7.policy.headers import parse_header
 from l7.policy.model import HeaderMatch, HTTPRule, Mismatch
 from l7.policy.regex import AMBIGUOUS_PATH, envoy_host_regex
-from xds import resources as rt
-from xds.errors import TranslationError
-from xds.snapshot import Encoder, Resource, Snapshot
+from l7xds import resources as rt
+from l7xds.errors import TranslationError
+from l7xds.snapshot import Encoder, Resource, Snapshot
 
 RuleSet = tuple[HTTPRule, ...]
 SecretKey = tuple[str, str]

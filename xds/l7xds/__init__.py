@@ -7,12 +7,8 @@ Data flow::
                                                                                           │
                      Envoy ◄── ADS stream (sotw.SotwStream / delta.DeltaStream) ◄── server.XdsServer
 
-The import name ``xds`` is shared with the ``xds-protos`` wheel, whose generated ``xds.core``,
-``xds.type`` ... modules the Envoy protos import. This package therefore extends its ``__path__`` with the
-wheel's ``xds`` folder so both resolve. It only works when this package is the one imported as ``xds``
-(the repository root first on ``sys.path``); see docs/xds.md.
+The package lives in the repository's ``xds/`` folder under its own import name, ``l7xds``: the
+``xds-protos`` wheel owns the top-level name ``xds`` (its generated ``xds.core``, ``xds.type`` ...
+modules, which the Envoy protos import). setuptools finds it through ``where = [".", "xds"]``; no path
+hack is needed (docs/xds.md).
 """
-
-from pkgutil import extend_path
-
-__path__ = extend_path(__path__, __name__)

@@ -21,8 +21,8 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from google.protobuf import any_pb2  # type: ignore[import-untyped]
 
-from xds import resources as rt
-from xds.errors import InconsistentSnapshotError
+from l7xds import resources as rt
+from l7xds.errors import InconsistentSnapshotError
 
 _MESSAGE_TYPES: dict[str, Any] = {
     rt.CLUSTER: cluster_pb2.Cluster,

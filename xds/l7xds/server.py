@@ -20,12 +20,12 @@ from typing import Any, Protocol
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
-from xds.cache import SnapshotCache
-from xds.delta import DeltaStream
-from xds.errors import ServerError
-from xds.observer import Observer, XdsStats
-from xds.snapshot import Snapshot
-from xds.sotw import SotwStream
+from l7xds.cache import SnapshotCache
+from l7xds.delta import DeltaStream
+from l7xds.errors import ServerError
+from l7xds.observer import Observer, XdsStats
+from l7xds.snapshot import Snapshot
+from l7xds.sotw import SotwStream
 
 log = logging.getLogger(__name__)
 
