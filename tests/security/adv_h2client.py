@@ -3,8 +3,9 @@
 ``python adv_h2client.py HOST PORT`` reads a JSON list of ``[name, value]`` pairs from stdin (pseudo-headers
 included, in the order given, duplicates kept: curl cannot send ``:authority`` and a different ``host``),
 sends them as one HEADERS frame (HPACK literals without indexing, no Huffman) with END_STREAM on stream 1,
-and prints ``{"status": int | null, "body": str, "rst": int | null, "goaway": int | null}``: the response
-status (decoded for the forms Envoy uses), the DATA of stream 1, a RST_STREAM error code, a GOAWAY code.
+and prints ``{"status", "body", "rst", "goaway", "closed"}``: the response
+status (decoded for the forms Envoy uses), the DATA of stream 1, a RST_STREAM error code, a GOAWAY code,
+and ``closed`` (the server closed the connection before the stream ended).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def main() -> None:
     block = b"".join(literal(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers)
     sock = socket.create_connection((host, port), timeout=5)
     sock.sendall(PREFACE + frame(4, 0, 0, b"") + frame(1, 0x5, 1, block))
-    result: dict[str, object] = {"status": None, "body": "", "rst": None, "goaway": None}
+    result: dict[str, object] = {"status": None, "body": "", "rst": None, "goaway": None, "closed": False}
     buf = b""
     body = b""
     done = False
@@ -88,6 +89,7 @@ def main() -> None:
         while not done:
             chunk = sock.recv(65536)
             if not chunk:
+                result["closed"] = True
                 break
             buf += chunk
             while len(buf) >= 9 and not done:
