@@ -44,6 +44,12 @@ def parse_addr(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _capacity(dp: Any, name: str) -> int:
+    """A map's maximum entries: the datapath's configured sizes (bpf.maps.MapSizes) where it has them."""
+    sizes = getattr(dp, "sizes", None)
+    return int(getattr(sizes, name, MAP_CAPACITY[name])) if sizes is not None else MAP_CAPACITY[name]
+
+
 def _map_readers(dp: Any) -> dict[str, Callable[[], int]]:
     """Map name → entry count reader (each call walks the map)."""
     return {
@@ -113,6 +119,12 @@ class AgentCollector(Collector):
         errs = GaugeMetricFamily("l7gate_agent_input_errors", "Errors in the current policy/endpoint inputs")
         errs.add_metric([], float(len(st.get("errors") or ())))
         yield errs
+        refused = CounterMetricFamily(
+            "l7gate_datapath_map_write_failures",
+            "Datapath map writes the kernel refused (a full map: the entries stay absent, denied)",
+        )
+        refused.add_metric([], float(st.get("map_write_failures") or 0))
+        yield refused
         last = st.get("last_apply") or {}
         if _num(last.get("seconds")) is not None:
             g = GaugeMetricFamily("l7gate_policy_apply_seconds", "Duration of the last policy application")
@@ -184,7 +196,7 @@ class AgentCollector(Collector):
             except Exception:  # noqa: BLE001  (a fake datapath or a map being swapped: skip it)
                 continue
             entries.add_metric([name], float(value))
-            capacity.add_metric([name], float(MAP_CAPACITY[name]))
+            capacity.add_metric([name], float(_capacity(dp, name)))
         yield entries
         yield capacity
 
@@ -290,7 +302,7 @@ class MetricsService:
             pass
         for name, read in _map_readers(dp).items():
             try:
-                info.setdefault("maps", {})[name] = {"entries": read(), "capacity": MAP_CAPACITY[name]}
+                info.setdefault("maps", {})[name] = {"entries": read(), "capacity": _capacity(dp, name)}
             except Exception:  # noqa: BLE001
                 continue
         self.datapath = info

@@ -528,6 +528,7 @@ class Agent:
             "errors": self.errors,
             "missing": list(self.missing),
             "last_apply": self.last,
+            "inputs": {"policies": str(self.cfg.policies), "endpoints": str(self.cfg.endpoints)},
             "map_write_failures": self.map_write_failures,
             "datapath": self.cfg.datapath_name,
             "services": {s.name: s.status() for s in self.services},

@@ -36,9 +36,10 @@ def _fail(exc: Exception) -> typer.Exit:
 
 
 def _missing_input(exc: Exception) -> bool:
-    """A lab, pod or lab name that does not exist or is malformed (LabError has no subclass for it)."""
-    text = str(exc)
-    return text.startswith(("no lab named", "lab name ")) or ": no pod " in text or "is ambiguous" in text
+    """A lab, pod or lab name that does not exist or is malformed."""
+    from l7.lab.errors import NotFoundError
+
+    return isinstance(exc, NotFoundError)
 
 
 def _root() -> None:

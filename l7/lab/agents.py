@@ -29,7 +29,7 @@ from l7.agent.envoy import stop_envoy
 from l7.agent.fqdn import DnsSettings
 from l7.agent.node import LAB_SERVICES, AgentConfig, AgentError
 from l7.lab import procs
-from l7.lab.errors import LabError
+from l7.lab.errors import LabError, NotFoundError
 from l7.lab.layout import datapath
 from l7.lab.procs import lab_env
 from l7.lab.state import LabState, load_state
@@ -143,7 +143,7 @@ def apply(name: str, source: Path, timeout: float = APPLY_TIMEOUT) -> tuple[str,
     wait until every agent reports it applied. Returns (content hash, seconds waited)."""
     state = load_state(name)
     if state is None:
-        raise LabError(f"no lab named {name!r} (see `l7gate lab up`)")
+        raise NotFoundError(f"no lab named {name!r} (see `l7gate lab up`)")
     agents = agent_records(state)
     if not agents:
         raise LabError(f"lab {name}: no node agents recorded")
@@ -206,7 +206,7 @@ def restart_agent(
 
     state = load_state(name)
     if state is None:
-        raise LabError(f"no lab named {name!r}")
+        raise NotFoundError(f"no lab named {name!r}")
     old = agent_records(state).get(node)
     running = old if old is not None and procs.alive(old) else None
     if running is not None and not graceful:

@@ -40,3 +40,7 @@ class CommandError(LabError):
         self.returncode = returncode
         self.stderr = stderr
         super().__init__(f"{' '.join(argv)} exited with {returncode}: {stderr.strip()}")
+
+
+class NotFoundError(LabError):
+    """A lab or pod that does not exist, or a name that cannot be one (the caller's input)."""

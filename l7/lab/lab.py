@@ -16,7 +16,7 @@ from typing import Any
 
 from l7.lab import agents, certs, dns, netns, procs, ready
 from l7.lab.addressing import Plan, PodPlan
-from l7.lab.errors import LabError
+from l7.lab.errors import LabError, NotFoundError
 from l7.lab.layout import datapath
 from l7.lab.procs import lab_env
 from l7.lab.servers import SERVE
@@ -230,7 +230,7 @@ class Lab:
     def load(cls, name: str = DEFAULT_LAB) -> Lab:
         state = load_state(check_name(name))
         if state is None:
-            raise LabError(f"no lab named {name!r} (see `l7gate lab up`)")
+            raise NotFoundError(f"no lab named {name!r} (see `l7gate lab up`)")
         return cls(state)
 
     def pod(self, ref: str) -> PodPlan:
@@ -241,9 +241,9 @@ class Lab:
             matches = [p for p in self.plan.pods if p.name == ref]
         if not matches:
             known = ", ".join(p.key for p in self.plan.pods)
-            raise LabError(f"lab {self.name}: no pod {ref!r} (pods: {known})")
+            raise NotFoundError(f"lab {self.name}: no pod {ref!r} (pods: {known})")
         if len(matches) > 1:
-            raise LabError(f"pod name {ref!r} is ambiguous: {', '.join(p.key for p in matches)}")
+            raise NotFoundError(f"pod name {ref!r} is ambiguous: {', '.join(p.key for p in matches)}")
         return matches[0]
 
     def node_netns(self, node: str) -> str:

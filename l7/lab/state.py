@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from l7.lab.addressing import MAX_LABS, Plan, plan
-from l7.lab.errors import LabError
+from l7.lab.errors import LabError, NotFoundError
 from l7.lab.procs import ProcRecord
 from l7.lab.topology import Topology
 
@@ -32,7 +32,9 @@ _LAB_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
 
 def check_name(name: str) -> str:
     if not _LAB_NAME.fullmatch(name):
-        raise LabError(f"lab name {name!r}: 1-24 lower-case letters, digits or '-', not starting with '-'")
+        raise NotFoundError(
+            f"lab name {name!r}: 1-24 lower-case letters, digits or '-', not starting with '-'"
+        )
     return name
 
 
