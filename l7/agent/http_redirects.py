@@ -1,10 +1,11 @@
 """Pure helpers of the Envoy service: the HTTP rules behind each proxy port, and where the traffic of a
 proxy port that went out of use is judged now (so its listener can be kept, with that port's routes,
-while its keep-alive connections finish — a listener removal would drain them)."""
+while its keep-alive connections finish — a listener removal would drain them): :func:`retire` keeps
+that bookkeeping from one applied view to the next."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 
 from l7xds.translate import RuleSet
@@ -14,6 +15,8 @@ from l7.agent.services import AppliedView
 from l7.plan import PlanError, direction_decisions
 from l7.policy.model import HTTPRule
 from l7.resolve.types import Direction, L7RuleSet
+
+RETIRE_AFTER = 300.0  # how long the listener of a port that went out of use is kept (see retire)
 
 
 def union_rules(members: Iterable[L7RuleSet]) -> RuleSet:
@@ -79,3 +82,37 @@ def follow(successor: int | None, found: Mapping[int, int | None], active: Abstr
         seen.add(successor)
         successor = found[successor]
     return successor if successor in active else None
+
+
+Retired = dict[int, tuple[int | None, float]]  # retired proxy port → (successor, retired since)
+
+
+def retire(
+    retired: Mapping[int, tuple[int | None, float]],
+    old_ports: AbstractSet[int],
+    new_ports: AbstractSet[int],
+    *,
+    old_redirects: Callable[[], Redirects],
+    new_redirects: Callable[[], Redirects],
+    now: float,
+    keep: float = RETIRE_AFTER,
+) -> tuple[Retired, set[int]]:
+    """The retired proxy ports after a change from ``old_ports`` to ``new_ports`` (the HTTP proxy ports in
+    use), and those of them whose listener denies everything.
+
+    A port that goes out of use keeps its listener (a listener removal would drain its connections) for
+    ``keep`` seconds; its routes become those of its successor, the port that now judges the same
+    traffic (:func:`successors`, :func:`follow`), so a keep-alive connection's next request gets the new
+    verdict, or deny everything when there is no single such port. A port back in use is no longer
+    retired. The redirects (before, after) are computed only when a port went out of use."""
+    gone = set(old_ports) - set(new_ports)
+    found = successors(old_redirects(), new_redirects(), gone) if gone else {}
+    merged = dict(retired)
+    for port, successor in found.items():
+        merged[port] = (successor, now)
+    out: Retired = {
+        port: (follow(successor, found, set(new_ports)), since)
+        for port, (successor, since) in merged.items()
+        if port not in new_ports and now - since <= keep
+    }
+    return out, {port for port, (successor, _) in out.items() if successor is None}
