@@ -35,12 +35,6 @@ from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from l7xds.bootstrap import bootstrap, render
-from l7xds.cache import SnapshotCache
-from l7xds.observer import NackEvent
-from l7xds.snapshot import Snapshot
-from l7xds.translate import ProxySettings, RuleSet
-
 from bpf.maps import MARK_FROM_PROXY
 from l7.agent.envoy_files import EnvoyPaths
 from l7.agent.envoy_publisher import ACK_TIMEOUT, FIRST_ACK_TIMEOUT, EnvoyPublisher, XdsObserver
@@ -55,6 +49,11 @@ from l7.agent.envoy_supervisor import (
 from l7.agent.http_redirects import RETIRE_AFTER, Retired, http_ports, redirects, retire
 from l7.agent.secrets import fingerprint, load_secrets
 from l7.agent.services import AppliedView, ServiceHost
+from l7xds.bootstrap import bootstrap, render
+from l7xds.cache import SnapshotCache
+from l7xds.observer import NackEvent
+from l7xds.snapshot import Snapshot
+from l7xds.translate import ProxySettings, RuleSet
 
 if TYPE_CHECKING:
     from l7.agent.node import AgentConfig

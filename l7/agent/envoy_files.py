@@ -8,9 +8,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from l7xds.errors import XdsError
-
 from l7 import procs
+from l7xds.errors import XdsError
 
 STOP_TIMEOUT = 5.0
 

@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+from l7.agent.envoy_files import listening_ports
 from l7xds import resources as rt
 from l7xds.cache import SnapshotCache
 from l7xds.errors import XdsError
@@ -26,8 +27,6 @@ from l7xds.observer import AckEvent, NackEvent, XdsStats
 from l7xds.server import XdsServer
 from l7xds.snapshot import Snapshot
 from l7xds.translate import ProxySettings, RuleSet, Translator
-
-from l7.agent.envoy_files import listening_ports
 
 log = logging.getLogger("l7gate.agent.envoy")
 T = TypeVar("T")

@@ -19,10 +19,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from l7.agent.envoy_files import EnvoyPaths, EnvoyRecord
 from l7xds.envoy_process import EnvoyProcess
 from l7xds.errors import XdsError
-
-from l7.agent.envoy_files import EnvoyPaths, EnvoyRecord
 
 log = logging.getLogger("l7gate.agent.envoy")
 

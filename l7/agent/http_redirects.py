@@ -8,13 +8,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 
-from l7xds.translate import RuleSet
-
 from bpf.maps import Action
 from l7.agent.services import AppliedView
 from l7.plan import PlanError, direction_decisions
 from l7.policy.model import HTTPRule
 from l7.resolve.types import Direction, L7RuleSet
+from l7xds.translate import RuleSet
 
 RETIRE_AFTER = 300.0  # how long the listener of a port that went out of use is kept (see retire)
 

@@ -65,14 +65,13 @@ def http_ports_of_files(inputs: Inputs) -> dict[int, RuleSet]:
 async def serve(
     listen: str, inputs: Inputs, node_id: str, access_log: str | None, once: bool = False
 ) -> None:
+    from bpf.maps import MARK_FROM_PROXY
+    from l7.agent import watch
+    from l7.errors import L7GateError
     from l7xds.cache import SnapshotCache
     from l7xds.observer import XdsStats
     from l7xds.server import XdsServer
     from l7xds.translate import ProxySettings, Translator
-
-    from bpf.maps import MARK_FROM_PROXY
-    from l7.agent import watch
-    from l7.errors import L7GateError
 
     cache = SnapshotCache()
     server = XdsServer(cache, XdsStats())

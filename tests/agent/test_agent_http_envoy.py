@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from l7xds import resources as rt
 
 from l7.agent.envoy import EnvoyService, XdsOnlyService, stop_envoy
 from l7.agent.envoy_files import EnvoyRecord, listening_ports
@@ -26,6 +25,7 @@ from l7.agent.http_redirects import Redirects, follow, successors, union_rules
 from l7.agent.services import ServiceHost
 from l7.policy.model import HTTPRule
 from l7.resolve.types import L7RuleSet
+from l7xds import resources as rt
 
 GET_PUBLIC = (HTTPRule(method="GET", path="/public"),)
 GET_PRIVATE = (HTTPRule(method="GET", path="/private"),)

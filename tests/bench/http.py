@@ -110,9 +110,9 @@ def plain_config(server_ip: str, admin: str, access_log: str) -> dict[str, Any]:
         http_connection_manager_pb2 as hcm_pb2,
     )
     from google.protobuf import json_format  # type: ignore[import-untyped]
-    from l7xds.translate import ProxySettings, build_cluster, build_listener, build_route_configuration
 
     from bpf.maps import MARK_FROM_PROXY
+    from l7xds.translate import ProxySettings, build_cluster, build_listener, build_route_configuration
 
     settings = ProxySettings(upstream_mark=MARK_FROM_PROXY, access_log_path=access_log)
     listener = build_listener(PLAIN_PORT, "plain", settings)
@@ -189,10 +189,9 @@ def wrk(lab: Any, url: str, seconds: int, connections: int = 16) -> dict[str, fl
 @contextlib.contextmanager
 def throughput_lab(work: Path) -> Iterator[Any]:
     _repo_first()
-    from l7xds.envoy_process import envoy_binary
-
     from l7.lab import Lab, down
     from l7.lab.topology import parse_topology
+    from l7xds.envoy_process import envoy_binary
 
     name = f"hxb{os.getpid() % 100000}"
     backend = work / "backend.json"
@@ -220,9 +219,8 @@ def throughput_lab(work: Path) -> Iterator[Any]:
 
 def measure_throughput(opts: Options) -> dict[str, Any]:
     _repo_first()
-    from l7xds.envoy_process import EnvoyAdmin, EnvoyProcess
-
     from l7.lab import agents as agent_lab
+    from l7xds.envoy_process import EnvoyAdmin, EnvoyProcess
 
     seconds = 1 if opts.quick else 2
     rounds = 1 if opts.quick else 7

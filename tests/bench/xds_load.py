@@ -215,6 +215,7 @@ class Client:
     async def connect(self) -> None:
         import grpc
         from envoy.service.discovery.v3 import discovery_pb2
+
         from l7xds import resources as rt
         from l7xds.server import SERVICE
 
@@ -258,6 +259,7 @@ class Client:
 
     def _route_names(self, response: Any) -> list[str]:
         from envoy.config.listener.v3 import listener_pb2
+
         from l7xds import resources as rt
 
         packed = [r.resource for r in response.resources] if self.delta else list(response.resources)
@@ -270,6 +272,7 @@ class Client:
 
     async def _read(self) -> None:
         import grpc
+
         from l7xds import resources as rt
 
         try:

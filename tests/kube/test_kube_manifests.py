@@ -19,10 +19,10 @@ import kubernetes_validate
 import pytest
 import yaml
 from kube_helpers import REPO
-from l7xds.bootstrap import bootstrap
 
 from l7.k8s import crd
 from l7.policy.documents import load_text
+from l7xds.bootstrap import bootstrap
 
 DEPLOY = REPO / "deploy"
 K8S_VERSION = "1.30"

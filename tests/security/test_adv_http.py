@@ -27,12 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from l7xds.bootstrap import bootstrap, render
-from l7xds.cache import SnapshotCache
-from l7xds.envoy_process import EnvoyAdmin, EnvoyProcess
-from l7xds.observer import XdsStats
-from l7xds.server import XdsServer
-from l7xds.translate import ProxySettings, RuleSet, Translator
 from test_http_findings import (
     BACKEND,
     DENIED,
@@ -47,6 +41,12 @@ from test_http_findings import (
 )
 
 from l7.policy.model import HeaderMatch, HTTPRule
+from l7xds.bootstrap import bootstrap, render
+from l7xds.cache import SnapshotCache
+from l7xds.envoy_process import EnvoyAdmin, EnvoyProcess
+from l7xds.observer import XdsStats
+from l7xds.server import XdsServer
+from l7xds.translate import ProxySettings, RuleSet, Translator
 
 pytestmark = pytest.mark.root
 

@@ -46,13 +46,13 @@ import yaml
 from fuzz_settings import fuzz_settings
 from hypothesis import event, given
 from hypothesis import strategies as st
-from l7xds.translate import ProxySettings, Translator, host_regex
 
 from l7.cli.xds_cmds import Inputs, http_ports_of_files
 from l7.policy import fqdn
 from l7.policy.documents import load_text
 from l7.policy.model import HTTPRule
 from l7.policy.regex import MAX_PROGRAM_SIZE, envoy_host_regex
+from l7xds.translate import ProxySettings, Translator, host_regex
 
 HERE = Path(__file__).resolve().parent
 ENVOY = Path(sys.executable).parent / "envoy"

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from l7.policy.model import HeaderMatch, HTTPRule, Mismatch, Secret
 from l7xds import resources as rt
 from l7xds.bootstrap import bootstrap, render
 from l7xds.cache import SnapshotCache
@@ -36,8 +38,6 @@ from l7xds.observer import XdsStats
 from l7xds.server import XdsServer
 from l7xds.snapshot import subset_version
 from l7xds.translate import ProxySettings, RuleSet, Translator
-
-from l7.policy.model import HeaderMatch, HTTPRule, Mismatch, Secret
 
 pytestmark = pytest.mark.root
 

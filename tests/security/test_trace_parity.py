@@ -13,11 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
-from l7xds.translate import RuleSet
 from test_http_findings import DENIED, Lab, lab, one  # noqa: F401  (lab: the fixture, reused)
 
 from l7.policy.model import HeaderMatch, HTTPRule, Mismatch
 from l7.trace import HTTPRequest, evaluate_rules
+from l7xds.translate import RuleSet
 
 pytestmark = pytest.mark.root
 

@@ -12,11 +12,11 @@ import pkgutil
 from pathlib import Path
 
 import pytest
-from l7xds.errors import XdsError
 
 from bpf.errors import DatapathError
 from dnsproxy.errors import DNSProxyError
 from l7.errors import L7GateError
+from l7xds.errors import XdsError
 
 REPO = Path(__file__).resolve().parents[2]
 ROOTS: dict[str, type[Exception]] = {

@@ -11,12 +11,12 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
+
+from l7.policy.model import HTTPRule
 from l7xds import resources as rt
 from l7xds.server import SERVICE
 from l7xds.snapshot import Resource, Snapshot
 from l7xds.translate import ProxySettings, translate
-
-from l7.policy.model import HTTPRule
 
 NODE = "node-1"
 

@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from l7 import procs
+from l7.policy.model import HTTPRule
 from l7xds import resources as rt
 from l7xds.bootstrap import bootstrap, render
 from l7xds.cache import SnapshotCache
@@ -33,9 +36,6 @@ from l7xds.observer import XdsStats
 from l7xds.server import XdsServer
 from l7xds.snapshot import Snapshot, subset_version
 from l7xds.translate import ProxySettings, RuleSet, Translator
-
-from l7 import procs
-from l7.policy.model import HTTPRule
 
 pytestmark = pytest.mark.root
 

@@ -6,13 +6,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
+from l7.policy.model import HTTPRule
 from l7xds import resources as rt
 from l7xds.cache import SnapshotCache
 from l7xds.errors import InconsistentSnapshotError
 from l7xds.observer import XdsStats
 from l7xds.server import XdsServer
-
-from l7.policy.model import HTTPRule
 from tests.xds.builders import GET_PUBLIC, NODE, PUT_ANY, AdsClient, snapshot
 
 pytestmark = pytest.mark.anyio
@@ -164,6 +164,7 @@ async def test_sotw_make_before_break_order(xds: Harness) -> None:
 
 def test_inconsistent_snapshot_is_refused_and_the_old_one_kept() -> None:
     from envoy.config.listener.v3 import listener_pb2
+
     from l7xds.snapshot import Resource, Snapshot
 
     cache = SnapshotCache()

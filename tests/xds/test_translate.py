@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 import re2
 import yaml
+
+from l7.policy.model import HeaderMatch, HTTPRule, Mismatch, Secret
 from l7xds import resources as rt
 from l7xds.bootstrap import EXAMPLE, bootstrap, render
 from l7xds.errors import TranslationError
@@ -25,8 +27,6 @@ from l7xds.translate import (
     host_regex,
     snapshot_of,
 )
-
-from l7.policy.model import HeaderMatch, HTTPRule, Mismatch, Secret
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from envoy.config.route.v3 import route_pb2
-from l7xds import resources as rt
 
+from l7xds import resources as rt
 from tests.xds.builders import NODE, AdsClient
 
 pytestmark = pytest.mark.anyio
