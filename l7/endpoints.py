@@ -329,22 +329,25 @@ def endpoint_labels(spec: EndpointSpec, namespaces: dict[str, NamespaceSpec]) ->
     )
 
 
+def endpoint_of(
+    spec: EndpointSpec, namespaces: dict[str, NamespaceSpec], allocator: IdentityAllocator
+) -> Endpoint:
+    """One endpoint with the identity of its labels (allocated when new)."""
+    identity: Identity = allocator.allocate(endpoint_labels(spec, namespaces))
+    return Endpoint(
+        spec.name,
+        spec.namespace,
+        identity.labels,
+        spec.ips,
+        identity.id,
+        spec.node,
+        tuple(sorted(spec.ports.items())),
+    )
+
+
 def build_topology(file: EndpointsFile, allocator: IdentityAllocator) -> Topology:
     """Endpoints, then remote-node identities, allocated (in file order) from ``allocator``."""
-    endpoints = []
-    for spec in file.endpoints:
-        identity: Identity = allocator.allocate(endpoint_labels(spec, file.namespaces))
-        endpoints.append(
-            Endpoint(
-                spec.name,
-                spec.namespace,
-                identity.labels,
-                spec.ips,
-                identity.id,
-                spec.node,
-                tuple(sorted(spec.ports.items())),
-            )
-        )
+    endpoints = [endpoint_of(spec, file.namespaces, allocator) for spec in file.endpoints]
     nodes = tuple(
         Node(n.name, n.ips, tuple(sorted(n.labels.items())), allocator.allocate(node_labels(n.labels)).id)
         for n in file.nodes
@@ -442,16 +445,7 @@ class TopologyBuilder:
             if cached is not None and (cached[0] is spec or cached[0] == spec):
                 endpoint = cached[1]
             else:
-                identity = self.allocator.allocate(endpoint_labels(spec, file.namespaces))
-                endpoint = Endpoint(
-                    spec.name,
-                    spec.namespace,
-                    identity.labels,
-                    spec.ips,
-                    identity.id,
-                    spec.node,
-                    tuple(sorted(spec.ports.items())),
-                )
+                endpoint = endpoint_of(spec, file.namespaces, self.allocator)
             kept[key] = (spec, endpoint)
             endpoints.append(endpoint)
         self._endpoints = kept

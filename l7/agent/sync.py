@@ -15,7 +15,7 @@ from bpf.errors import MapWriteError
 from bpf.maps import DeviceKind, EndpointFlags, EndpointValue, IpcacheValue
 from bpf.policy_entries import PolicyDecision
 from l7.agent.applier import Delta
-from l7.plan import DesiredState, IPNetwork
+from l7.plan import DesiredState, EndpointState, IPNetwork
 
 
 class DatapathLike(Protocol):
@@ -86,6 +86,18 @@ def _write_ipcache(
     stats.ipcache_written += 1
 
 
+def _write_endpoint(dp: DatapathLike, stats: SyncStats, endpoint_id: int, ep: EndpointState) -> None:
+    dp.set_endpoint(
+        ep.ifindex,
+        endpoint_id,
+        ep.identity,
+        ingress_enforced=ep.ingress_enforced,
+        egress_enforced=ep.egress_enforced,
+        audit=ep.audit,
+    )
+    stats.endpoints_written += 1
+
+
 def _write_policy(
     dp: DatapathLike, stats: SyncStats, endpoint_id: int, decisions: tuple[PolicyDecision, ...]
 ) -> None:
@@ -137,15 +149,7 @@ def sync(dp: DatapathLike, desired: DesiredState, uplink: int | None = None) -> 
             or have.ifindex != ep.ifindex
             or have.flags & _ENFORCE_MASK != int(flags)
         ):
-            dp.set_endpoint(
-                ep.ifindex,
-                endpoint_id,
-                ep.identity,
-                ingress_enforced=ep.ingress_enforced,
-                egress_enforced=ep.egress_enforced,
-                audit=ep.audit,
-            )
-            stats.endpoints_written += 1
+            _write_endpoint(dp, stats, endpoint_id, ep)
 
     for endpoint_id in sorted(set(have_eps) - set(desired.endpoints)):
         dp.delete_endpoint(endpoint_id)
@@ -180,15 +184,7 @@ def sync_delta(dp: DatapathLike, delta: Delta) -> SyncStats:
     for endpoint_id, decisions in sorted(delta.policy.items()):
         _write_policy(dp, stats, endpoint_id, decisions)
     for endpoint_id, ep in sorted(delta.endpoints.items()):
-        dp.set_endpoint(
-            ep.ifindex,
-            endpoint_id,
-            ep.identity,
-            ingress_enforced=ep.ingress_enforced,
-            egress_enforced=ep.egress_enforced,
-            audit=ep.audit,
-        )
-        stats.endpoints_written += 1
+        _write_endpoint(dp, stats, endpoint_id, ep)
     kept = {ep.ifindex for ep in delta.endpoints.values()}
     for endpoint_id in sorted(delta.endpoints_gone - set(delta.endpoints)):
         dp.delete_endpoint(endpoint_id)

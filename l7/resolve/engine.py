@@ -40,6 +40,7 @@ from l7.policy.fqdn import normalize
 from l7.resolve.resolver import (
     fqdn_selectors,
     fqdn_uses,
+    named_port_entries,
     policy_prefixes,
     rule_sets,
     service_selectors,
@@ -688,15 +689,7 @@ class Engine:
         if s.named_port is None:
             return (Entry(s.selector, chosen, s.protocol, s.lo, s.hi, s.origin, s.l7),)
         self._named_users.add(key)
-        by_port: dict[int, set[int]] = {}
-        for identity, ports in self._named_ports():
-            number = dict(ports).get(s.named_port)
-            if number is not None and (chosen is None or identity in chosen):
-                by_port.setdefault(number, set()).add(identity)
-        return tuple(
-            Entry(s.selector, frozenset(ids), s.protocol, port, port, s.origin, s.l7)
-            for port, ids in sorted(by_port.items())
-        )
+        return named_port_entries(s, chosen, self._named_ports())
 
     def _select(self, key: str, selector: Selector, uses: set[Selector]) -> frozenset[int] | None:
         if not isinstance(selector, ServiceSelector):

@@ -262,15 +262,7 @@ class Resolver:
         chosen = self._select(s.selector)
         if s.named_port is None:
             return (Entry(s.selector, chosen, s.protocol, s.lo, s.hi, s.origin, s.l7),)
-        by_port: dict[int, set[int]] = {}
-        for identity, ports in named:
-            number = dict(ports).get(s.named_port)
-            if number is not None and (chosen is None or identity in chosen):
-                by_port.setdefault(number, set()).add(identity)
-        return tuple(
-            Entry(s.selector, frozenset(ids), s.protocol, port, port, s.origin, s.l7)
-            for port, ids in sorted(by_port.items())
-        )
+        return named_port_entries(s, chosen, named)
 
     def _select(self, selector: Selector) -> frozenset[int] | None:
         """The identities ``selector`` selects; a ``toServices`` entry selects the union of its targets."""
@@ -305,6 +297,24 @@ class Resolver:
             for ip in endpoint.ips:
                 entries[str(ipaddress.ip_network(ip))] = endpoint.identity
         return tuple(IPCacheEntry(p, i) for p, i in sorted(entries.items()))
+
+
+def named_port_entries(
+    s: SelectorEntry,
+    chosen: frozenset[int] | None,
+    named: tuple[tuple[int, tuple[tuple[str, int], ...]], ...],
+) -> tuple[Entry, ...]:
+    """An egress entry with a named port: one entry per port number the name has among the chosen
+    peers (``named``: each identity's named ports)."""
+    by_port: dict[int, set[int]] = {}
+    for identity, ports in named:
+        number = dict(ports).get(s.named_port or "")
+        if number is not None and (chosen is None or identity in chosen):
+            by_port.setdefault(number, set()).add(identity)
+    return tuple(
+        Entry(s.selector, frozenset(ids), s.protocol, port, port, s.origin, s.l7)
+        for port, ids in sorted(by_port.items())
+    )
 
 
 def _named_ports(endpoints: Iterable[Endpoint]) -> tuple[tuple[int, tuple[tuple[str, int], ...]], ...]:
