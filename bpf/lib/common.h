@@ -118,4 +118,22 @@ struct l7g_flow {
     __u8  daddr[16];
 };
 
+/* The socket-lookup tuple of a flow's own direction; returns its length, which picks the family for
+ * bpf_sk*_lookup_* (sizeof(t->ipv4) or sizeof(t->ipv6); a wrong length silently never matches). */
+static __always_inline __u32 l7g_flow_tuple(const struct l7g_flow *f, struct bpf_sock_tuple *t)
+{
+    if (f->family == L7G_AF_INET) {
+        __builtin_memcpy(&t->ipv4.saddr, f->saddr, 4);
+        __builtin_memcpy(&t->ipv4.daddr, f->daddr, 4);
+        t->ipv4.sport = f->sport;
+        t->ipv4.dport = f->dport;
+        return sizeof(t->ipv4);
+    }
+    __builtin_memcpy(t->ipv6.saddr, f->saddr, 16);
+    __builtin_memcpy(t->ipv6.daddr, f->daddr, 16);
+    t->ipv6.sport = f->sport;
+    t->ipv6.dport = f->dport;
+    return sizeof(t->ipv6);
+}
+
 #endif

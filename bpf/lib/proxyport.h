@@ -67,19 +67,7 @@ static __always_inline int l7g_node_has_connection(struct __sk_buff *skb, struct
 
     if (f->proto == IPPROTO_TCP && (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
         return 0;
-    if (f->family == L7G_AF_INET) {
-        __builtin_memcpy(&t.ipv4.saddr, f->saddr, 4);
-        __builtin_memcpy(&t.ipv4.daddr, f->daddr, 4);
-        t.ipv4.sport = f->sport;
-        t.ipv4.dport = f->dport;
-        tlen = sizeof(t.ipv4);
-    } else {
-        __builtin_memcpy(t.ipv6.saddr, f->saddr, 16);
-        __builtin_memcpy(t.ipv6.daddr, f->daddr, 16);
-        t.ipv6.sport = f->sport;
-        t.ipv6.dport = f->dport;
-        tlen = sizeof(t.ipv6);
-    }
+    tlen = l7g_flow_tuple(f, &t);
     if (f->proto == IPPROTO_TCP) {
         sk = bpf_skc_lookup_tcp(skb, &t, tlen, BPF_F_CURRENT_NETNS, 0);
         if (!sk)
