@@ -33,20 +33,13 @@ from test_http_findings import (
     NODE,
     Exchange,
     Lab,
-    LoopThread,
     _build_namespaces,
-    _stop,
-    poll,
-    sh,
 )
 
+from l7 import procs
 from l7.policy.model import HeaderMatch, HTTPRule
-from l7xds.bootstrap import bootstrap, render
-from l7xds.cache import SnapshotCache
-from l7xds.envoy_process import EnvoyAdmin, EnvoyProcess
-from l7xds.observer import XdsStats
-from l7xds.server import XdsServer
 from l7xds.translate import ProxySettings, RuleSet, Translator
+from tests.xds.envoy_harness import poll, sh, start_xds_envoy
 
 pytestmark = pytest.mark.root
 
@@ -113,38 +106,17 @@ def adv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdvLab]:
         _build_namespaces(client, router, backend)
 
         ready, log = work / "backend.ready", work / "backend.log"
-        backend_proc = subprocess.Popen(
-            [
-                "nsenter",
-                f"--net=/run/netns/{backend}",
-                sys.executable,
-                str(HERE / "adv_http_backend.py"),
-                str(ready),
-                str(log),
-            ],
-            start_new_session=True,
-        )
-        cleanup.callback(_stop, backend_proc)
+        serve = ["nsenter", f"--net=/run/netns/{backend}", sys.executable, str(HERE / "adv_http_backend.py")]
+        out = work / "backend.out"
+        backend_proc = procs.spawn([*serve, str(ready), str(log)], stdout=out, stderr="stdout")
+        cleanup.callback(backend_proc.stop)
         poll("the backend", ready.exists)
 
-        loop = LoopThread()
-        cleanup.callback(loop.close)
-        cache, stats = SnapshotCache(), XdsStats()
-        server = XdsServer(cache, stats)
-        address = loop.run(server.start(f"unix:{work}/xds.sock"))
-        cleanup.callback(lambda: loop.run(server.stop(0)))
-
-        config = work / "bootstrap.yaml"
-        admin_address = f"unix:{work}/admin.sock"
-        config.write_text(render(bootstrap(node_id=NODE, xds_address=address, admin_address=admin_address)))
+        x = start_xds_envoy(cleanup, work, NODE, router)
         settings = ProxySettings(upstream_mark=0xA00, ipv6=False)
-        envoy = EnvoyProcess.start(config, work, argv_prefix=["nsenter", f"--net=/run/netns/{router}"])
-        cleanup.callback(envoy.stop)
-        admin = EnvoyAdmin(admin_address)
-        cleanup.callback(admin.close)
-        lab = Lab(client, loop, cache, stats, Translator(), settings, envoy, admin)
+        lab = Lab(client, x.loop, x.cache, x.stats, Translator(), settings, x.envoy, x.admin)
         lab.apply(RULES)
-        envoy.wait_ready(admin)
+        x.envoy.wait_ready(x.admin)
         yield AdvLab(lab, log)
 
 

@@ -13,31 +13,27 @@ knowledge). Everything is torn down in finalizers: processes by PID, then the na
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
 import secrets
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 
+from l7 import procs
 from l7.policy.model import HeaderMatch, HTTPRule, Mismatch, Secret
 from l7xds import resources as rt
-from l7xds.bootstrap import bootstrap, render
 from l7xds.cache import SnapshotCache
 from l7xds.envoy_process import EnvoyAdmin, EnvoyProcess
 from l7xds.observer import XdsStats
-from l7xds.server import XdsServer
 from l7xds.snapshot import subset_version
 from l7xds.translate import ProxySettings, RuleSet, Translator
+from tests.xds.envoy_harness import LoopThread, poll, sh, start_xds_envoy
 
 pytestmark = pytest.mark.root
 
@@ -69,41 +65,6 @@ RULES: RuleSet = (
         header_matches=(HeaderMatch(name="X-Token", value=TOKEN, mismatch=Mismatch.ADD),),
     ),
 )
-T = TypeVar("T")
-
-
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)}: {proc.stderr.strip()}")
-    return proc
-
-
-def poll(what: str, condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-class LoopThread:
-    """The xDS server's event loop, in a thread (the tests themselves are synchronous)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="l7gsh-xds", daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 @dataclass(frozen=True)
 class Response:
     status: int
@@ -261,15 +222,6 @@ table ip l7gsh {{
     )
 
 
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     prefix = f"l7gsh-{secrets.token_hex(3)}"
@@ -281,37 +233,20 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         _build_namespaces(client, router, backend)
 
         ready = work / "backend.ready"
-        backend_proc = subprocess.Popen(
-            [
-                "nsenter",
-                f"--net=/run/netns/{backend}",
-                sys.executable,
-                str(HERE / "http_backend.py"),
-                str(ready),
-            ],
-            start_new_session=True,
+        serve = ["nsenter", f"--net=/run/netns/{backend}", sys.executable, str(HERE / "http_backend.py")]
+        backend_proc = procs.spawn(
+            [*serve, str(ready)],
+            stdout=work / "backend.log",
+            stderr="stdout",
         )
-        cleanup.callback(_stop, backend_proc)
+        cleanup.callback(backend_proc.stop)
         poll("the backend", ready.exists)
 
-        loop = LoopThread()
-        cleanup.callback(loop.close)
-        cache, stats = SnapshotCache(), XdsStats()
-        server = XdsServer(cache, stats)
-        address = loop.run(server.start(f"unix:{work}/xds.sock"))
-        cleanup.callback(lambda: loop.run(server.stop(0)))
-
-        config = work / "bootstrap.yaml"
-        admin_address = f"unix:{work}/admin.sock"
-        config.write_text(render(bootstrap(node_id=NODE, xds_address=address, admin_address=admin_address)))
+        x = start_xds_envoy(cleanup, work, NODE, router)
         settings = ProxySettings(upstream_mark=0xA00, ipv6=False, secrets={("default", "tok"): TOKEN})
-        envoy = EnvoyProcess.start(config, work, argv_prefix=["nsenter", f"--net=/run/netns/{router}"])
-        cleanup.callback(envoy.stop)
-        admin = EnvoyAdmin(admin_address)
-        cleanup.callback(admin.close)
-        lab = Lab(client, loop, cache, stats, Translator(), settings, envoy, admin)
+        lab = Lab(client, x.loop, x.cache, x.stats, Translator(), settings, x.envoy, x.admin)
         lab.apply(RULES)
-        envoy.wait_ready(admin)
+        x.envoy.wait_ready(x.admin)
         yield lab
 
 

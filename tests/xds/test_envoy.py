@@ -12,30 +12,26 @@ namespaces (which takes their nft tables, ip rules and veths with them).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from l7 import procs
 from l7.policy.model import HTTPRule
 from l7xds import resources as rt
-from l7xds.bootstrap import bootstrap, render
 from l7xds.cache import SnapshotCache
 from l7xds.envoy_process import EnvoyAdmin, EnvoyProcess
 from l7xds.observer import XdsStats
-from l7xds.server import XdsServer
 from l7xds.snapshot import Snapshot, subset_version
 from l7xds.translate import ProxySettings, RuleSet, Translator
+from tests.xds.envoy_harness import LoopThread, poll, sh, start_xds_envoy
 
 pytestmark = pytest.mark.root
 
@@ -46,41 +42,6 @@ BACKEND4 = "10.214.2.2"
 BACKEND6 = "fd00:214::2:2"
 PUBLIC = (HTTPRule(method="GET", path="^/public(/.*)?$"),)
 DENY_BODY = b"Access denied\r\n"
-T = TypeVar("T")
-
-
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)}: {proc.stderr.strip()}")
-    return proc
-
-
-def poll(what: str, condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-class LoopThread:
-    """The xDS server's event loop, in a thread (the tests themselves are synchronous)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="xds-loop", daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 @dataclass
 class Lab:
     client: str
@@ -211,25 +172,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         cleanup.callback(backend_proc.stop)
         poll("the backend", ready.exists)
 
-        loop = LoopThread()
-        cleanup.callback(loop.close)
-        cache, stats = SnapshotCache(), XdsStats()
-        server = XdsServer(cache, stats)
-        address = loop.run(server.start(f"unix:{work}/xds.sock"))
-        cleanup.callback(lambda: loop.run(server.stop(0)))
-
-        config = work / "bootstrap.yaml"
-        admin_address = f"unix:{work}/admin.sock"
-        config.write_text(render(bootstrap(node_id=NODE, xds_address=address, admin_address=admin_address)))
+        x = start_xds_envoy(cleanup, work, NODE, router)
         settings = ProxySettings(upstream_mark=0xA00)
-        translator = Translator()
-        envoy = EnvoyProcess.start(config, work, argv_prefix=["nsenter", f"--net=/run/netns/{router}"])
-        cleanup.callback(envoy.stop)
-        admin = EnvoyAdmin(admin_address)
-        cleanup.callback(admin.close)
-        lab = Lab(client, router, backend, loop, cache, stats, translator, settings, envoy, admin)
+        lab = Lab(client, router, backend, x.loop, x.cache, x.stats, Translator(), settings, x.envoy, x.admin)
         lab.apply(PUBLIC)
-        envoy.wait_ready(admin)
+        x.envoy.wait_ready(x.admin)
         yield lab
 
 
