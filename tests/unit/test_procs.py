@@ -25,6 +25,9 @@ def test_spawn_stop_and_reap(tmp_path: Path) -> None:
     try:
         assert process.alive() and process in procs.children()
         assert process == procs.Process.of(process.pid)  # adopting by PID finds the same identity
+        deadline = time.monotonic() + 5  # /proc may show the argv a moment after the start on a busy machine
+        while process.cmdline() != ["sleep", "30"] and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert process.cmdline() == ["sleep", "30"]
         assert os.getsid(process.pid) == process.pid  # its own session: outlives its starter
         assert process.returncode() is None
