@@ -129,9 +129,22 @@ MAX_PORTS = 40
 """Cilium's CRD limit (``maxItems: 40``) on ``toPorts[].ports`` and ``icmps[].fields``."""
 
 
+class TLSContext(_Model):
+    """``terminatingTLS`` / ``originatingTLS``: a Secret and the names of its items (Cilium's defaults
+    ``tls.crt``, ``tls.key``, ``ca.crt`` when omitted)."""
+
+    secret: Secret
+    trusted_ca: str | None = Field(default=None, alias="trustedCA")
+    certificate: str | None = None
+    private_key: str | None = None
+
+
 class PortRule(_Model):
     ports: tuple[PortProtocol, ...] | None = Field(default=None, max_length=MAX_PORTS)
     rules: L7Rules | None = None
+    server_names: tuple[str, ...] | None = None
+    terminating_tls: TLSContext | None = Field(default=None, alias="terminatingTLS")
+    originating_tls: TLSContext | None = Field(default=None, alias="originatingTLS")
 
 
 class ICMPField(_Model):

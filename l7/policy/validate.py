@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from l7.policy import fqdn, labels
+from l7.policy import fqdn, labels, servernames
 from l7.policy.cidr import parse_cidr
 from l7.policy.entities import ENTITIES
 from l7.policy.fieldpath import field, index, key
@@ -324,6 +324,7 @@ def _port_rule(rule: PortRule, path: str, *, ingress: bool, deny: bool, host: bo
                 )
         if isinstance(number, str) or number == 0 or (port.end_port is not None and port.end_port != number):
             l7_ports_ok = False
+    problems += _tls(rule, path, deny=deny, host=host, l7_ports_ok=l7_ports_ok)
     rules = rule.rules
     if rules is None or (not rules.http and not rules.dns):
         return problems
@@ -359,6 +360,70 @@ def _port_rule(rule: PortRule, path: str, *, ingress: bool, deny: bool, host: bo
         problems += _http_rule(http, index(field(rules_path, "http"), i))
     for i, dns in enumerate(rules.dns or ()):
         problems += _name_selector(dns, index(field(rules_path, "dns"), i))
+    return problems
+
+
+def _tls(rule: PortRule, path: str, *, deny: bool, host: bool, l7_ports_ok: bool) -> Problems:
+    """serverNames, terminatingTLS and originatingTLS: TLS on specific TCP ports of allow rules."""
+    present = [
+        (name, value)
+        for name, value in (
+            ("serverNames", rule.server_names),
+            ("terminatingTLS", rule.terminating_tls),
+            ("originatingTLS", rule.originating_tls),
+        )
+        if value is not None
+    ]
+    if not present:
+        return []
+    first = field(path, present[0][0])
+    if deny:
+        return [
+            Problem(
+                first, "TLS rules (serverNames, terminatingTLS, originatingTLS) are not allowed in deny rules"
+            )
+        ]
+    problems: Problems = []
+    if host:
+        problems.append(Problem(first, "TLS rules are not supported in node (host) policies"))
+    for i, name in enumerate(rule.server_names or ()):
+        problem = servernames.validate(name)
+        if problem:
+            problems.append(Problem(index(field(path, "serverNames"), i), problem))
+    if rule.server_names is not None and not rule.server_names:
+        problems.append(Problem(field(path, "serverNames"), "must list at least one name"))
+    if not rule.ports:
+        problems.append(Problem(field(path, "ports"), "TLS rules need at least one port"))
+    elif not l7_ports_ok:
+        problems.append(
+            Problem(
+                field(path, "ports"),
+                'TLS rules need specific numeric ports (not "0", not a name, not a range)',
+            )
+        )
+    for i, port in enumerate(() if rule.rules is not None and rule.rules.http else rule.ports or ()):
+        if port.protocol is not Protocol.TCP:
+            problems.append(
+                Problem(
+                    field(index(field(path, "ports"), i), "protocol"),
+                    f"TLS rules need protocol TCP, not {port.protocol}",
+                )
+            )
+    rules = rule.rules
+    if rules is not None and rules.dns:
+        problems.append(
+            Problem(field(field(path, "rules"), "dns"), "DNS rules cannot be combined with TLS rules")
+        )
+    if rules is not None and rules.http and rule.terminating_tls is None:
+        problems.append(
+            Problem(
+                field(path, "terminatingTLS"),
+                "HTTP rules on a TLS port need terminatingTLS (the proxy cannot read the requests otherwise)",
+            )
+        )
+    for name, context in (("terminatingTLS", rule.terminating_tls), ("originatingTLS", rule.originating_tls)):
+        if context is not None and not context.secret.name:
+            problems.append(Problem(field(field(field(path, name), "secret"), "name"), "must not be empty"))
     return problems
 
 
