@@ -19,6 +19,7 @@ packages=(
   python3-bpfcc libbpfcc bpftool linux-headers-amd64
   iproute2 nftables curl bind9-dnsutils dnsmasq-base ncat openssl
   iperf3 dnsperf wrk procps psmisc iputils-ping
+  prometheus
 )
 missing=()
 for p in "${packages[@]}"; do
