@@ -37,6 +37,7 @@ from l7.endpoints import Endpoint, Node, Service, Topology
 from l7.identity import IdentityAllocator, Network, ReservedIdentity
 from l7.policy.documents import Policy
 from l7.policy.fqdn import normalize
+from l7.resolve.host import host_endpoint, is_host_key
 from l7.resolve.resolver import (
     fqdn_selectors,
     fqdn_uses,
@@ -243,6 +244,10 @@ class Engine:
         self._prefix_keys: dict[tuple[int, int, int], Network] = {}  # (version, bits, length) → prefix
         self._fqdn_ids: dict[tuple[frozenset[str], Network | None, int], int] = {}
         self._ipcache = _IPCache()
+        # the local node's host endpoint (l7.resolve.host): cluster-wide policies' nodeSelector rules
+        self._host: Endpoint | None = None
+        self._host_contributions: dict[str, Contribution] = {}
+        self._host_resolved: ResolvedEndpoint | None = None
 
     # ------------------------------------------------------------------------------------- reading
     @property
@@ -260,6 +265,13 @@ class Engine:
 
     def resolved(self, key: str) -> ResolvedEndpoint | None:
         return self._resolved.get(key)
+
+    @property
+    def host(self) -> ResolvedEndpoint | None:
+        """The host endpoint's resolution (None without a local node in the topology). Its key is in
+        :attr:`Changes.endpoints` when it changed (:func:`l7.resolve.host.is_host_key`)."""
+        self._settle()
+        return self._host_resolved
 
     @property
     def endpoints(self) -> Mapping[str, ResolvedEndpoint]:
@@ -320,6 +332,7 @@ class Engine:
             fqdn_selectors=fqdn_uses(resolved),
             http_rule_sets=rule_sets(resolved, "http"),
             dns_rule_sets=rule_sets(resolved, "dns"),
+            host=self._host_resolved,
         )
 
     def take_changes(self) -> Changes:
@@ -372,6 +385,35 @@ class Engine:
                     contributions[key] = c
             if had is not None or key in contributions:
                 self._dirty.add(ep_key)
+        if None in namespaces:
+            self._host_policy_changed(key, new)
+
+    def _host_policy_changed(self, key: str, new: Policy | None) -> None:
+        """A cluster-wide policy changed: its nodeSelector rules' contribution to the host endpoint."""
+        if self._host is None:
+            return
+        had = self._host_contributions.pop(key, None)
+        if new is not None:
+            c = contribute(new, self._host.labels, self._host.ports, host=True)
+            if c.selects:
+                self._host_contributions[key] = c
+        if had is not None or key in self._host_contributions:
+            self._dirty.add(self._host.key)
+
+    def _set_host(self, host: Endpoint | None) -> None:
+        """The local node's host endpoint appeared, changed (labels, addresses) or went away."""
+        if host == self._host:
+            return
+        if self._host is not None:
+            self._dirty.add(self._host.key)
+        self._host, self._host_contributions = host, {}
+        if host is None:
+            return
+        for key in self._by_namespace.get(None, ()):
+            c = contribute(self._policies[key], host.labels, host.ports, host=True)
+            if c.selects:
+                self._host_contributions[key] = c
+        self._dirty.add(host.key)
 
     def _local_endpoints(self, namespaces: set[str | None]) -> list[tuple[str, Endpoint]]:
         if None in namespaces:
@@ -490,6 +532,7 @@ class Engine:
         for prefix, identity in wanted.items():
             self._ipcache.set("node", prefix, identity)
         self._nodes = tuple(nodes)
+        self._set_host(host_endpoint(nodes, self.node))
 
     def set_services(self, services: Sequence[Service]) -> None:
         self._last_topology = None
@@ -649,15 +692,21 @@ class Engine:
                 self._resolve(key)
 
     def _resolve(self, key: str) -> None:
-        old = self._resolved.get(key)
-        contributions = self._contributions.get(key)
         uses: set[Selector] = set()
-        if contributions is None:  # no longer a local endpoint
-            self._resolved.pop(key, None)
-            new = None
+        if is_host_key(key):
+            old = self._host_resolved
+            host = self._host if self._host is not None and self._host.key == key else None
+            new = None if host is None else self._resolve_endpoint(host, self._host_contributions, uses)
+            self._host_resolved = new  # one host key per engine: the local node's
         else:
-            new = self._resolve_endpoint(key, contributions, uses)
-            self._resolved[key] = new
+            old = self._resolved.get(key)
+            contributions = self._contributions.get(key)
+            if contributions is None:  # no longer a local endpoint
+                self._resolved.pop(key, None)
+                new = None
+            else:
+                new = self._resolve_endpoint(self._endpoints[key], contributions, uses)
+                self._resolved[key] = new
         for sel in self._uses.pop(key, set()) - uses:
             self._selectors.remove_user(sel, key)
         if uses:
@@ -666,8 +715,9 @@ class Engine:
             self._changed.add(key)
 
     def _resolve_endpoint(
-        self, key: str, contributions: Mapping[str, Contribution], uses: set[Selector]
+        self, endpoint: Endpoint, contributions: Mapping[str, Contribution], uses: set[Selector]
     ) -> ResolvedEndpoint:
+        key = endpoint.key
         parts = [contributions[k] for k in sorted(contributions)]
         self._named_users.discard(key)
         self._service_users.discard(key)
@@ -682,7 +732,7 @@ class Engine:
                 denies=tuple(e for _, d in found for s in d.denies for e in self._entries(key, s, uses)),
             )
 
-        return ResolvedEndpoint(self._endpoints[key], direction("ingress"), direction("egress"))
+        return ResolvedEndpoint(endpoint, direction("ingress"), direction("egress"))
 
     def _entries(self, key: str, s: SelectorEntry, uses: set[Selector]) -> tuple[Entry, ...]:
         chosen = self._select(key, s.selector, uses)

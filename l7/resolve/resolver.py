@@ -17,6 +17,7 @@ from l7.labels import LabelSet
 from l7.policy import model
 from l7.policy.cidr import parse_cidr
 from l7.policy.documents import Policy
+from l7.resolve.host import host_endpoint
 from l7.resolve.rules import Contribution, DirectionContribution, contribute
 from l7.resolve.types import (
     DirectionPolicy,
@@ -225,6 +226,11 @@ class Resolver:
             resolved.append(found)
         self._pairs = {k: v for k, v in self._pairs.items() if k in used_pairs}
         self._endpoints = {k: v for k, v in self._endpoints.items() if k in used_eps}
+        host = host_endpoint(topology.nodes, self.node)
+        resolved_host = None
+        if host is not None:  # one endpoint, resolved every time (not memoised)
+            host_parts = tuple(contribute(p, host.labels, host.ports, host=True) for p in policies)
+            resolved_host = self._resolve_endpoint(host, host_parts, named)
 
         return ResolvedNode(
             node=self.node,
@@ -234,6 +240,7 @@ class Resolver:
             fqdn_selectors=fqdn_uses(resolved),
             http_rule_sets=rule_sets(resolved, "http"),
             dns_rule_sets=rule_sets(resolved, "dns"),
+            host=resolved_host,
         )
 
     def _resolve_endpoint(

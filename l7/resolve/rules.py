@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from l7.labels import LabelSet
+from l7.labels import RESERVED, LabelSet
 from l7.policy import model
 from l7.policy.documents import Policy
 from l7.policy.icmp import icmp_type
@@ -34,9 +34,12 @@ from l7.resolve.types import ANY_PROTOCOL, ICMP_PROTOCOLS, L4_PROTOCOLS, L7RuleS
 from l7.selectors import (
     WILDCARD,
     EntitySelector,
+    LabelSelector,
+    Requirement,
     Selector,
     cidr_selector,
     fqdn_selector,
+    label_selector,
     node_selector,
     peer_selector,
     service_selector,
@@ -65,14 +68,18 @@ class Contribution:
 NOTHING = DirectionContribution()
 
 
-def contribute(policy: Policy, labels: LabelSet, ports: tuple[tuple[str, int], ...]) -> Contribution:
-    """The entries ``policy`` gives an endpoint with identity ``labels`` and named ``ports``."""
+def contribute(
+    policy: Policy, labels: LabelSet, ports: tuple[tuple[str, int], ...], *, host: bool = False
+) -> Contribution:
+    """The entries ``policy`` gives an endpoint with identity ``labels`` and named ``ports``.
+
+    ``host``: the endpoint is a node's host endpoint (``l7.resolve.host``): only ``nodeSelector``
+    rules apply to it, and ``endpointSelector`` rules never do (as Cilium: a rule selects either pods
+    or hosts)."""
     ingress: list[DirectionContribution] = []
     egress: list[DirectionContribution] = []
     for rule, path in zip(policy.rules, policy.rule_paths, strict=True):
-        if rule.endpoint_selector is None:  # host policies (nodeSelector) do not apply to endpoints
-            continue
-        if not subject_selector(rule.endpoint_selector, policy.namespace).matches(labels):
+        if not _subject_matches(rule, policy.namespace, labels, host):
             continue
         edd = rule.enable_default_deny
         ingress.append(
@@ -100,6 +107,21 @@ def contribute(policy: Policy, labels: LabelSet, ports: tuple[tuple[str, int], .
     if not ingress:
         return Contribution(policy.key, False)
     return Contribution(policy.key, True, _merge(ingress), _merge(egress))
+
+
+def _subject_matches(rule: model.Rule, namespace: str | None, labels: LabelSet, host: bool) -> bool:
+    if host:
+        return rule.node_selector is not None and host_subject_selector(rule.node_selector).matches(labels)
+    if rule.endpoint_selector is None:  # host policies (nodeSelector) do not apply to endpoints
+        return False
+    return subject_selector(rule.endpoint_selector, namespace).matches(labels)
+
+
+def host_subject_selector(sel: model.EndpointSelector) -> LabelSelector:
+    """The hosts a ``nodeSelector`` rule applies to: the user's requirements (keys without a source
+    match any source; a host carries its Node labels as ``k8s:``) plus ``reserved:host Exists``."""
+    compiled = label_selector(sel)
+    return LabelSelector((*compiled.requirements, Requirement(RESERVED, "host", model.Operator.EXISTS)))
 
 
 def _merge(parts: list[DirectionContribution]) -> DirectionContribution:

@@ -172,11 +172,15 @@ class ResolvedNode:
     fqdn_selectors: tuple[FQDNUse, ...]
     http_rule_sets: tuple[L7RuleSet, ...]
     dns_rule_sets: tuple[L7RuleSet, ...]
+    host: ResolvedEndpoint | None = None  # the node's host endpoint (l7.resolve.host), when it is known
     _index: dict[str, ResolvedEndpoint] = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     def __post_init__(self) -> None:
         self._index.update({r.endpoint.key: r for r in self.endpoints})
+        if self.host is not None:
+            self._index[self.host.endpoint.key] = self.host
 
     def endpoint(self, key: str) -> ResolvedEndpoint:
-        """By ``namespace/name``; :class:`KeyError` when the endpoint is not resolved here."""
+        """By ``namespace/name`` (the host endpoint: ``reserved:host/<node>``); :class:`KeyError` when
+        the endpoint is not resolved here."""
         return self._index[key]

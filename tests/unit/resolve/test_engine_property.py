@@ -138,6 +138,23 @@ VARIANTS: dict[str, list[str]] = {
             namespace=None,
         ),
     ],
+    "host": [  # host policies (nodeSelector): the local node's host endpoint
+        _cnp(
+            "host",
+            "nodeSelector: {}\ningress:\n- fromEntities: [cluster]\n  toPorts: [{ports: [{port: '22', protocol: TCP}]}]",
+            namespace=None,
+        ),
+        _cnp(
+            "host",
+            "nodeSelector: {matchLabels: {zone: z1}}\ningress:\n- fromEndpoints: [{matchLabels: {app: web}}]\negress:\n- toCIDR: [198.18.0.0/16]\negressDeny:\n- toEntities: [world]\n  toPorts: [{ports: [{port: '25'}]}]",
+            namespace=None,
+        ),
+        _cnp(
+            "host",
+            "nodeSelector: {matchExpressions: [{key: zone, operator: DoesNotExist}]}\nenableDefaultDeny: {ingress: false}\ningress:\n- fromEndpoints: [{matchLabels: {app: api}}]\n  toPorts: [{ports: [{port: http}]}]",
+            namespace=None,
+        ),
+    ],
     "nsb": [
         _cnp(
             "nsb",
@@ -184,7 +201,7 @@ class World:
             },
         ]
         nodes = [
-            {"name": "w1", "ips": ["192.168.0.1"]},
+            {"name": "w1", "ips": ["192.168.0.1"], "labels": {"zone": "z1"} if self.node_labels else {}},
             {"name": "w2", "ips": ["192.168.0.2"], "labels": {"role": "edge"} if self.node_labels else {}},
         ]
         return parse_endpoints(
@@ -273,6 +290,7 @@ def _assert_same(got: ResolvedNode, want: ResolvedNode) -> None:
     assert got.http_rule_sets == want.http_rule_sets
     assert got.dns_rule_sets == want.dns_rule_sets
     assert got.identities == want.identities
+    assert got.host == want.host
 
 
 initial_st = st.tuples(
@@ -316,6 +334,8 @@ def test_engine_equals_from_scratch(
             was = {r.endpoint.key: r for r in before.endpoints}
             now = {r.endpoint.key: r for r in got.endpoints}
             differ = {k for k in was.keys() | now.keys() if was.get(k) != now.get(k)}
+            if before.host != got.host:
+                differ.add(f"reserved:host/{NODE}")
             assert differ <= changes.endpoints
             old_ip = {e.prefix: e.identity for e in before.ipcache}
             new_ip = {e.prefix: e.identity for e in got.ipcache}
