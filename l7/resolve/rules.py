@@ -208,7 +208,16 @@ def peers(rule: Peer, namespace: str | None) -> tuple[Selector, ...]:
     return tuple(out)
 
 
-def _l7(rules: model.L7Rules | None) -> L7RuleSet | None:
+def _l7(port_rule: model.PortRule) -> L7RuleSet | None:
+    rules = port_rule.rules
+    if port_rule.server_names or port_rule.terminating_tls or port_rule.originating_tls:
+        return L7RuleSet(
+            "http",
+            http=rules.http or () if rules is not None else (),
+            server_names=port_rule.server_names or (),
+            terminating=port_rule.terminating_tls,
+            originating=port_rule.originating_tls,
+        )
     if rules is None:
         return None
     if rules.http:
@@ -227,7 +236,7 @@ def _l4(
         return
     for j, port_rule in enumerate(rule.to_ports or ()):
         where = f"{path}.toPorts[{j}]"
-        l7 = _l7(port_rule.rules)
+        l7 = _l7(port_rule)
         for pp in port_rule.ports or (model.PortProtocol(),):
             protocols = L4_PROTOCOLS if pp.protocol is model.Protocol.ANY else (str(pp.protocol),)
             lo, hi, named = 0, 65535, None

@@ -58,15 +58,31 @@ class L7RuleSet:
     kind: str  # "http" | "dns"
     http: tuple[model.HTTPRule, ...] = ()
     dns: tuple[model.DNSRule, ...] = ()
+    # TLS (kind "http"): allowed SNI patterns (empty: any), and the proxy's TLS contexts; a set with
+    # server names and no terminating context passes the TLS bytes through unread.
+    server_names: tuple[str, ...] = ()
+    terminating: model.TLSContext | None = None
+    originating: model.TLSContext | None = None
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.server_names) or self.terminating is not None or self.originating is not None
 
     @functools.cached_property
     def key(self) -> str:
         rules = self.http if self.kind == "http" else self.dns
-        text = json.dumps(
-            [self.kind, [r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in rules]],
-            sort_keys=True,
-            separators=(",", ":"),
-        )
+        parts: list[object] = [self.kind, [r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in rules]]
+        if self.tls:
+            parts.append(
+                [
+                    list(self.server_names),
+                    *(
+                        c.model_dump(mode="json", by_alias=True, exclude_none=True) if c is not None else None
+                        for c in (self.terminating, self.originating)
+                    ),
+                ]
+            )
+        text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import any_pb2  # type: ignore[import-untyped]
 
 from l7xds import resources as rt
@@ -28,6 +29,7 @@ _MESSAGE_TYPES: dict[str, Any] = {
     rt.CLUSTER: cluster_pb2.Cluster,
     rt.LISTENER: listener_pb2.Listener,
     rt.ROUTE: route_pb2.RouteConfiguration,
+    rt.SECRET: secret_pb2.Secret,
 }
 
 
@@ -109,7 +111,11 @@ class Snapshot:
         routes = self.resources(rt.ROUTE)
         clusters = self.resources(rt.CLUSTER)
         endpoints = self.resources(rt.ENDPOINT)
+        secrets = self.resources(rt.SECRET)
         for listener in listeners.values():
+            for secret_name in rt.listener_secret_names(listener.message):
+                if secret_name not in secrets:
+                    problems.append(f"listener {listener.name!r} uses missing secret {secret_name!r}")
             problems.extend(_listener_problems(listener.message))
             for route_name in rt.listener_route_names(listener.message):
                 if route_name not in routes:
@@ -124,6 +130,10 @@ class Snapshot:
                     )
         for cluster in clusters.values():
             message = cluster.message
+            if message.HasField("transport_socket"):
+                for secret_name in rt.transport_secret_names(message.transport_socket):
+                    if secret_name not in secrets:
+                        problems.append(f"cluster {cluster.name!r} uses missing secret {secret_name!r}")
             if message.type == cluster_pb2.Cluster.EDS:
                 service = message.eds_cluster_config.service_name or message.name
                 if service not in endpoints:

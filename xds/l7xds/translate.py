@@ -40,9 +40,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from envoy.config.accesslog.v3 import accesslog_pb2
@@ -72,6 +72,7 @@ from l7.policy.headers import parse_header
 from l7.policy.model import HeaderMatch, HTTPRule, Mismatch
 from l7.policy.regex import AMBIGUOUS_PATH, envoy_host_regex
 from l7xds import resources as rt
+from l7xds import tls as tl
 from l7xds.errors import TranslationError
 from l7xds.snapshot import Encoder, Resource, Snapshot
 
@@ -142,6 +143,7 @@ class ProxySettings:
     connect_timeout_s: float = 5.0
     ipv6: bool = True
     secrets: Mapping[SecretKey, str] = field(default_factory=dict)
+    tls_secrets: tl.TLSSecrets = field(default_factory=dict)  # (namespace, name) → item → PEM text
 
     def cache_key(self) -> Hashable:
         return (
@@ -428,7 +430,49 @@ _LOCAL_REPLY = hcm_pb2.LocalReplyConfig(
 )
 
 
-def build_listener(port: int, route_name: str, settings: ProxySettings) -> listener_pb2.Listener:
+def build_listener(
+    port: int, route_name: str, settings: ProxySettings, tls: tl.PortTLS | None = None
+) -> listener_pb2.Listener:
+    """The transparent listener of a proxy port; with ``tls``, see :mod:`l7xds.tls`."""
+    if tls is None:
+        network_filter = _hcm_filter(port, route_name, settings)
+    elif tls.server_names and tls.terminating is None and tls.originating is None:
+        network_filter = tl.tcp_proxy(settings.cluster_name, port, _access_log(settings))
+    else:
+        network_filter = _hcm_filter(port, route_name, settings)
+    chain = listener_components_pb2.FilterChain(filters=[network_filter])
+    listener_filters = [
+        listener_components_pb2.ListenerFilter(
+            name="envoy.filters.listener.original_dst", typed_config=_ORIGINAL_DST
+        )
+    ]
+    matcher = None
+    if tls is not None:
+        if tls.inspects:
+            listener_filters.append(tl.TLS_INSPECTOR)
+        ok = tl.usable(tls, settings.tls_secrets)
+        if tls.terminating is not None and ok:  # unusable: no secret referenced, no chain matches
+            chain.transport_socket.CopyFrom(tl.downstream_socket(tls.terminating))
+        matcher = tl.chain_matcher(tls, ok)
+        if matcher is not None:
+            chain.name = tl.CHAIN
+    additional = []
+    if settings.ipv6:
+        additional.append(listener_pb2.AdditionalAddress(address=_socket_address("::", port)))
+    listener = listener_pb2.Listener(
+        name=listener_name(port),
+        address=_socket_address("0.0.0.0", port),
+        additional_addresses=additional,
+        transparent=wrappers_pb2.BoolValue(value=True),
+        listener_filters=listener_filters,
+        filter_chains=[chain],
+    )
+    if matcher is not None:
+        listener.filter_chain_matcher.CopyFrom(matcher)
+    return listener
+
+
+def _hcm_filter(port: int, route_name: str, settings: ProxySettings) -> listener_components_pb2.Filter:
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=f"l7gate_{port}",
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
@@ -454,32 +498,20 @@ def build_listener(port: int, route_name: str, settings: ProxySettings) -> liste
         # Any other 403 that Envoy makes itself (e.g. an Upgrade type it does not proxy) has our body too.
         local_reply_config=_LOCAL_REPLY,
     )
-    additional = []
-    if settings.ipv6:
-        additional.append(listener_pb2.AdditionalAddress(address=_socket_address("::", port)))
-    return listener_pb2.Listener(
-        name=listener_name(port),
-        address=_socket_address("0.0.0.0", port),
-        additional_addresses=additional,
-        transparent=wrappers_pb2.BoolValue(value=True),
-        listener_filters=[
-            listener_components_pb2.ListenerFilter(
-                name="envoy.filters.listener.original_dst", typed_config=_ORIGINAL_DST
-            )
-        ],
-        filter_chains=[
-            listener_components_pb2.FilterChain(
-                filters=[
-                    listener_components_pb2.Filter(
-                        name="envoy.filters.network.http_connection_manager", typed_config=_pack(hcm)
-                    )
-                ]
-            )
-        ],
+    return listener_components_pb2.Filter(
+        name="envoy.filters.network.http_connection_manager", typed_config=_pack(hcm)
     )
 
 
-def build_cluster(settings: ProxySettings) -> cluster_pb2.Cluster:
+def build_cluster(settings: ProxySettings, originating: tl.TLSRef | None = None) -> cluster_pb2.Cluster:
+    """The ORIGINAL_DST cluster; with ``originating`` the TLS one (named by :func:`route_settings`)."""
+    if originating is not None:
+        cluster = build_cluster(
+            replace(settings, cluster_name=tl.tls_cluster_name(settings.cluster_name, originating))
+        )
+        cluster.transport_socket.CopyFrom(tl.upstream_socket(originating))
+        cluster.typed_extension_protocol_options[tl.HTTP_OPTIONS].CopyFrom(tl.upstream_http_options())
+        return cluster
     seconds = int(settings.connect_timeout_s)
     cluster = cluster_pb2.Cluster(
         name=settings.cluster_name,
@@ -509,23 +541,55 @@ def build_cluster(settings: ProxySettings) -> cluster_pb2.Cluster:
 # --- the whole translation --------------------------------------------------------------------------
 
 
+def route_settings(settings: ProxySettings, tls: tl.PortTLS | None) -> ProxySettings:
+    """The settings a port's routes are built with: forwarding to the TLS cluster when it originates."""
+    if tls is None or tls.originating is None or not tl.usable(tls, settings.tls_secrets):
+        return settings  # an unusable port's chain matches no connection: its routes are never used
+    return replace(settings, cluster_name=tl.tls_cluster_name(settings.cluster_name, tls.originating))
+
+
+def _originating(
+    tls: Mapping[int, tl.PortTLS], ports: Iterable[int], secrets: tl.TLSSecrets
+) -> list[tl.TLSRef]:
+    """The TLS clusters needed: one per originating secret of a usable port."""
+    return sorted(
+        {
+            t.originating
+            for p in ports
+            if (t := tls.get(p)) is not None and t.originating is not None and tl.usable(t, secrets)
+        }
+    )
+
+
 def translate(
     ports: Mapping[int, RuleSet],
     settings: ProxySettings,
     deny: AbstractSet[int] = frozenset(),
     audit: AbstractSet[int] = frozenset(),
+    tls: Mapping[int, tl.PortTLS] | None = None,
 ) -> list[tuple[str, Any]]:
     """(type URL, message) for every resource; deterministic, no side effects. Ports in ``deny`` keep
-    their listener but deny every request (their rules are ignored)."""
+    their listener but deny every request (their rules are ignored); ports in ``tls`` filter SNI and/or
+    intercept TLS (:mod:`l7xds.tls`)."""
+    tls = tls or {}
     out: list[tuple[str, Any]] = [(rt.CLUSTER, build_cluster(settings))]
+    out += [
+        (rt.CLUSTER, build_cluster(settings, ref)) for ref in _originating(tls, ports, settings.tls_secrets)
+    ]
     for port in sorted(ports):
-        out.append((rt.LISTENER, build_listener(port, route_config_name(port), settings)))
+        out.append((rt.LISTENER, build_listener(port, route_config_name(port), settings, tls.get(port))))
     for port in sorted(ports):
         name = route_config_name(port)
         config = build_route_configuration(
-            name, ports[port], settings, deny_all=port in deny, audit=port in audit
+            name,
+            ports[port],
+            route_settings(settings, tls.get(port)),
+            deny_all=port in deny,
+            audit=port in audit,
         )
         out.append((rt.ROUTE, config))
+    used = [tls[p] for p in sorted(ports) if p in tls]
+    out += [(rt.SECRET, secret) for secret in tl.secret_resources(used, settings.tls_secrets)]
     return out
 
 
@@ -534,9 +598,12 @@ def snapshot_of(
     settings: ProxySettings,
     deny: AbstractSet[int] = frozenset(),
     audit: AbstractSet[int] = frozenset(),
+    tls: Mapping[int, tl.PortTLS] | None = None,
 ) -> Snapshot:
     """Translate and encode everything (no memo); see :class:`Translator` for repeated builds."""
-    return Snapshot(Resource.encode(type_url, m) for type_url, m in translate(ports, settings, deny, audit))
+    return Snapshot(
+        Resource.encode(type_url, m) for type_url, m in translate(ports, settings, deny, audit, tls)
+    )
 
 
 class Translator:
@@ -557,11 +624,17 @@ class Translator:
         settings: ProxySettings,
         deny: AbstractSet[int] = frozenset(),
         audit: AbstractSet[int] = frozenset(),
+        tls: Mapping[int, tl.PortTLS] | None = None,
     ) -> Snapshot:
         """Like :func:`snapshot_of`, re-encoding only what changed since the last call."""
         encoder = self._encoder
         common = settings.cache_key()
+        tls = tls or {}
         out = [encoder.encode(rt.CLUSTER, ("cluster", common), lambda: build_cluster(settings))]
+        out += [
+            encoder.encode(rt.CLUSTER, ("cluster", common, ref), lambda r=ref: build_cluster(settings, r))  # type: ignore[misc]
+            for ref in _originating(tls, ports, settings.tls_secrets)
+        ]
         keys: dict[RuleSet, str] = {}
         routes = []
         for port in sorted(ports):
@@ -569,6 +642,8 @@ class Translator:
             key = keys.get(rules) or self._keys.get(rules) or rule_set_key(rules)
             keys[rules] = key
             name = route_config_name(port)
+            port_tls = tls.get(port)
+            port_settings = route_settings(settings, port_tls)
             if port in deny:
                 routes.append(
                     encoder.encode(
@@ -583,20 +658,28 @@ class Translator:
                 routes.append(
                     encoder.encode(
                         rt.ROUTE,
-                        ("route", name, key, secrets, audited, common),
-                        lambda n=name, r=rules, a=audited: build_route_configuration(n, r, settings, audit=a),  # type: ignore[misc]
+                        ("route", name, key, secrets, audited, common, port_settings.cluster_name),
+                        lambda n=name, r=rules, a=audited, s=port_settings: build_route_configuration(
+                            n, r, s, audit=a
+                        ),  # type: ignore[misc]
                     )
                 )
+            ok = port_tls is None or tl.usable(port_tls, settings.tls_secrets)
             out.append(
                 encoder.encode(
                     rt.LISTENER,
-                    ("listener", port, common),
-                    lambda p=port, n=name: build_listener(p, n, settings),  # type: ignore[misc]
+                    ("listener", port, common, port_tls, ok),
+                    lambda p=port, n=name, t=port_tls: build_listener(p, n, settings, t),  # type: ignore[misc]
                 )
             )
+        used = [tls[p] for p in sorted(ports) if p in tls]
+        secrets_out = [
+            encoder.encode(rt.SECRET, ("secret", m.SerializeToString(deterministic=True)), lambda m=m: m)  # type: ignore[misc]
+            for m in tl.secret_resources(used, settings.tls_secrets)
+        ]
         self._keys = keys
         encoder.sweep()
-        return Snapshot([*out, *routes])
+        return Snapshot([*out, *routes, *secrets_out])
 
 
 def _secrets_used(
