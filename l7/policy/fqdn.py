@@ -1,10 +1,19 @@
 """DNS names and patterns of ``toFQDNs`` and ``rules.dns``: validation and matching.
 
-Shared by validation and the DNS proxy. Names compare case-insensitively and a trailing dot is
-optional. ``matchName`` is an exact name. In ``matchPattern``, ``*`` matches the characters of one
-label (``[-a-zA-Z0-9_]*``, never a dot) and ``*`` alone matches every name; a leading ``**.`` matches
-one or more whole labels (elsewhere ``**`` behaves like ``*``). So ``*.example.com`` matches
-``a.example.com`` but neither ``example.com`` nor ``a.b.example.com``, which ``**.example.com`` matches.
+Shared by validation and the DNS proxy, with Cilium 1.19's semantics (``pkg/fqdn/matchpattern``):
+
+- Names compare case-insensitively and a trailing dot is optional. ``matchName`` is an exact name.
+- In ``matchPattern``, ``*`` matches the characters of one label (``[-a-zA-Z0-9_]*``, possibly none,
+  never a dot); a run of stars (``**``, ``***``) anywhere but the start is one ``*``.
+- A pattern of stars only, with or without a trailing dot (``*``, ``**``, ``*.``, ``**.``), matches
+  every name.
+- A leading run of two or more stars followed by a dot (``**.``, ``***.``) matches one or more whole
+  labels: ``**.example.com`` matches ``a.example.com`` and ``a.b.example.com``, not ``example.com``.
+
+Validation accepts what Cilium's CRD schema (``^([-a-zA-Z0-9_*]+[.]?)+$``, at most 255 characters) and
+its ``matchpattern.Validate`` accept; label lengths are not checked in patterns (Cilium does not).
+Matching never backtracks exponentially: a pattern with two separate stars in one label (``*a*``) is
+matched with RE2.
 """
 
 from __future__ import annotations
@@ -20,8 +29,12 @@ MAX_LABEL_LENGTH = 63
 
 _NAME_CHARS = re.compile(r"[-a-zA-Z0-9_.]+")
 _PATTERN_CHARS = re.compile(r"[-a-zA-Z0-9_.*]+")
-_LABEL_CHARS = "[-a-z0-9_]"
-_SUBDOMAINS = "**."
+_LABEL_CHAR = "[-a-z0-9_]"
+_STARS_ONLY = re.compile(r"\*+")
+"""After :func:`normalize`: a pattern that matches every name."""
+_SUBDOMAINS = re.compile(r"\*{2,}\.")
+"""At the start of a pattern: one or more whole labels."""
+_STARS = re.compile(r"\*+")
 
 
 def normalize(name: str) -> str:
@@ -30,16 +43,10 @@ def normalize(name: str) -> str:
     return name[:-1] if name.endswith(".") else name
 
 
-def _check_labels(text: str, what: str) -> str | None:
-    if len(text) > MAX_NAME_LENGTH:
-        return f"{what} is longer than {MAX_NAME_LENGTH} characters"
+def _empty_label(text: str, what: str) -> str | None:
     body = text[:-1] if text.endswith(".") else text
-    labels = body.split(".")
-    if any(label == "" for label in labels):
+    if any(label == "" for label in body.split(".")):
         return f"{what} {text!r} has an empty label"
-    for label in labels:
-        if len(label) > MAX_LABEL_LENGTH:
-            return f"{what} {text!r} has a label longer than {MAX_LABEL_LENGTH} characters"
     return None
 
 
@@ -49,7 +56,14 @@ def validate_name(name: str) -> str | None:
         return "name must not be empty"
     if not _NAME_CHARS.fullmatch(name):
         return f"name {name!r} may only contain letters, digits, '-', '_' and '.'"
-    return _check_labels(name, "name")
+    if len(name) > MAX_NAME_LENGTH:
+        return f"name is longer than {MAX_NAME_LENGTH} characters"
+    problem = _empty_label(name, "name")
+    if problem:
+        return problem
+    if any(len(label) > MAX_LABEL_LENGTH for label in normalize(name).split(".")):
+        return f"name {name!r} has a label longer than {MAX_LABEL_LENGTH} characters"
+    return None
 
 
 def validate_pattern(pattern: str) -> str | None:
@@ -58,26 +72,22 @@ def validate_pattern(pattern: str) -> str | None:
         return "pattern must not be empty"
     if not _PATTERN_CHARS.fullmatch(pattern):
         return f"pattern {pattern!r} may only contain letters, digits, '-', '_', '.' and '*'"
-    problem = _check_labels(pattern, "pattern")
-    if problem:
-        return problem
-    labels = normalize(pattern).split(".")
-    for position, label in enumerate(labels):
-        if label == "**" and (position != 0 or len(labels) == 1):
-            return f"pattern {pattern!r}: '**.' is only allowed as the leading label"
-    return None
+    if len(pattern) > MAX_NAME_LENGTH:
+        return f"pattern is longer than {MAX_NAME_LENGTH} characters"
+    return _empty_label(pattern, "pattern")
 
 
-def _pattern_regex(pattern: str) -> str:
-    pattern = normalize(pattern)
-    if pattern == "*":
+def pattern_regex(pattern: str) -> str:
+    """The regular expression (whole-string, for :func:`normalize`-d names) of a valid ``matchPattern``."""
+    text = normalize(pattern)
+    if _STARS_ONLY.fullmatch(text):
         return ".*"
     prefix = ""
-    if pattern.startswith(_SUBDOMAINS) and len(pattern) > len(_SUBDOMAINS):
-        prefix = rf"(?:{_LABEL_CHARS}+\.)+"
-        pattern = pattern[len(_SUBDOMAINS) :]
-    parts = [re.escape(piece) for piece in re.split(r"\*+", pattern)]
-    return prefix + f"{_LABEL_CHARS}*".join(parts)
+    lead = _SUBDOMAINS.match(text)
+    if lead:
+        prefix = rf"(?:{_LABEL_CHAR}+\.)+"
+        text = text[lead.end() :]
+    return prefix + f"{_LABEL_CHAR}*".join(re.escape(piece) for piece in _STARS.split(text))
 
 
 _RE2_OPTIONS = re2.Options()
@@ -85,7 +95,9 @@ _RE2_OPTIONS.log_errors = False
 _AMBIGUOUS_LABEL = re.compile(r"\*+[^.*]+\*")
 """A pattern label with two ``*`` apart (``*a*``): Python's backtracking ``re`` takes time exponential in
 their number on a name that does not match (``*a*a*a*a*a*a*a*b.test`` vs a 60-letter label: ~10 s), so
-such patterns are matched with RE2 (linear time, ~10x the constant cost); all others with ``re``."""
+such patterns are matched with RE2 (linear time, ~10x the constant cost); all others with ``re``: there a
+star never crosses a dot and has at most one literal after it in its label, so the work per name stays
+small (polynomial in a name of at most 255 characters)."""
 
 
 @dataclass(frozen=True)
@@ -103,11 +115,16 @@ class NameMatcher:
             regex = re.escape(normalize(self.match_name))
         else:
             assert self.match_pattern is not None
-            regex = _pattern_regex(self.match_pattern)
+            regex = pattern_regex(self.match_pattern)
             if _AMBIGUOUS_LABEL.search(self.match_pattern):
                 object.__setattr__(self, "_regex", re2.compile(regex, _RE2_OPTIONS))
                 return
         object.__setattr__(self, "_regex", re.compile(regex, re.ASCII))
+
+    @property
+    def linear(self) -> bool:
+        """Whether the compiled matcher is RE2 (no backtracking at all)."""
+        return not isinstance(self._regex, re.Pattern)
 
     def matches(self, name: str) -> bool:
         """Whether the DNS ``name`` (any case, trailing dot optional) is selected."""

@@ -508,7 +508,7 @@ def reference_match(pattern: str, name: str) -> bool:
     if re.fullmatch(r"\*+", pattern):
         return True
     want, have = pattern.split("."), name.split(".")
-    if pattern.startswith("**.") and len(want) > 1:
+    if re.match(r"\*{2,}\.", pattern) and len(want) > 1:  # a leading '**.' (or more stars)
         tail = want[1:]
         head = have[: len(have) - len(tail)]
         return (

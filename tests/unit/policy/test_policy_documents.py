@@ -104,7 +104,7 @@ spec:
     toEntities: [nowhere]
   - toPorts:
     - ports: [{port: '99999'}]
-  - toFQDNs: [{matchPattern: 'a.**.b'}]
+  - toFQDNs: [{matchPattern: 'a..b'}]
     toCIDR: [1.2.3.4]
 """
     text = "\n---\n".join([doc(body=bad), "", doc(meta="name: q"), doc(meta="name: r", body="spec: 5\n")])

@@ -260,10 +260,10 @@ CASES: list[tuple[str, str, str, str]] = [
         "longer than 63",
     ),
     (
-        "fqdn-double-star",
-        EP + "egress:\n- toFQDNs: [{matchPattern: 'a.**.com'}]",
+        "fqdn-pattern-chars",
+        EP + "egress:\n- toFQDNs: [{matchPattern: 'a.[x].com'}]",
         "spec.egress[0].toFQDNs[0].matchPattern",
-        "leading label",
+        "may only contain",
     ),
     (
         "dns-pattern",
