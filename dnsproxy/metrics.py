@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -64,12 +64,20 @@ class StatsCollector(Collector):
             value=stats.ignored_upstream,
         )
         yield GaugeMetricFamily(f"{self._prefix}_in_flight", "Queries in flight", value=stats.in_flight)
-        cumulative = 0
-        buckets: list[tuple[str, float]] = []
-        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), stats.latency_buckets, strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-        yield HistogramMetricFamily(
+        yield histogram_family(
             f"{self._prefix}_upstream_latency_seconds", "Time from forwarding a query to its answer",
-            buckets=buckets, sum_value=stats.latency_sum,
+            LATENCY_BUCKETS, stats.latency_buckets, stats.latency_sum,
         )
+
+
+def histogram_family(
+    name: str, doc: str, bounds: Sequence[float], counts: Sequence[int], total: float
+) -> HistogramMetricFamily:
+    """A histogram family from per-bucket counts (``counts[i]``: observations ``<= bounds[i]`` and above
+    the bound before; the last one: above every bound), the way :class:`ProxyStats` counts them."""
+    cumulative = 0
+    buckets: list[tuple[str, float]] = []
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)

@@ -35,11 +35,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bpf.maps import MARK_FROM_PROXY
-from dnsproxy import ALLOWED, AUDITED, REFUSED, DNSProxy, Listeners, ProxyConfig, QueryEvent, SocketSetupError
+from dnsproxy import (
+    ALLOWED,
+    AUDITED,
+    REFUSED,
+    DNSProxy,
+    Listeners,
+    ProxyConfig,
+    ProxyStats,
+    QueryEvent,
+    SocketSetupError,
+)
 from dnsproxy.policy import Protocol_, Verdict
 from dnsproxy.wire import NXDOMAIN
 from dnsproxy.wire import REFUSED as RCODE_REFUSED
 from l7.agent.fqdn import FQDNCache, state_path, usable
+from l7.agent.histogram import ALLOW_BUCKETS, Histogram
 from l7.agent.services import AppliedView, ServiceHost
 from l7.agent.socket_keeper import KeeperClient, KeeperError, ensure_keeper
 from l7.flows import FlowLog, flow_path
@@ -101,6 +112,8 @@ class DnsService:
         self._saved = -1
         self.counters = {"fast": 0, "slow": 0, "expired": 0, "refused_source": 0}
         self.lookup_to_allowed: list[float] = []  # seconds, answer arrived → IPs allowed (last 4096)
+        self.allow_seconds = Histogram(ALLOW_BUCKETS)  # the same, every one (metrics)
+        self.proxy_stats = ProxyStats()  # every port's proxy counts here (metrics)
         self._keeper: KeeperClient | None = None
 
     # -- NodeService ----------------------------------------------------------------------------
@@ -224,6 +237,7 @@ class DnsService:
             self._on_answer,
             config=self.proxy_config,
             on_event=self._on_event,
+            stats=self.proxy_stats,
         )
         await proxy.start()
         return proxy
@@ -297,6 +311,7 @@ class DnsService:
     def _done(self, started: float, path: str) -> None:
         self.counters[path] += 1
         self.lookup_to_allowed.append(time.monotonic() - started)
+        self.allow_seconds.observe(self.lookup_to_allowed[-1])
         if len(self.lookup_to_allowed) > 4096:
             del self.lookup_to_allowed[:1024]
 

@@ -46,6 +46,7 @@ from l7.agent.envoy_supervisor import (
     EnvoySupervisor,
     stop_envoy,
 )
+from l7.agent.histogram import Histogram
 from l7.agent.http_redirects import RETIRE_AFTER, Retired, http_ports, redirects, retire
 from l7.agent.secrets import fingerprint, load_secrets
 from l7.agent.services import AppliedView, ServiceHost
@@ -255,6 +256,10 @@ class EnvoyService:
     @property
     def convergence_seconds(self) -> float | None:
         return self._xds.convergence_seconds
+
+    @property
+    def convergence(self) -> Histogram:
+        return self._xds.convergence
 
     @property
     def errors(self) -> list[str]:

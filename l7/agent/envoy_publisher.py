@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from l7.agent.envoy_files import listening_ports
+from l7.agent.histogram import CONVERGENCE_BUCKETS, Histogram
 from l7xds import resources as rt
 from l7xds.cache import SnapshotCache
 from l7xds.errors import XdsError
@@ -80,6 +81,7 @@ class EnvoyPublisher:
         self.snapshot: Snapshot | None = None  # published last
         self.pushes = 0
         self.convergence_seconds: float | None = None  # last publish: change → Envoy ACKed and listening
+        self.convergence = Histogram(CONVERGENCE_BUCKETS)  # every pushed change → ACKed and listening
         self.errors: list[str] = []
         self.acked_once = False
 
@@ -142,7 +144,8 @@ class EnvoyPublisher:
         async def set_snapshot() -> None:
             self.cache.set_snapshot(self.node_id, snapshot)
 
-        if not snapshot.same_as(self.snapshot):  # e.g. a re-apply for a DNS answer: nothing to push
+        pushed = not snapshot.same_as(self.snapshot)
+        if pushed:  # else e.g. a re-apply for a DNS answer: nothing to push
             try:
                 self._run(set_snapshot())
             except XdsError as exc:
@@ -160,6 +163,8 @@ class EnvoyPublisher:
         ok = self.wait_applied(snapshot, listen, timeout, nacks_before, ack=ack)
         if ok and ack:
             self.convergence_seconds = round(time.monotonic() - started, 4)  # build → ACKed and listening
+            if pushed:
+                self.convergence.observe(time.monotonic() - started)  # (metrics)
         self.acked_once = self.acked_once or ok
         return ok
 

@@ -1,31 +1,43 @@
-"""The node agent's Prometheus endpoint (NodeService ``metrics``).
+"""The node agent's Prometheus endpoint (NodeService ``metrics``) and its health endpoints.
 
 Everything is collected at scrape time, nothing is counted twice::
 
-    agent (host.status(): ready, generation, errors, last apply, services' status dicts) ─┐
-    datapath maps (entries of endpoints, ipcache, policy, conntrack)                      ├─► collect()
-    flow logs of this node (l7.flows.FlowReader, read incrementally: drops by reason,     │     │
-      verdicts, HTTP requests by status, DNS queries by rcode)                           ─┘     ▼
-                                                                           GET http://ADDR/metrics
+    agent (host.status(): ready, generation, errors, services' status dicts) ───────────┐
+    histograms counted where they happen (l7.agent.histogram): policy applications,     │
+      xDS change → ACK (Envoy service), DNS answer → IPs allowed (DNS service)          │
+    the DNS proxies' own counters (dnsproxy.metrics.ProxyStats, one for every port)     ├─► collect()
+    datapath maps (entries of endpoints, ipcache, policy, conntrack)                    │     │
+    flow logs of this node (l7.flows.FlowReader, read incrementally: drops by reason,   │     ▼
+      verdicts, HTTP requests by status, DNS queries by rcode)                         ─┘  GET ADDR/metrics
+                                                        GET ADDR/healthz, /readyz (l7.agent.health)
 
-The endpoint listens on loopback of the agent's network namespace (``L7GATE_METRICS_ADDR``, default
-``127.0.0.1:9962``; every lab node has its own namespace, so all use the same port). Services' status
-keys that are missing are simply not exported.
+ADDR is ``AgentConfig.metrics_address`` (``l7gate agent --metrics-address``, ``L7GATE_METRICS_ADDR``):
+``127.0.0.1:9962`` by default, loopback of the agent's network namespace (every lab node has its own
+namespace, so all use the same port); ``0.0.0.0:9962`` in the Kubernetes DaemonSet, where Prometheus
+scrapes it. Services' status keys that are missing are simply not exported.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+import platform
+import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
+from dnsproxy.metrics import ProxyStats, StatsCollector
+from l7.agent import health
+from l7.agent.histogram import Histogram
 from l7.flows import FlowReader
 
 if TYPE_CHECKING:
@@ -33,15 +45,29 @@ if TYPE_CHECKING:
     from l7.agent.services import AppliedView, ServiceHost
 
 log = logging.getLogger("l7gate.agent.metrics")
-DEFAULT_ADDR = "127.0.0.1:9962"
-ENV_ADDR = "L7GATE_METRICS_ADDR"
 #: max_entries of the pinned maps (bpf/lib/maps.h).
 MAP_CAPACITY = {"endpoints": 4096, "ipcache": 65536, "policy": 65536, "ct": 65536}
 
 
+class MetricsAddressError(ValueError):
+    """A metrics address that is not ``host:port``."""
+
+
 def parse_addr(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
+    """``host:port`` (``[v6]:port``; no host: 127.0.0.1) → (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise MetricsAddressError(f"metrics address {text!r}: expected host:port, e.g. 127.0.0.1:9962")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def build_info() -> dict[str, str]:
+    """The ``l7gate_build_info`` labels: l7gate's version, Python's, the running kernel's."""
+    try:
+        version = metadata.version("l7gate")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {"version": version, "python": platform.python_version(), "kernel": platform.release()}
 
 
 def _capacity(dp: Any, name: str) -> int:
@@ -84,12 +110,20 @@ class FlowCounts:
                 self.dns[flow.dns_rcode or "unknown"] += 1
 
 
+DNS_PROXY_PREFIX = "l7gate_dns_proxy"
+
+
 def _num(value: object) -> float | None:
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, int | float):
         return float(value)
     return None
+
+
+def _histogram(owner: object, attribute: str) -> Histogram | None:
+    value = getattr(owner, attribute, None)
+    return value if isinstance(value, Histogram) else None
 
 
 class AgentCollector(Collector):
@@ -99,6 +133,11 @@ class AgentCollector(Collector):
         self.host = host
         self.counts = counts
         self._lock = threading.Lock()
+        self._build = build_info()
+
+    def _services(self) -> dict[str, object]:
+        """The agent's running services by name (the histograms live on them)."""
+        return {str(getattr(s, "name", "")): s for s in getattr(self.host, "services", ())}
 
     def _status(self) -> Mapping[str, Any]:
         status = getattr(self.host, "status", None)
@@ -110,6 +149,13 @@ class AgentCollector(Collector):
 
     def _collect(self) -> Iterator[Metric]:
         st = self._status()
+        info = GaugeMetricFamily(
+            "l7gate_build_info",
+            "Always 1: l7gate's version, Python's and the kernel's",
+            labels=list(self._build),
+        )
+        info.add_metric(list(self._build.values()), 1.0)
+        yield info
         ready = GaugeMetricFamily("l7gate_agent_ready", "1 when the agent has applied its inputs once")
         ready.add_metric([], 1.0 if st.get("ready") else 0.0)
         yield ready
@@ -125,11 +171,11 @@ class AgentCollector(Collector):
         )
         refused.add_metric([], float(st.get("map_write_failures") or 0))
         yield refused
-        last = st.get("last_apply") or {}
-        if _num(last.get("seconds")) is not None:
-            g = GaugeMetricFamily("l7gate_policy_apply_seconds", "Duration of the last policy application")
-            g.add_metric([], float(last["seconds"]))
-            yield g
+        applies = _histogram(self.host, "apply_seconds")
+        if applies is not None:
+            yield applies.snapshot().family(
+                "l7gate_policy_apply_seconds", "Policy applications: inputs or DNS answers → datapath written"
+            )
 
         view: AppliedView | None = self.host.last_view()
         if view is not None:
@@ -176,8 +222,10 @@ class AgentCollector(Collector):
         yield dns
 
         services = st.get("services") or {}
-        yield from self._envoy(services.get("envoy") or services.get("xds") or {})
-        yield from self._dns(services.get("dns") or {})
+        running = self._services()
+        envoy = running.get("envoy") or running.get("xds")
+        yield from self._envoy(services.get("envoy") or services.get("xds") or {}, envoy)
+        yield from self._dns(services.get("dns") or {}, running.get("dns"))
 
     def _maps(self) -> Iterator[Metric]:
         try:
@@ -200,7 +248,7 @@ class AgentCollector(Collector):
         yield entries
         yield capacity
 
-    def _envoy(self, st: Mapping[str, Any]) -> Iterator[Metric]:
+    def _envoy(self, st: Mapping[str, Any], service: object) -> Iterator[Metric]:
         if not st:
             return
         up = GaugeMetricFamily("l7gate_envoy_running", "1 when the node's Envoy runs")
@@ -217,15 +265,13 @@ class AgentCollector(Collector):
                 c = CounterMetricFamily(name, doc)
                 c.add_metric([], value)
                 yield c
-        for key in ("convergence_seconds", "last_convergence_seconds"):
-            value = _num(st.get(key))
-            if value is not None:
-                g = GaugeMetricFamily("l7gate_xds_convergence_seconds", "Last policy change to Envoy ACK")
-                g.add_metric([], value)
-                yield g
-                break
+        convergence = _histogram(service, "convergence")
+        if convergence is not None:
+            yield convergence.snapshot().family(
+                "l7gate_xds_convergence_seconds", "xDS changes: snapshot built → Envoy ACKed it and listens"
+            )
 
-    def _dns(self, st: Mapping[str, Any]) -> Iterator[Metric]:
+    def _dns(self, st: Mapping[str, Any], service: object) -> Iterator[Metric]:
         if not st:
             return
         cached = _num(st.get("cached_ips"))
@@ -238,13 +284,15 @@ class AgentCollector(Collector):
             g = GaugeMetricFamily("l7gate_dns_proxy_listeners", "DNS proxy ports open")
             g.add_metric([], float(len(ports)))
             yield g
-        p99 = _num(st.get("lookup_to_allowed_p99_ms"))
-        if p99 is not None:
-            g = GaugeMetricFamily(
-                "l7gate_dns_proxy_latency_p99_seconds", "99th percentile: query received to IPs allowed"
+        allow = _histogram(service, "allow_seconds")
+        if allow is not None:
+            yield allow.snapshot().family(
+                "l7gate_dns_proxy_allow_latency_seconds",
+                "DNS answers with addresses: received → IPs allowed in the datapath (then released)",
             )
-            g.add_metric([], p99 / 1000)
-            yield g
+        stats = getattr(service, "proxy_stats", None)
+        if isinstance(stats, ProxyStats):  # queries, overload refusals, in flight, upstream latency
+            yield from StatsCollector(stats, prefix=DNS_PROXY_PREFIX).collect()
         paths = CounterMetricFamily(
             "l7gate_dns_proxy_decisions", "DNS proxy decisions by path", labels=["path"]
         )
@@ -260,16 +308,36 @@ class AgentCollector(Collector):
             yield c
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes every few seconds: no line each."""
+
+
+def serve(host: str, port: int, app: Any) -> tuple[WSGIServer, threading.Thread]:
+    """A threaded HTTP server for ``app`` on ``host:port`` (IPv4 or IPv6), serving on a daemon thread."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    server = make_server(host, port, app, Server, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return server, thread
+
+
 class MetricsService:
-    """NodeService ``metrics``: the Prometheus endpoint on loopback."""
+    """NodeService ``metrics``: ``/metrics``, ``/healthz`` and ``/readyz`` on the metrics address."""
 
     name = "metrics"
 
     def __init__(self, cfg: AgentConfig, addr: str | None = None) -> None:
         self.cfg = cfg
-        self.addr = parse_addr(addr or os.environ.get(ENV_ADDR, DEFAULT_ADDR))
+        self.addr = parse_addr(addr or cfg.metrics_address)
         self.registry = CollectorRegistry(auto_describe=False)
-        self._server: Any = None
+        self.liveness_timeout = health.LIVENESS_TIMEOUT
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
         self._host: ServiceHost | None = None
         self.error: str | None = None
         self.datapath: dict[str, Any] = {}
@@ -278,13 +346,24 @@ class MetricsService:
         self._host = host
         counts = FlowCounts(FlowReader(self.cfg.state_dir), self.cfg.node)
         self.registry.register(AgentCollector(host, counts))
+        app = health.app(make_wsgi_app(self.registry), self._live, self._ready)
         try:
-            started = start_http_server(self.addr[1], addr=self.addr[0], registry=self.registry)
+            self._server, self._thread = serve(self.addr[0], self.addr[1], app)
         except OSError as exc:  # the agent enforces without its metrics; status says why
             self.error = f"cannot listen on {self.addr[0]}:{self.addr[1]}: {exc}"
             log.error("%s", self.error)
             return
-        self._server = started[0] if isinstance(started, tuple) else None
+        self.addr = (self.addr[0], self._server.server_port)  # port 0: the one the kernel chose
+
+    def _live(self) -> health.Probe:
+        if not isinstance(self._host, health.Probed):
+            return health.Probe(False, "the agent records no main loop")
+        return health.liveness(self._host, time.monotonic(), self.liveness_timeout)
+
+    def _ready(self) -> health.Probe:
+        if not isinstance(self._host, health.Probed):
+            return health.Probe(False, "the agent records no readiness")
+        return health.readiness(self._host)
 
     def prepare(self, view: AppliedView) -> None:
         pass
@@ -321,3 +400,6 @@ class MetricsService:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None

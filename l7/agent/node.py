@@ -36,6 +36,7 @@ from bpf.maps import MapSizes
 from l7.agent import watch
 from l7.agent.applier import Applier
 from l7.agent.fqdn import DnsSettings
+from l7.agent.histogram import APPLY_BUCKETS, Histogram
 from l7.agent.inotify import InputWatcher, WatchError
 from l7.agent.inputs import Loaded, PolicyFiles
 from l7.agent.services import AppliedView, NodeService
@@ -52,6 +53,7 @@ POLL_INTERVAL = 0.5  # how often the loop wakes without an event (status, missin
 SAFETY_POLL = 5.0  # inputs looked at even without an inotify event (a missed event costs this much)
 COALESCE = 0.003  # after an event, wait this long for the rest of a burst of writes
 IDENTITY_SAVE_INTERVAL = 5.0  # the identity state file is written at most this often
+METRICS_ADDRESS = "127.0.0.1:9962"  # the metrics service's default: loopback of the node's netns
 
 #: Service name → "module:Class"; the class is constructed with the AgentConfig (see services.py).
 SERVICES: Mapping[str, str] = {
@@ -83,6 +85,7 @@ class AgentConfig:
     audit: bool = False  # audit mode for every endpoint (else per endpoint, from the endpoints file)
     dns: DnsSettings = field(default_factory=DnsSettings)  # the dns service's settings
     map_sizes: MapSizes = field(default_factory=MapSizes)  # the datapath maps' maximum entries
+    metrics_address: str = METRICS_ADDRESS  # host:port of /metrics, /healthz, /readyz
 
     @property
     def status_file(self) -> Path:
@@ -199,6 +202,8 @@ class Agent:
         self._endpoints_loader = EndpointsLoader()
         self.map_write_failures = 0
         self._endpoint_errors: list[str] = []
+        self.apply_seconds = Histogram(APPLY_BUCKETS)  # every policy application (metrics)
+        self.ticked: float | None = None  # monotonic time the main loop last went round (liveness)
 
     # ------------------------------------------------------------------ ServiceHost (services.py)
     @property
@@ -278,6 +283,7 @@ class Agent:
             last_look = 0.0
             look: set[str] | None = None  # which inputs to look at (None: all)
             while not stop.is_set():
+                self.ticked = time.monotonic()
                 due = time.monotonic() - last_look >= SAFETY_POLL or watcher is None
                 if due or look is None or look or self.missing or not self.ready:
                     last_look = time.monotonic()
@@ -477,6 +483,7 @@ class Agent:
         self.missing = self.applier.missing
         self.generation += 1
         seconds = time.monotonic() - t0
+        self.apply_seconds.observe(seconds)
         self.last = {"seconds": round(seconds, 4), "missing": list(self.missing), **stats.as_dict()}
         if not self.ready:
             self.ready = True

@@ -79,6 +79,14 @@ def agent_cmd(  # noqa: PLR0917  (typer options)
         str,
         typer.Option("--log-format", envvar="L7GATE_LOG_FORMAT", help="text or json (one object per line)."),
     ] = "text",
+    metrics_address: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-address",
+            envvar="L7GATE_METRICS_ADDR",
+            help="host:port of /metrics, /healthz and /readyz (127.0.0.1:9962; Kubernetes: 0.0.0.0:9962).",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the node agent until SIGTERM (run it in the node's netns: nsenter --net=/run/netns/NODE).
@@ -86,7 +94,8 @@ def agent_cmd(  # noqa: PLR0917  (typer options)
     Invalid policies or endpoints are logged with their field paths and the last good set stays applied.
     On exit programs and maps stay in place: enforcement continues while the agent is down."""
     from l7.agent.fqdn import DnsSettings
-    from l7.agent.node import AgentConfig, AgentError, route_interfaces, run_agent
+    from l7.agent.metrics import MetricsAddressError, parse_addr
+    from l7.agent.node import METRICS_ADDRESS, AgentConfig, AgentError, route_interfaces, run_agent
     from l7.lab import LabError
     from l7.lab.agents import lab_config
 
@@ -107,18 +116,32 @@ def agent_cmd(  # noqa: PLR0917  (typer options)
         typer.echo("error: give one of --lab, --policies/--endpoints, --kubernetes", err=True)
         raise typer.Exit(2)
     service_names = tuple(s.strip() for s in services.split(",") if s.strip())
+    try:
+        parse_addr(metrics_address or METRICS_ADDRESS)
+    except MetricsAddressError as exc:
+        typer.echo(f"error: --metrics-address: {exc}", err=True)
+        raise typer.Exit(2) from None
     if lab is not None:
         try:
             cfg = lab_config(lab, node, state_dir)
         except (LabError, AgentError) as exc:  # no such lab or node: missing input
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        cfg = dataclasses.replace(cfg, metrics_address=metrics_address or cfg.metrics_address)
         raise typer.Exit(run_agent(dataclasses.replace(cfg, audit=audit or cfg.audit)))
     state = (state_dir or DEFAULT_STATE_DIR).resolve()
     if kubernetes:
         raise typer.Exit(
             _run_kubernetes(
-                node, state, kubeconfig, cilium_policies, uplink, datapath_name, service_names, audit
+                node,
+                state,
+                kubeconfig,
+                cilium_policies,
+                uplink,
+                datapath_name,
+                service_names,
+                audit,
+                metrics_address or METRICS_ADDRESS,
             )
         )
     if policies is None or endpoints is None:
@@ -137,6 +160,7 @@ def agent_cmd(  # noqa: PLR0917  (typer options)
         services=service_names,
         audit=audit,
         dns=DnsSettings.from_env(),
+        metrics_address=metrics_address or METRICS_ADDRESS,
     )
     raise typer.Exit(run_agent(cfg))
 
@@ -150,6 +174,7 @@ def _run_kubernetes(  # noqa: PLR0917
     datapath_name: str | None,
     services: tuple[str, ...],
     audit: bool = False,
+    metrics_address: str = "127.0.0.1:9962",
 ) -> int:
     """The controller (threads) writes the inputs; the agent loop runs on this thread until SIGTERM."""
     from l7.agent import watch
@@ -190,6 +215,7 @@ def _run_kubernetes(  # noqa: PLR0917
             services=services,
             audit=audit,
             dns=DnsSettings.from_env(),
+            metrics_address=metrics_address,
         )
         return run_agent(cfg)
     finally:

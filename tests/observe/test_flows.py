@@ -11,7 +11,9 @@ from typing import Any
 from metric_lint import lint_exposition, lint_name
 from prometheus_client import CollectorRegistry, generate_latest
 
+from dnsproxy.metrics import ProxyStats
 from l7.agent.flows import FlowLog
+from l7.agent.histogram import ALLOW_BUCKETS, APPLY_BUCKETS, CONVERGENCE_BUCKETS, Histogram
 from l7.agent.metrics import AgentCollector, FlowCounts
 from l7.flows import FlowReader, Names, parse_dns, parse_http, parse_l3l4, select
 
@@ -149,11 +151,31 @@ def test_flow_log_rotates(tmp_path: Path) -> None:
     assert all(json.loads(line) for line in lines)
 
 
+class FakeService:
+    """A node service as the metrics collector sees it: a name and the histograms it counts."""
+
+    def __init__(self, name: str, **attributes: object) -> None:
+        self.name = name
+        self.__dict__.update(attributes)
+
+
+def _histogram(bounds: tuple[float, ...], *values: float) -> Histogram:
+    out = Histogram(bounds)
+    for value in values:
+        out.observe(value)
+    return out
+
+
 class FakeHost:
     """The agent as the metrics collector sees it, with every service's status filled in."""
 
     node = "n1"
     lock = threading.RLock()
+    apply_seconds = _histogram(APPLY_BUCKETS, 0.004, 0.2)
+    services = (
+        FakeService("envoy", convergence=_histogram(CONVERGENCE_BUCKETS, 0.02)),
+        FakeService("dns", allow_seconds=_histogram(ALLOW_BUCKETS, 0.0025), proxy_stats=ProxyStats()),
+    )
 
     def status(self, state: str) -> dict[str, Any]:
         return {
@@ -173,7 +195,7 @@ class FakeHost:
                 "dns": {
                     "ports": [15053],
                     "cached_ips": 4,
-                    "lookup_to_allowed_p99_ms": 2.5,
+                    "lookup_to_allowed_ms": {"n": 1, "p50": 2.5, "p99": 2.5, "max": 2.5},
                     "fast": 1,
                     "slow": 2,
                     "refused_source": 0,
@@ -203,8 +225,15 @@ def test_metric_names_pass_the_lint(tmp_path: Path) -> None:
         'l7gate_http_requests_total{status="403",verdict="denied"} 1.0',
         'l7gate_dns_queries_total{rcode="REFUSED"} 1.0',
         "l7gate_xds_nacks_total 1.0",
-        "l7gate_xds_convergence_seconds 0.02",
-        "l7gate_dns_proxy_latency_p99_seconds 0.0025",
+        'l7gate_xds_convergence_seconds_bucket{le="0.025"} 1.0',
+        "l7gate_xds_convergence_seconds_sum 0.02",
+        'l7gate_dns_proxy_allow_latency_seconds_bucket{le="0.001"} 0.0',
+        'l7gate_dns_proxy_allow_latency_seconds_bucket{le="0.0025"} 1.0',
+        'l7gate_policy_apply_seconds_bucket{le="0.005"} 1.0',
+        'l7gate_policy_apply_seconds_bucket{le="0.25"} 2.0',
+        "l7gate_policy_apply_seconds_count 2.0",
+        'l7gate_dns_proxy_upstream_latency_seconds_bucket{le="+Inf"} 0.0',
+        "l7gate_dns_proxy_in_flight 0.0",
         "l7gate_fqdn_cache_ips 4.0",
     ):
         assert line in text
