@@ -169,9 +169,12 @@ class Datapath:
         self._progs.map("l7g_devices").put(_u32(ifindex), _u32(DeviceKind.ENDPOINT))
 
     def attach_uplink(self, ifindex: int) -> None:
-        """Attach the uplink hook (tc ingress) to the node's uplink device."""
-        fd = self._progs.fds[loader.PROG_FROM_UPLINK]
-        self._nl.attach(ifindex, "ingress", fd, loader.PROG_FROM_UPLINK)
+        """Attach the uplink hooks to the node's uplink device: tc ingress (other nodes and the world
+        into the node and its pods) and tc egress (the host's egress policy; a no-op without a host
+        endpoint)."""
+        fds = self._progs.fds
+        self._nl.attach(ifindex, "ingress", fds[loader.PROG_FROM_UPLINK], loader.PROG_FROM_UPLINK)
+        self._nl.attach(ifindex, "egress", fds[loader.PROG_TO_UPLINK], loader.PROG_TO_UPLINK)
         self._progs.map("l7g_devices").put(_u32(ifindex), _u32(DeviceKind.UPLINK))
 
     def _detach_filters(self, ifindex: int) -> None:
@@ -198,7 +201,8 @@ class Datapath:
         egress_enforced: bool = False,
         audit: bool = False,
     ) -> None:
-        """Write an endpoint (by ifindex and by id). Its IPs go to the ipcache with its id."""
+        """Write an endpoint (by ifindex and by id). Its IPs go to the ipcache with its id.
+        ``ifindex`` 0: an endpoint without a device of its own (the host endpoint, by id only)."""
         if endpoint_id <= 0:
             raise DatapathError("endpoint ids start at 1")
         flags = EndpointFlags.NONE
@@ -211,13 +215,16 @@ class Datapath:
         value = endpoint_value(endpoint_id, identity, flags, ifindex)
         # By id first: from_lxc of another pod may already see this endpoint in the ipcache.
         self._progs.map("l7g_endpoint_ids").put(_u32(endpoint_id), value)
-        self._progs.map("l7g_endpoints").put(_u32(ifindex), value)
+        if ifindex > 0:
+            self._progs.map("l7g_endpoints").put(_u32(ifindex), value)
 
     def delete_endpoint(self, endpoint_id: int) -> None:
         """Remove an endpoint and its policy entries (its ipcache entries are the caller's)."""
         raw = self._progs.map("l7g_endpoint_ids").get(_u32(endpoint_id))
         if raw is not None:
-            self._progs.map("l7g_endpoints").delete(_u32(EndpointValue.from_buffer_copy(raw).ifindex))
+            ifindex = EndpointValue.from_buffer_copy(raw).ifindex
+            if ifindex > 0:
+                self._progs.map("l7g_endpoints").delete(_u32(ifindex))
             self._progs.map("l7g_endpoint_ids").delete(_u32(endpoint_id))
         self.sync_policy(endpoint_id, [])
 

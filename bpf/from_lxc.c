@@ -12,7 +12,9 @@
  *    changes (CT_STALE: decided again);
  * 8. new flows: the endpoint's egress policy towards the destination's
  *    identity (ipcache; miss = world) and, when the destination is a local
- *    endpoint, that endpoint's ingress policy from this endpoint's identity;
+ *    endpoint, that endpoint's ingress policy from this endpoint's identity —
+ *    the node's own addresses are the host endpoint (HOST_ENDPOINT_ID): a pod
+ *    to the node meets the host's ingress policy (host policies);
  * 9. allowed -> conntrack entry, then redirect to the proxy or pass.
  */
 #include "lib/common.h"
@@ -78,14 +80,10 @@ int l7g_from_lxc(struct __sk_buff *skb)
 
     l7g_policy_decide(&ep, DIR_EGRESS, dst.identity, &f, &de);
     di.verdict = VERDICT_ALLOW;
-    if (dst.endpoint_id) {
-        __u32 id = dst.endpoint_id;
-        struct l7g_endpoint *dep = l7g_endpoint_ids.lookup(&id);
-        if (!dep)
-            return l7g_drop(HOOK_FROM_LXC, ifindex, &f, DROP_ENDPOINT_NOT_READY, ep.endpoint_id,
-                            ep.identity, dst.identity);
-        l7g_policy_decide(dep, DIR_INGRESS, ep.identity, &f, &di);
-    }
+    if (dst.endpoint_id &&
+        l7g_endpoint_decide(dst.endpoint_id, DIR_INGRESS, ep.identity, &f, &di) < 0)
+        return l7g_drop(HOOK_FROM_LXC, ifindex, &f, DROP_ENDPOINT_NOT_READY, ep.endpoint_id,
+                        ep.identity, dst.identity);
     l7g_combine(&de, &di, &d);
     if (d.verdict == VERDICT_DROP)
         return l7g_drop(HOOK_FROM_LXC, ifindex, &f, d.reason, d.endpoint_id, ep.identity,

@@ -1,9 +1,11 @@
 /* from_uplink.c — tc ingress of the node's uplink: other nodes and the world.
  *
  * Only packets whose destination is a local endpoint (ipcache value with an
- * endpoint id) are judged; everything else is not ours and passes, except
- * TCP/UDP straight to a node address on a proxy port (DROP_PROXY_PORT_DIRECT,
- * lib/proxyport.h): only redirected traffic may reach the node's proxies.
+ * endpoint id: a pod, or the node itself — the host endpoint, HOST_ENDPOINT_ID,
+ * whose ingress policy is the host policies') are judged; everything else is
+ * not ours and passes. TCP/UDP straight to a node address on a proxy port is
+ * dropped first (DROP_PROXY_PORT_DIRECT, lib/proxyport.h): only redirected
+ * traffic may reach the node's proxies, whatever a host policy allows.
  * Replies of pod-originated flows pass via conntrack; established flows keep
  * their verdict until the policy changes (then they are decided again); new flows get the destination's ingress policy with the
  * source identity from the ipcache (miss = world). Non-first fragments pass
@@ -21,7 +23,6 @@
 int l7g_from_uplink(struct __sk_buff *skb)
 {
     struct l7g_flow f = {};
-    struct l7g_endpoint *dep;
     struct l7g_ipcache_value src, dst;
     struct l7g_ct_entry ct;
     struct l7g_decision d = {};
@@ -36,11 +37,12 @@ int l7g_from_uplink(struct __sk_buff *skb)
         return TC_ACT_OK;
     l7g_ipcache_get(f.family, f.daddr, &dst);
     l7g_ipcache_get(f.family, f.saddr, &src);
-    if (!dst.endpoint_id) {
+    if (!dst.endpoint_id || dst.endpoint_id == HOST_ENDPOINT_ID) {
         if (l7g_proxy_port_direct(skb, &f, dst.identity))
             return l7g_drop(HOOK_FROM_UPLINK, ifindex, &f, DROP_PROXY_PORT_DIRECT, 0,
                             src.identity, dst.identity);
-        return TC_ACT_OK;
+        if (!dst.endpoint_id)
+            return TC_ACT_OK;
     }
 
     if (f.frag == FRAG_NONFIRST) {
@@ -63,11 +65,9 @@ int l7g_from_uplink(struct __sk_buff *skb)
     }
 
     id = dst.endpoint_id;
-    dep = l7g_endpoint_ids.lookup(&id);
-    if (!dep)
+    if (l7g_endpoint_decide(id, DIR_INGRESS, src.identity, &f, &d) < 0)
         return l7g_drop(HOOK_FROM_UPLINK, ifindex, &f, DROP_ENDPOINT_NOT_READY, id, src.identity,
                         dst.identity);
-    l7g_policy_decide(dep, DIR_INGRESS, src.identity, &f, &d);
     if (d.verdict == VERDICT_DROP)
         return l7g_drop(HOOK_FROM_UPLINK, ifindex, &f, d.reason, id, src.identity, dst.identity);
     l7g_verdict_event(HOOK_FROM_UPLINK, ifindex, &f, d.verdict, d.reason, id, src.identity,

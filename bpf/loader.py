@@ -1,6 +1,7 @@
 """Compile and load the tc programs with bcc; the only module that imports :mod:`bcc`.
 
-The C sources are one entry file per hook (``from_lxc.c``, ``to_lxc.c``, ``from_uplink.c``) and
+The C sources are one entry file per hook (``from_lxc.c``, ``to_lxc.c``, ``from_uplink.c``,
+``to_uplink.c``) and
 shared headers in ``lib/``. bcc rewrites map accesses (``map.lookup(&k)``) only in the main source
 text, so :func:`assemble_source` inlines the project's own ``#include "..."`` files (each once) and
 the three entry files become one compilation unit: one compile (~2 s) for all hooks, and the maps
@@ -27,11 +28,12 @@ from bpf.maps import MAP_SPECS, MapSizes, MapSpec
 __all__ = ["IncompatibleMapError", "LoadedPrograms", "MapHandle", "check_pins", "load", "unpin"]
 
 SRC_DIR = Path(__file__).resolve().parent
-ENTRY_FILES = ("from_lxc.c", "to_lxc.c", "from_uplink.c")
+ENTRY_FILES = ("from_lxc.c", "to_lxc.c", "from_uplink.c", "to_uplink.c")
 PROG_FROM_LXC = "l7g_from_lxc"
 PROG_TO_LXC = "l7g_to_lxc"
 PROG_FROM_UPLINK = "l7g_from_uplink"
-PROGRAMS = (PROG_FROM_LXC, PROG_TO_LXC, PROG_FROM_UPLINK)
+PROG_TO_UPLINK = "l7g_to_uplink"
+PROGRAMS = (PROG_FROM_LXC, PROG_TO_LXC, PROG_FROM_UPLINK, PROG_TO_UPLINK)
 EVENTS_MAP = "l7g_events"
 
 _INCLUDE = re.compile(r'^#include "([^"]+)"[ \t]*$', re.MULTILINE)

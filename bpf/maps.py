@@ -30,6 +30,9 @@ IDENTITY_WORLD = 2
 IDENTITY_WORLD_IPV4 = 9
 IDENTITY_WORLD_IPV6 = 10
 
+# The host endpoint's id (``HOST_ENDPOINT_ID`` in bpf/lib/common.h): no ifindex can be this.
+HOST_ENDPOINT_ID = 0xFFFFFFFE
+
 # skb marks (see bpf/lib/common.h).
 MARK_MASK = 0x0F00
 MARK_TO_PROXY = 0x0200  # packets assigned to a proxy socket; routed by the fwmark rule

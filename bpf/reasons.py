@@ -57,3 +57,4 @@ class Hook(IntEnum):
     FROM_LXC = 1
     TO_LXC = 2
     FROM_UPLINK = 3
+    TO_UPLINK = 4

@@ -4,9 +4,11 @@
  * established flows in conntrack pass. What remains started on the node:
  * - packets of a proxy's upstream socket (SO_MARK MARK_FROM_PROXY under the
  *   configured mask) were judged at L7: allowed and tracked;
- * - anything else is the host: the pod's ingress policy with source identity
- *   IDENTITY_HOST; allowed flows are tracked so the pod's replies pass. A
- *   redirect entry cannot be honoured on egress and counts as allow.
+ * - anything else is the host: the host's egress policy towards the pod's
+ *   identity (host policies; not enforced without a host endpoint entry)
+ *   combined with the pod's ingress policy with source identity IDENTITY_HOST;
+ *   allowed flows are tracked so the pod's replies pass. A redirect entry
+ *   cannot be honoured on egress and counts as allow.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -22,7 +24,7 @@ int l7g_to_lxc(struct __sk_buff *skb)
     struct l7g_endpoint ep;
     struct l7g_endpoint *epp;
     struct l7g_ct_entry ct;
-    struct l7g_decision d = {};
+    struct l7g_decision d = {}, dh = {}, di = {};
     __u32 ifindex = skb->ifindex;
     __u32 mark = skb->mark;
     __u16 reason = 0;
@@ -70,15 +72,17 @@ int l7g_to_lxc(struct __sk_buff *skb)
                           ep.identity);
     }
 
-    l7g_policy_decide(&ep, DIR_INGRESS, IDENTITY_HOST, &f, &d);
+    l7g_policy_decide(&ep, DIR_INGRESS, IDENTITY_HOST, &f, &di);
+    l7g_endpoint_decide(HOST_ENDPOINT_ID, DIR_EGRESS, ep.identity, &f, &dh);
+    l7g_combine(&dh, &di, &d);
     if (d.verdict == VERDICT_DROP)
-        return l7g_drop(HOOK_TO_LXC, ifindex, &f, d.reason, ep.endpoint_id, IDENTITY_HOST,
+        return l7g_drop(HOOK_TO_LXC, ifindex, &f, d.reason, d.endpoint_id, IDENTITY_HOST,
                         ep.identity);
     if (d.verdict == VERDICT_REDIRECT) {
         d.verdict = VERDICT_ALLOW;
         d.proxy_port = 0;
     }
-    l7g_verdict_event(HOOK_TO_LXC, ifindex, &f, d.verdict, d.reason, ep.endpoint_id, IDENTITY_HOST,
+    l7g_verdict_event(HOOK_TO_LXC, ifindex, &f, d.verdict, d.reason, d.endpoint_id, IDENTITY_HOST,
                       ep.identity, 0);
     if (f.ct_ok)
         l7g_ct_create(&f, d.verdict, 0, ep.endpoint_id, IDENTITY_HOST, ep.identity, 0);

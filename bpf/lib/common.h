@@ -32,6 +32,13 @@
 #define IDENTITY_WORLD_IPV4 9
 #define IDENTITY_WORLD_IPV6 10
 
+/* The node's host endpoint (host policies, Cilium's host firewall): its entry in l7g_endpoint_ids
+ * (identity IDENTITY_HOST, enforcement flags) and its policy entries use this id, which no ifindex can
+ * have (ifindexes are positive ints). The node's own addresses carry it in the ipcache, so a packet to
+ * the node meets the host's ingress policy like a packet to a local pod meets the pod's. Without an
+ * entry (no agent has written one) the host is not enforced. Mirrored in bpf/maps.py. */
+#define HOST_ENDPOINT_ID 0xfffffffe
+
 /* Policy directions (policy key .dir). */
 #define DIR_INGRESS 0
 #define DIR_EGRESS  1

@@ -7,6 +7,12 @@
  *                          struct l7g_flow *f, struct l7g_decision *d)
  *   void l7g_combine(struct l7g_decision *egress, struct l7g_decision *ingress,
  *                    struct l7g_decision *out)
+ *   int  l7g_endpoint_decide(__u32 endpoint_id, __u8 dir, __u32 peer,
+ *                            struct l7g_flow *f, struct l7g_decision *d)
+ *        the policy of the endpoint with that id (l7g_endpoint_ids); -1 when it
+ *        has no entry (DROP_ENDPOINT_NOT_READY for the caller) — except the host
+ *        endpoint (HOST_ENDPOINT_ID), which without an entry is not enforced
+ *        (allow: host policies apply once the agent wrote the host endpoint).
  *
  * Policy map semantics (the contract with bpf/policy_entries.py):
  *   Two longest-prefix lookups with the full key {endpoint, peer, dir,
@@ -117,6 +123,27 @@ static __always_inline void l7g_policy_decide(struct l7g_endpoint *ep, __u8 dir,
     } else {
         d->verdict = VERDICT_ALLOW;
     }
+}
+
+static __always_inline int l7g_endpoint_decide(__u32 endpoint_id, __u8 dir, __u32 peer,
+                                               struct l7g_flow *f, struct l7g_decision *d)
+{
+    __u32 id = endpoint_id;
+    struct l7g_endpoint *ep = l7g_endpoint_ids.lookup(&id);
+    struct l7g_endpoint copy;
+
+    if (!ep) {
+        if (endpoint_id != HOST_ENDPOINT_ID)
+            return -1;
+        d->verdict = VERDICT_ALLOW;
+        d->reason = DROP_NONE;
+        d->proxy_port = 0;
+        d->endpoint_id = endpoint_id;
+        return 0;
+    }
+    __builtin_memcpy(&copy, ep, sizeof(copy));
+    l7g_policy_decide(&copy, dir, peer, f, d);
+    return 0;
 }
 
 static __always_inline void l7g_combine(struct l7g_decision *e, struct l7g_decision *i,

@@ -45,5 +45,6 @@
 #define HOOK_FROM_LXC    1   /* tc ingress of a host-side veth: the pod's egress */
 #define HOOK_TO_LXC      2   /* tc egress of a host-side veth: into the pod */
 #define HOOK_FROM_UPLINK 3   /* tc ingress of the node's uplink */
+#define HOOK_TO_UPLINK   4   /* tc egress of the node's uplink: the host's egress */
 
 #endif

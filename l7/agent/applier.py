@@ -9,6 +9,11 @@
                                                                   ▼
                         Delta: endpoint entries, policy entries, ipcache entries to write or delete
 
+The node's host endpoint (host policies, ``l7.resolve.host``) rides along: when the engine says it
+changed, :func:`~l7.plan.host_plan` gives its entry (id ``HOST_ENDPOINT_ID``, no device) and policy,
+and the node's addresses carry its id in the ipcache (so the datapath applies the host's ingress
+policy to packets for the node).
+
 The first step after start is a full :class:`~l7.plan.DesiredState` (``sync`` adopts the pinned
 maps of an earlier agent, writing only what differs); every later step is a :class:`Delta` whose size
 is that of the change. Proxy ports come from :class:`~l7.plan.ProxyPorts` (stable per union key).
@@ -30,8 +35,10 @@ from l7.plan import (
     ProxyPorts,
     endpoint_plan,
     endpoint_unions,
+    host_plan,
 )
 from l7.resolve.engine import Engine, network
+from l7.resolve.host import is_host_key
 from l7.resolve.types import L7RuleSet, ResolvedEndpoint
 
 Unions = dict[str, tuple[L7RuleSet, ...]]
@@ -69,6 +76,8 @@ class Applier:
         self.by_ip: dict[IPNetwork, int] = {}  # local endpoint IP → endpoint id
         self.seen: dict[str, tuple[tuple[str, ...], bool]] = {}  # local endpoint → (IPs, audit)
         self.ports_assigned = False  # a new proxy port was assigned in the last step
+        self.host: EndpointState | None = None  # the host endpoint's entry, when the node is known
+        self.host_policy: tuple[PolicyDecision, ...] = ()
         self._ifindexes_in: Mapping[str, int] | None = None  # the last step's arguments, by identity
         self._audited_in: AbstractSet[str] | None = None
 
@@ -86,6 +95,7 @@ class Applier:
         self.ports_assigned = False
         self.engine.take_changes()
         self.state, self.policy, self.ep_unions, self.by_ip, self.seen = {}, {}, {}, {}, {}
+        self.host, self.host_policy = None, ()
         self.ifindexes = {k: i for k, i in ifindexes.items() if k in self.engine.endpoints}
         self.audited = frozenset(audited)
         for key in self.engine.endpoints:
@@ -94,16 +104,17 @@ class Applier:
         for key, r in self.engine.endpoints.items():  # the ports now exist for every union
             self._endpoint(key, Delta())
             self.seen[key] = (r.endpoint.ips, key in self.audited)
+        self._host(Delta())
         ipcache: dict[IPNetwork, IpcacheState] = {}
         for prefix, identity in self.engine.ipcache.items():
             net = network(prefix)
             ipcache[net] = IpcacheState(identity, self.by_ip.get(net, 0))
-        return DesiredState(
-            endpoints={s.endpoint_id: s for s in self.state.values()},
-            ipcache=ipcache,
-            policy={self.state[k].endpoint_id: self.policy[k] for k in self.state},
-            missing=self.missing,
-        )
+        endpoints = {s.endpoint_id: s for s in self.state.values()}
+        policy = {self.state[k].endpoint_id: self.policy[k] for k in self.state}
+        if self.host is not None:
+            endpoints[self.host.endpoint_id] = self.host
+            policy[self.host.endpoint_id] = self.host_policy
+        return DesiredState(endpoints=endpoints, ipcache=ipcache, policy=policy, missing=self.missing)
 
     def step(self, ifindexes: Mapping[str, int], audited: AbstractSet[str]) -> Delta:
         """The difference since the last step."""
@@ -120,6 +131,9 @@ class Applier:
             self.audited = frozenset(audited)
             self._ifindexes_in, self._audited_in = ifindexes, audited
         prefixes: set[str] = set(changes.ipcache)
+        if any(is_host_key(k) for k in touched):
+            touched = {k for k in touched if not is_host_key(k)}
+            prefixes |= self._host(delta)
         unions_before = {k: self.ep_unions.get(k) for k in touched}
         for key in touched:
             self._unions_of(key)
@@ -190,11 +204,36 @@ class Applier:
             delta.policy[state.endpoint_id] = decisions
         self.state[key] = state
         self.policy[key] = decisions
-        wanted = {ipaddress.ip_network(ip) for ip in r.endpoint.ips}
-        prefixes |= self._addresses(state.endpoint_id, wanted)
+        return prefixes | self._own_addresses(state.endpoint_id, r.endpoint.ips)
+
+    def _host(self, delta: Delta) -> set[str]:
+        """Recompute the host endpoint's entries into ``delta``; returns the ipcache prefixes to rewrite
+        (the node's addresses that gained or lost the host endpoint's id)."""
+        r = self.engine.host
+        old = self.host
+        planned = host_plan(r)
+        if r is None or planned is None:
+            if old is not None:
+                delta.endpoints_gone.add(old.endpoint_id)
+                self.host, self.host_policy = None, ()
+                return self._addresses(old.endpoint_id, None)
+            return set()
+        state, decisions = planned
+        if old != state:
+            delta.endpoints[state.endpoint_id] = state
+        if old is None or decisions != self.host_policy:
+            delta.policy[state.endpoint_id] = decisions
+        self.host, self.host_policy = state, decisions
+        return self._own_addresses(state.endpoint_id, r.endpoint.ips)
+
+    def _own_addresses(self, endpoint_id: int, ips: tuple[str, ...]) -> set[str]:
+        """Make ``ips`` (and only them) the addresses of ``endpoint_id``; returns the prefixes whose
+        endpoint id changed."""
+        wanted = {ipaddress.ip_network(ip) for ip in ips}
+        prefixes = self._addresses(endpoint_id, wanted)
         for net in wanted:
-            if self.by_ip.get(net) != state.endpoint_id:
-                self.by_ip[net] = state.endpoint_id
+            if self.by_ip.get(net) != endpoint_id:
+                self.by_ip[net] = endpoint_id
                 prefixes.add(str(net))
         return prefixes
 

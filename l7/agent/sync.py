@@ -117,7 +117,7 @@ _ENFORCE_MASK = int(EndpointFlags.INGRESS_ENFORCED | EndpointFlags.EGRESS_ENFORC
 def sync(dp: DatapathLike, desired: DesiredState, uplink: int | None = None) -> SyncStats:
     stats = SyncStats()
     devices = dp.devices()
-    wanted_devs = {ep.ifindex for ep in desired.endpoints.values()}
+    wanted_devs = {ep.ifindex for ep in desired.endpoints.values() if ep.ifindex > 0}  # host: none
     for ifindex in sorted(wanted_devs):
         if devices.get(ifindex) != DeviceKind.ENDPOINT:
             dp.attach_endpoint(ifindex)
@@ -175,7 +175,7 @@ def sync_delta(dp: DatapathLike, delta: Delta) -> SyncStats:
     stats = SyncStats()
     devices = dp.devices() if delta.endpoints or delta.endpoints_gone else {}
     for ep in delta.endpoints.values():
-        if devices.get(ep.ifindex) != DeviceKind.ENDPOINT:
+        if ep.ifindex > 0 and devices.get(ep.ifindex) != DeviceKind.ENDPOINT:  # the host has no device
             dp.attach_endpoint(ep.ifindex)
             devices[ep.ifindex] = DeviceKind.ENDPOINT
             stats.attached += 1

@@ -35,7 +35,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpf.maps import PROXY_PORT_MAX, PROXY_PORT_MIN, Action
+from bpf.maps import HOST_ENDPOINT_ID, PROXY_PORT_MAX, PROXY_PORT_MIN, Action
 from bpf.maps import Direction as DpDirection
 from bpf.policy_entries import PolicyDecision
 from l7.errors import L7GateError
@@ -301,6 +301,29 @@ def endpoint_plan(
     return state, tuple(decisions)
 
 
+def host_plan(r: ResolvedEndpoint | None) -> tuple[EndpointState, tuple[PolicyDecision, ...]] | None:
+    """The host endpoint's datapath state (``l7.resolve.host``): endpoint id ``HOST_ENDPOINT_ID``, no
+    device of its own (ifindex 0: the uplink and pod hooks enforce it), identity ``host``, and its
+    L3/L4 decisions (host policies have no L7, so no proxy port is ever needed).
+
+    None when no host policy selects the node: nothing is written, and the datapath does not enforce
+    a host without an entry (as Cilium: host enforcement starts once a host policy selects the node)."""
+    if r is None or not (r.ingress.selected_by or r.egress.selected_by):
+        return None
+    state = EndpointState(
+        endpoint_id=HOST_ENDPOINT_ID,
+        ifindex=0,
+        identity=r.endpoint.identity,
+        ingress_enforced=r.ingress.enforced,
+        egress_enforced=r.egress.enforced,
+        key=r.endpoint.key,
+    )
+    decisions: list[PolicyDecision] = []
+    for direction in Direction:
+        decisions += direction_decisions(r.direction(direction), direction, {})
+    return state, tuple(decisions)
+
+
 def plan(
     resolved: ResolvedNode,
     interfaces: Mapping[str, int],
@@ -328,6 +351,13 @@ def plan(
         endpoints[state.endpoint_id] = state
         policy[state.endpoint_id] = decisions
         for ip in ep.ips:
+            by_ip[ipaddress.ip_network(ip)] = state.endpoint_id
+    host = host_plan(resolved.host)
+    if host is not None and resolved.host is not None:  # the node's addresses carry the host's id
+        state, decisions = host
+        endpoints[state.endpoint_id] = state
+        policy[state.endpoint_id] = decisions
+        for ip in resolved.host.endpoint.ips:
             by_ip[ipaddress.ip_network(ip)] = state.endpoint_id
     ipcache: dict[IPNetwork, IpcacheState] = {}
     for entry in resolved.ipcache:
