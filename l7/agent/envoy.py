@@ -47,13 +47,14 @@ from l7.agent.envoy_supervisor import (
     stop_envoy,
 )
 from l7.agent.histogram import Histogram
-from l7.agent.http_redirects import RETIRE_AFTER, Retired, http_ports, redirects, retire
-from l7.agent.secrets import fingerprint, load_secrets
+from l7.agent.http_redirects import RETIRE_AFTER, Retired, http_ports, redirects, retire, tls_ports
+from l7.agent.secrets import fingerprint, load_secrets, load_tls_secrets
 from l7.agent.services import AppliedView, ServiceHost
 from l7xds.bootstrap import bootstrap, render
 from l7xds.cache import SnapshotCache
 from l7xds.observer import NackEvent
 from l7xds.snapshot import Snapshot
+from l7xds.tls import PortTLS, TLSRef, TLSSecrets, secret_problems
 from l7xds.translate import ProxySettings, RuleSet
 
 if TYPE_CHECKING:
@@ -96,6 +97,9 @@ class EnvoyService:
         self._retired: Retired = {}  # port → (successor, since)
         self._secrets_seen: str | None = None
         self._secrets: dict[tuple[str, str], str] = {}
+        self._tls_secrets: TLSSecrets = {}
+        self._tls: dict[int, PortTLS] = {}
+        self.tls_errors: list[str] = []  # TLS secrets the policies refer to that are missing or malformed
 
     # ------------------------------------------------------------------------------------- lifecycle
     @property
@@ -112,6 +116,7 @@ class EnvoyService:
         self._paths = EnvoyPaths(host.state_dir, host.node)
         self._secrets_seen = fingerprint(self.paths.secrets)
         self._secrets = load_secrets(self.paths.secrets)
+        self._tls_secrets = load_tls_secrets(self.paths.secrets)
         self.paths.workdir.mkdir(parents=True, exist_ok=True)
         self._xds.start(self.node_id, self.paths.xds_address)
         self.paths.config.write_text(
@@ -138,6 +143,7 @@ class EnvoyService:
             changed = self._secrets_seen is not None
             self._secrets_seen = now
             self._secrets = load_secrets(self.paths.secrets)  # read once per change, not per apply
+            self._tls_secrets = load_tls_secrets(self.paths.secrets)
             if changed and self._host is not None:
                 log.info("secrets changed: re-applying")
                 self._host.reapply("secrets changed")
@@ -165,6 +171,7 @@ class EnvoyService:
             upstream_mark=MARK_FROM_PROXY,
             access_log_path=str(self.paths.access_log),
             secrets=self._secrets,
+            tls_secrets=self._tls_secrets,
         )
 
     def prepare(self, view: AppliedView) -> None:
@@ -188,8 +195,42 @@ class EnvoyService:
             port: ports[successor] if successor is not None else ()
             for port, (successor, _) in self._retired.items()
         }
+        tls = tls_ports(view)
+        for port, (successor, _) in self._retired.items():  # a retired port keeps TLS if it had it
+            if successor is not None and successor in tls:
+                tls[port] = tls[successor]
+            elif port in self._tls:
+                tls[port] = PortTLS(problem="retired")
+        self._tls = tls
         self._view = view
-        self.publish({**ports, **retired}, deny=deny, wait_for=set(ports), audit=view.audit_ports())
+        self._report_tls(view)
+        self.publish({**ports, **retired}, deny=deny, wait_for=set(ports), audit=view.audit_ports(), tls=tls)
+
+    def _report_tls(self, view: AppliedView) -> None:
+        """Every TLS secret reference of the local endpoints' rules that cannot be used, with the
+        policy and field path (``... .toPorts[0].terminatingTLS.secret: secret default/x: ...``)."""
+        found: set[str] = set()
+        for resolved in view.local:
+            for entry in (*resolved.ingress.allows, *resolved.egress.allows):
+                rule_set = entry.l7
+                if rule_set is None or not rule_set.tls:
+                    continue
+                for name, context, terminating in (
+                    ("terminatingTLS", rule_set.terminating, True),
+                    ("originatingTLS", rule_set.originating, False),
+                ):
+                    if context is None:
+                        continue
+                    for item, problem in secret_problems(
+                        TLSRef.of(context), self._tls_secrets, terminating=terminating
+                    ):
+                        where = f"{entry.origin.path}.{name}.secret" + (f"[{item}]" if item else "")
+                        found.add(f"{entry.origin.policy} {where}: {problem} (the port refuses connections)")
+        errors = sorted(found)
+        if errors != self.tls_errors:
+            for error in errors:
+                log.error("%s", error)
+        self.tls_errors = errors
 
     def commit(self, view: AppliedView) -> None:
         pass
@@ -202,6 +243,7 @@ class EnvoyService:
         deny: AbstractSet[int] = frozenset(),
         wait_for: AbstractSet[int] | None = None,
         audit: AbstractSet[int] = frozenset(),
+        tls: Mapping[int, PortTLS] | None = None,
     ) -> bool:
         """Build, publish and wait (bounded) until Envoy ACKed it and listens on every port (see
         :meth:`l7.agent.envoy_publisher.EnvoyPublisher.publish`)."""
@@ -213,6 +255,7 @@ class EnvoyService:
             wait_for=wait_for,
             audit=audit,
             adopted=self._envoy is not None and self._envoy.adopted,
+            tls=tls,
         )
 
     def applied(self, snapshot: Snapshot, ports: set[int], ack: bool = True) -> bool:
@@ -275,6 +318,7 @@ class EnvoyService:
             "restarts": self.restarts,
             "xds": self._paths.xds_address if self._paths else None,
             "admin": self._paths.admin_address if self._paths else None,
+            "tls_errors": list(self.tls_errors),
             **self._xds.status(),
         }
 

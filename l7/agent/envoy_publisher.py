@@ -27,6 +27,7 @@ from l7xds.errors import XdsError
 from l7xds.observer import AckEvent, NackEvent, XdsStats
 from l7xds.server import XdsServer
 from l7xds.snapshot import Snapshot
+from l7xds.tls import PortTLS
 from l7xds.translate import ProxySettings, RuleSet, Translator
 
 log = logging.getLogger("l7gate.agent.envoy")
@@ -128,6 +129,7 @@ class EnvoyPublisher:
         wait_for: AbstractSet[int] | None = None,
         audit: AbstractSet[int] = frozenset(),
         adopted: bool = False,
+        tls: Mapping[int, PortTLS] | None = None,
     ) -> bool:
         """Build, publish and wait (bounded) until Envoy ACKed it and listens on every port. Returns
         ``False`` (after logging why) when the snapshot could not be built or was not confirmed in time;
@@ -136,7 +138,7 @@ class EnvoyPublisher:
         nacks_before = self.stats.nacks
         started = time.monotonic()
         try:
-            snapshot = self._translator.snapshot(ports, settings, deny, audit)
+            snapshot = self._translator.snapshot(ports, settings, deny, audit, tls)
         except XdsError as exc:
             self.error(f"HTTP rules not translated (the previous configuration stays): {exc}")
             return False

@@ -1,9 +1,12 @@
-"""Secrets for ``headerMatches[].secret``: read from files, never from the policy.
+"""Secrets for ``headerMatches[].secret`` and for TLS (``terminatingTLS``/``originatingTLS``): read
+from files, never from the policy.
 
 Layout (what the Kubernetes controller writes for the Secrets policies refer to, or what an operator
 provides in files mode)::
 
-    <secrets dir>/<namespace>/<name>     the value (one trailing newline is ignored)
+    <secrets dir>/<namespace>/<name>          headerMatches: the value (one trailing newline is ignored)
+    <secrets dir>/<namespace>/<name>/<item>   TLS: the Kubernetes Secret's keys as files
+                                              (tls.crt, tls.key, ca.crt), read as they are
 
 A reference without a namespace means ``default`` (as in Cilium).
 
@@ -33,6 +36,32 @@ def load_secrets(directory: Path) -> dict[SecretKey, str]:
             for f in sorted(entry.iterdir()):
                 if f.is_file() and not f.name.startswith("."):
                     _read(out, (entry.name, f.name), f)
+    return out
+
+
+def load_tls_secrets(directory: Path) -> dict[SecretKey, dict[str, str]]:
+    """(namespace, name) → item → text, for every ``<namespace>/<name>/`` directory; an unreadable
+    item is left out (the port using it fails closed)."""
+    out: dict[SecretKey, dict[str, str]] = {}
+    if not directory.is_dir():
+        return out
+    for namespace in sorted(directory.iterdir()):
+        if namespace.name.startswith(".") or not namespace.is_dir():
+            continue
+        for secret in sorted(namespace.iterdir()):
+            if secret.name.startswith(".") or not secret.is_dir():
+                continue
+            items: dict[str, str] = {}
+            for item in sorted(secret.iterdir()):
+                if item.name.startswith(".") or not item.is_file():
+                    continue
+                try:
+                    items[item.name] = item.read_text()
+                except (OSError, UnicodeDecodeError) as exc:
+                    log.error(
+                        "secret %s/%s item %s unreadable: %s", namespace.name, secret.name, item.name, exc
+                    )
+            out[(namespace.name, secret.name)] = items
     return out
 
 

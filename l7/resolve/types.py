@@ -71,7 +71,8 @@ class L7RuleSet:
     @functools.cached_property
     def key(self) -> str:
         rules = self.http if self.kind == "http" else self.dns
-        parts: list[object] = [self.kind, [r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in rules]]
+        dumped = [r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in rules]
+        parts: list[object] = [self.kind, dumped]
         if self.tls:
             parts.append(
                 [

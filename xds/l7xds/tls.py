@@ -91,6 +91,7 @@ class PortTLS:
     server_names: tuple[str, ...] = ()
     terminating: TLSRef | None = None
     originating: TLSRef | None = None
+    problem: str = ""  # set: the port refuses every connection (e.g. members that disagree)
 
     @property
     def inspects(self) -> bool:
@@ -167,7 +168,7 @@ def secret_problems(ref: TLSRef, secrets: TLSSecrets, *, terminating: bool) -> l
 
 
 def usable(tls: PortTLS, secrets: TLSSecrets) -> bool:
-    return not any(
+    return not tls.problem and not any(
         secret_problems(ref, secrets, terminating=terminating)
         for ref, terminating in ((tls.terminating, True), (tls.originating, False))
         if ref is not None

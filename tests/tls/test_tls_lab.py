@@ -1,0 +1,366 @@
+"""serverNames (SNI) and TLS interception end to end: a one-node lab with its agent, Envoy fed over
+xDS/SDS, the datapath redirect, and real ``curl`` / ``openssl s_client`` inside the pods.
+
+- world host ``shared`` serves HTTPS for ``api.example.com`` *and* ``evil.example.net`` on one address
+  (a CDN): ``toFQDNs`` + ``serverNames`` allow the first and refuse the second on the same IP, IPv4 and
+  IPv6; a ClientHello without SNI is refused;
+- pod to pod (ingress): ``web`` accepts TLS only for SNI ``web``;
+- interception: ``inspector`` reaches ``https://api.example.com`` through Envoy, which terminates with the
+  ``intercept`` secret (a test CA's certificate, checked by ``curl --cacert``), applies HTTP rules (403
+  ``Access denied`` over TLS) and re-originates TLS verified against the ``upstream-ca`` secret's
+  ``ca.crt`` (the server's certificate; another CA makes the upstream fail: 503);
+- rotation: new files → a new connection sees the new certificate, an open keep-alive connection
+  goes on; a missing secret → connections refused and the error in the agent's status with the path.
+
+One lab per module with a unique name, taken down in a finalizer.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from l7.lab import Lab, certs, down
+from l7.lab import agents as agent_lab
+from l7.lab.topology import parse_topology
+from tests.agent.agent_helpers import wait_for
+
+pytestmark = pytest.mark.root
+
+NAME = f"tls{os.getpid() % 100000}"
+DENIED = "Access denied\r\n"
+NODE = "node-1"
+
+TOPOLOGY: dict[str, Any] = {
+    "description": "TLS: SNI and interception",
+    "nodes": [{"name": NODE}],
+    "pods": [
+        {"name": "client", "labels": {"app": "client"}},
+        {"name": "inspector", "labels": {"app": "inspector"}},
+        {"name": "web", "labels": {"app": "web"}, "server": {"kind": "https"}},
+    ],
+    "world": [{"name": "shared", "names": ["api.example.com", "evil.example.net"], "servers": ["https"]}],
+}
+
+# One HTTPS connection kept alive: "PATH" lines on stdin → "<local port> <status> <body repr>".
+KEEPALIVE = r"""
+import http.client, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+conn = http.client.HTTPSConnection(sys.argv[1], 443, timeout=10, context=ctx)
+for line in sys.stdin:
+    conn.request("GET", line.strip())
+    r = conn.getresponse()
+    print(conn.sock.getsockname()[1], r.status, repr(r.read()), flush=True)
+"""
+
+
+def dns_egress() -> dict[str, Any]:
+    return {
+        "toEndpoints": [
+            {"matchLabels": {"k8s:io.kubernetes.pod.namespace": "kube-system", "k8s-app": "kube-dns"}}
+        ],
+        "toPorts": [
+            {"ports": [{"port": "53", "protocol": "ANY"}], "rules": {"dns": [{"matchPattern": "*"}]}}
+        ],
+    }
+
+
+def cnp(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    }
+
+
+def policies(terminating: str = "intercept") -> list[dict[str, Any]]:
+    https = {"toFQDNs": [{"matchName": "api.example.com"}]}
+    return [
+        cnp(
+            "sni",
+            {
+                "endpointSelector": {"matchLabels": {"app": "client"}},
+                "egress": [
+                    dns_egress(),
+                    {
+                        **https,
+                        "toPorts": [
+                            {
+                                "ports": [{"port": "443", "protocol": "TCP"}],
+                                "serverNames": ["api.example.com"],
+                            }
+                        ],
+                    },
+                    {"toEndpoints": [{"matchLabels": {"app": "web"}}]},
+                ],
+            },
+        ),
+        cnp(
+            "web-sni",
+            {
+                "endpointSelector": {"matchLabels": {"app": "web"}},
+                "ingress": [
+                    {
+                        "fromEndpoints": [{"matchLabels": {"app": "client"}}],
+                        "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}], "serverNames": ["web"]}],
+                    }
+                ],
+            },
+        ),
+        cnp(
+            "intercept",
+            {
+                "endpointSelector": {"matchLabels": {"app": "inspector"}},
+                "egress": [
+                    dns_egress(),
+                    {
+                        **https,
+                        "toPorts": [
+                            {
+                                "ports": [{"port": "443", "protocol": "TCP"}],
+                                "terminatingTLS": {"secret": {"name": terminating}},
+                                "originatingTLS": {"secret": {"name": "upstream-ca"}},
+                                "rules": {"http": [{"method": "GET", "path": "/"}]},
+                            }
+                        ],
+                    },
+                ],
+            },
+        ),
+    ]
+
+
+class TLSLab:
+    def __init__(self, lab: Lab, work: Path) -> None:
+        self.lab = lab
+        self.work = work
+        self.ca = certs.authority(work, "test-ca")
+        self.secrets = agent_lab.agent_dir(lab.state) / "secrets" / "default"
+        self.server_cert = lab.state.directory / "certs" / "shared.crt"
+        self.web_cert = lab.state.directory / "certs" / "web.crt"
+        self.serial = 0
+
+    def write_secret(self, name: str, items: dict[str, Path]) -> None:
+        """Write a secret directory atomically (a new directory renamed over the old one)."""
+        tmp = self.secrets / f".{name}.new"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for item, source in items.items():
+            shutil.copyfile(source, tmp / item)
+        old = self.secrets / f".{name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if (self.secrets / name).exists():
+            (self.secrets / name).rename(old)
+        tmp.rename(self.secrets / name)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def issue_intercept(self) -> Path:
+        self.serial += 1
+        cert, key = certs.issue(
+            self.work / f"issued-{self.serial}", "intercept", self.ca, ["api.example.com"]
+        )
+        self.write_secret("intercept", {"tls.crt": cert, "tls.key": key})
+        return cert
+
+    def apply(self, docs: list[dict[str, Any]]) -> None:
+        d = self.work / f"policies-{time.monotonic_ns()}"
+        d.mkdir()
+        for i, doc in enumerate(docs):
+            (d / f"p{i}.yaml").write_text(yaml.safe_dump(doc))
+        agent_lab.apply(self.lab.name, d)
+
+    def world_ip(self, family: int) -> str:
+        plan = next(w for w in self.lab.state.plan().worlds if w.name == "shared")
+        return (plan.v4 if family == 4 else plan.v6)[0]
+
+    def run(self, pod: str, argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return self.lab.exec(pod, argv, timeout=timeout)
+
+    def s_client(self, pod: str, address: str, port: int, sni: str | None, cafile: Path) -> tuple[bool, str]:
+        """openssl s_client: (handshake completed and verified, output)."""
+        host = f"[{address}]" if ":" in address else address
+        argv = [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"{host}:{port}",
+            "-CAfile",
+            str(cafile),
+            "-verify_return_error",
+        ]
+        argv += ["-servername", sni] if sni else ["-noservername"]
+        out = self.run(pod, ["timeout", "5", *argv])
+        text = out.stdout + out.stderr
+        return out.returncode == 0 and "Verify return code: 0 (ok)" in text, text
+
+    def curl(self, pod: str, url: str, *extra: str) -> tuple[int, str, str]:
+        """(curl exit status, HTTP status, body)."""
+        argv = self.lab.exec_argv(pod, ["curl", "-s", "-m", "5", "-w", "\n%{http_code}", *extra, url])
+        out = subprocess.run(argv, capture_output=True, timeout=30, check=False)  # bytes: keep \r\n
+        body, _, code = out.stdout.decode().rpartition("\n")
+        return out.returncode, code, body
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSLab]:
+    try:
+        lab = Lab.up(parse_topology(TOPOLOGY, "<test_tls_lab>"), NAME)
+        t = TLSLab(lab, tmp_path_factory.mktemp("tls"))
+        t.issue_intercept()
+        t.write_secret("upstream-ca", {"ca.crt": t.server_cert})
+        t.apply(policies())
+        yield t
+    finally:
+        down(NAME)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_sni_allowed_and_refused_on_one_address(tls: TLSLab, family: int) -> None:
+    code, status, body = tls.curl(
+        "client", "https://api.example.com/", f"-{family}", "--cacert", str(tls.server_cert)
+    )
+    assert (code, status) == (0, "200"), body
+    assert "shared" in body
+    ip = tls.world_ip(family)
+    host = f"[{ip}]" if family == 6 else ip
+    # Same address, another name: refused by the SNI filter (the toFQDNs rule alone would allow it).
+    code, status, _ = tls.curl(
+        "client", "https://evil.example.net/", "--resolve", f"evil.example.net:443:{host}", "-k"
+    )
+    assert code in (35, 56) and status == "000", code
+    ok, text = tls.s_client("client", ip, 443, "api.example.com", tls.server_cert)
+    assert ok, text
+    ok, text = tls.s_client("client", ip, 443, "evil.example.net", tls.server_cert)
+    assert not ok and "BEGIN CERTIFICATE" not in text
+    ok, text = tls.s_client("client", ip, 443, None, tls.server_cert)  # no SNI at all
+    assert not ok and "BEGIN CERTIFICATE" not in text
+
+
+def test_sni_pod_to_pod(tls: TLSLab) -> None:
+    web = tls.lab.pod("web")
+    for address in (web.v4, web.v6):
+        assert address is not None
+        ok, text = tls.s_client("client", address, 443, "web", tls.web_cert)
+        assert ok, text
+        ok, text = tls.s_client("client", address, 443, "other.web", tls.web_cert)
+        assert not ok and "BEGIN CERTIFICATE" not in text
+
+
+def test_interception_allows_and_denies_over_tls(tls: TLSLab) -> None:
+    ca = str(tls.ca[0])
+    code, status, body = tls.curl("inspector", "https://api.example.com/", "--cacert", ca)
+    assert (code, status) == (0, "200"), body
+    assert "shared" in body
+    code, status, body = tls.curl("inspector", "https://api.example.com/private", "--cacert", ca)
+    assert (code, status, body) == (0, "403", DENIED)
+    # The pod sees the interception certificate, not the server's.
+    out = tls.run(
+        "inspector",
+        [
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "--cacert",
+            str(tls.server_cert),
+            "https://api.example.com/",
+        ],
+    )
+    assert out.returncode == 60  # curl: peer certificate cannot be authenticated
+
+
+def test_upstream_verified_against_ca(tls: TLSLab) -> None:
+    ca = str(tls.ca[0])
+    try:
+        tls.write_secret("upstream-ca", {"ca.crt": tls.ca[0]})  # a CA that did not sign the server
+        wait_for(
+            "upstream refused with the wrong CA",
+            lambda: tls.curl("inspector", "https://api.example.com/", "--cacert", ca)[1] == "503",
+            timeout=15,
+        )
+    finally:
+        tls.write_secret("upstream-ca", {"ca.crt": tls.server_cert})
+    wait_for(
+        "upstream verified again",
+        lambda: tls.curl("inspector", "https://api.example.com/", "--cacert", ca)[1] == "200",
+        timeout=15,
+    )
+
+
+def _serial(text: str) -> str:
+    out = subprocess.run(
+        ["openssl", "x509", "-noout", "-serial"], input=text, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def test_rotation_without_cutting_connections(tls: TLSLab) -> None:
+    cafile = tls.ca[0]
+    client = subprocess.Popen(
+        tls.lab.exec_argv(
+            "inspector", [sys.executable, "-I", "-c", KEEPALIVE, "api.example.com", str(cafile)]
+        ),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stdin is not None and client.stdout is not None
+
+    def request(path: str) -> tuple[str, int, bytes]:
+        assert client.stdin is not None and client.stdout is not None
+        client.stdin.write(path + "\n")
+        client.stdin.flush()
+        port, status, body = client.stdout.readline().split(" ", 2)
+        return port, int(status), ast.literal_eval(body)
+
+    try:
+        before = request("/")
+        assert before[1] == 200
+        new_cert = tls.issue_intercept()
+        expected = _serial(new_cert.read_text())
+        ip = tls.world_ip(4)
+
+        def served() -> str:
+            ok, text = tls.s_client("inspector", ip, 443, "api.example.com", cafile)
+            found = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", text, re.S)
+            return _serial(found.group(0)) if ok and found else ""
+
+        wait_for("the new certificate served", lambda: served() == expected, timeout=15)
+        after = request("/")
+        assert after[0] == before[0] and after[1] == 200  # same connection, still served
+        assert request("/private")[1:] == (403, DENIED.encode())
+    finally:
+        client.stdin.close()
+        client.wait(timeout=10)
+        client.stdout.close()
+
+
+def test_missing_secret_fails_closed_with_field_path(tls: TLSLab) -> None:
+    try:
+        tls.apply(policies(terminating="absent"))
+        status = json.loads(agent_lab.status_file(tls.lab.state, NODE).read_text())
+        errors = json.dumps(status)
+        assert "spec.egress[1].toPorts[0].terminatingTLS.secret" in errors, errors
+        code, http_status, _ = tls.curl("inspector", "https://api.example.com/", "-k")
+        assert code != 0 and http_status == "000"
+        out = tls.run("inspector", ["curl", "-s", "-m", "5", "http://api.example.com:443/"])
+        assert out.returncode != 0  # no plaintext fallback either
+    finally:
+        tls.apply(policies())
+    code, status, _ = tls.curl("inspector", "https://api.example.com/", "--cacert", str(tls.ca[0]))
+    assert (code, status) == (0, "200")
