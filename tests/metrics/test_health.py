@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import platform
 import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from l7.agent.metrics import MetricsAddressError, MetricsService, parse_addr
 from l7.agent.node import Agent, AgentConfig
 from l7.endpoints import EndpointsFile
 from tests.agent.agent_helpers import SEED_002_ENDPOINTS, SEEDS, FakeDatapath, wait_for
+from tests.metrics.exposition import promtool_check_metrics
 
 SEED = SEEDS / "002-allow-public-from-prod.yaml"
 
@@ -31,12 +31,6 @@ class Running:
     metrics: MetricsService
     policies: Path
     url: str
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    assert path, "promtool not found: it comes with Debian's prometheus package (bash deploy/setup.sh)"
-    return path
 
 
 @pytest.fixture
@@ -115,14 +109,7 @@ def test_metrics_histograms_and_build_info(running: Running) -> None:
     assert count >= 1
     inf = next(s.value for s in applies.samples if s.labels.get("le") == "+Inf")
     assert inf == count
-    check = subprocess.run(
-        [promtool(), "check", "metrics"],
-        check=False,
-        input=response.text,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    check = promtool_check_metrics(response.text)
     assert check.returncode == 0, check.stdout + check.stderr
 
 
