@@ -1,13 +1,14 @@
 """``l7gate agent``: the node agent (policies + endpoints → datapath), from a lab, from files, or from a
 Kubernetes cluster (``--kubernetes``: the controller of :mod:`l7.k8s.controller` writes the files-mode
-inputs under ``<state-dir>/k8s/`` and the same agent loop enforces them). ``l7gate agent-probe`` is the
-liveness/readiness check of the DaemonSet."""
+inputs under ``<state-dir>/k8s/`` and the same agent loop enforces them). ``l7gate agent-probe`` checks
+the agent from its status file; ``l7gate socket-keeper`` runs the DNS socket keeper (its own DaemonSet)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -46,6 +47,14 @@ def agent_cmd(  # noqa: PLR0917  (typer options)
         Path | None,
         typer.Option("--kubeconfig", help="Kubernetes mode: kubeconfig (default: in-cluster, then ~/.kube)."),
     ] = None,
+    secrets_namespace: Annotated[
+        str,
+        typer.Option(
+            "--secrets-namespace",
+            envvar="L7GATE_SECRETS_NAMESPACE",
+            help="Kubernetes mode: the only namespace TLS secrets (terminatingTLS, originatingTLS) come from",
+        ),
+    ] = "l7gate-secrets",
     state_dir: Annotated[
         Path | None,
         typer.Option(
@@ -142,6 +151,7 @@ def agent_cmd(  # noqa: PLR0917  (typer options)
                 service_names,
                 audit,
                 metrics_address or METRICS_ADDRESS,
+                secrets_namespace=secrets_namespace,
             )
         )
     if policies is None or endpoints is None:
@@ -175,6 +185,8 @@ def _run_kubernetes(  # noqa: PLR0917
     services: tuple[str, ...],
     audit: bool = False,
     metrics_address: str = "127.0.0.1:9962",
+    *,
+    secrets_namespace: str = "l7gate-secrets",
 ) -> int:
     """The controller (threads) writes the inputs; the agent loop runs on this thread until SIGTERM."""
     from l7.agent import watch
@@ -191,6 +203,7 @@ def _run_kubernetes(  # noqa: PLR0917
         agent_status=watch.status_path(state, node),
         cilium=cilium,
         secrets_dir=state / "secrets",  # where the agent's Envoy service reads them (l7.agent.secrets)
+        secrets_namespace=secrets_namespace,
     )
     try:
         client = KubeClient.from_config(kubeconfig)
@@ -257,3 +270,50 @@ def agent_probe_cmd(
         typer.echo(f"agent {node}: {problem}", err=True)
         raise typer.Exit(1)
     typer.echo(f"agent {node}: {'ready' if ready else 'alive'}")
+
+
+@app.command("socket-keeper")
+def socket_keeper_cmd(
+    node: Annotated[str, typer.Option("--node", help="The node whose agent's DNS sockets to keep.")],
+    state_dir: Annotated[
+        Path, typer.Option("--state-dir", envvar="L7GATE_STATE_DIR", help="The agent's state directory.")
+    ] = DEFAULT_STATE_DIR,
+    wait: Annotated[
+        float | None,
+        typer.Option(
+            "--wait",
+            help="Do not keep anything: exit 0 once a keeper answers, 1 after this many seconds.",
+            metavar="SECONDS",
+        ),
+    ] = None,
+) -> None:
+    """Run the node's DNS socket keeper in the foreground (the l7gate-dns-keeper DaemonSet) until SIGTERM.
+
+    The agent hands its DNS listening sockets to the keeper at ``<state-dir>/dns-sockets-<node>.sock`` and
+    takes them back after a restart, so queries sent while the agent is away wait in the sockets. If a
+    keeper already answers there (one the agent started itself), this one waits until it is gone."""
+    from l7.agent.dns import keeper_path
+    from l7.agent.socket_keeper import KeeperClient, serve
+
+    configure_logs(f"socket-keeper[{node}]", verbose=False, fmt="text")
+    log = logging.getLogger("l7gate.socket_keeper")
+    path = keeper_path(state_dir, node)
+    client = KeeperClient(path, timeout=0.5)
+    if wait is not None:
+        deadline = time.monotonic() + wait
+        while client.alive() is None:
+            if time.monotonic() > deadline:
+                typer.echo(f"no socket keeper answers at {path} after {wait:.0f}s", err=True)
+                raise typer.Exit(1)
+            time.sleep(0.2)  # polling another process's socket: nothing to wait on
+        typer.echo(f"socket keeper at {path}: pid {client.alive()}")
+        return
+    announced = False
+    while (pid := client.alive()) is not None:
+        if not announced:
+            log.info("a keeper (pid %d) answers at %s: waiting until it is gone", pid, path)
+            announced = True
+        time.sleep(1.0)  # polling another process's socket: nothing to wait on
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("keeping the DNS sockets of %s at %s", node, path)
+    serve(path)

@@ -18,6 +18,7 @@ Nothing is written before every informer has listed once (a half-known cluster w
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -49,11 +50,12 @@ from l7.k8s.policies import (
     SECRETS,
     SERVICES,
     STATUS_RESOURCES,
+    FieldError,
     Resource,
     Translated,
     translate,
 )
-from l7.k8s.status import NodeEnforcement, desired_status, status_patch
+from l7.k8s.status import Counted, NodeEnforcement, desired_status, status_patch
 
 log = logging.getLogger("l7gate.k8s")
 
@@ -74,6 +76,7 @@ class ControllerConfig:
     backoff: tuple[float, float] = (0.2, 10.0)
     secret_refresh: float = 30.0  # referenced secrets are read again this often (they are not watched)
     secrets_dir: Path | None = None  # the agent's secrets directory (default: <directory>/secrets)
+    secrets_namespace: str = k8s_secrets.DEFAULT_SECRETS_NAMESPACE  # the only one TLS secrets are read from
 
     @property
     def policies(self) -> Path:
@@ -90,6 +93,11 @@ class ControllerConfig:
     @property
     def status_file(self) -> Path:
         return self.directory / f"controller-{self.node}.json"
+
+    @property
+    def counted_file(self) -> Path:
+        """What this node counted itself as in each object's status (survives a controller restart)."""
+        return self.directory / f"counted-{self.node}.json"
 
 
 @dataclass
@@ -155,6 +163,7 @@ class Controller:
         self._done_changes = -1  # store.changes at the last pass
         self._done_report: dict[str, Any] | None = None  # the agent's report at the last pass
         self._status_due = False  # a status write was throttled or conflicted: look again
+        self._counted: dict[str, tuple[str, Counted]] = _load_counted(cfg.counted_file)
 
     # ------------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -232,13 +241,21 @@ class Controller:
                 if cached is not None and cached[0] == version and version[1]:
                     t = cached[1]
                 else:
-                    t = translate(resource, obj)
+                    t = self._with_tls_errors(translate(resource, obj), obj)
                 memo[(resource, key_of(obj))] = (version, t)
                 out[t.key] = (resource, obj, t)
         self._memo = memo
         self.current = {k: v[2] for k, v in out.items()}
         self.stats.invalid = sum(1 for _, _, t in out.values() if t.errors)
         return out
+
+    def _with_tls_errors(self, t: Translated, obj: Mapping[str, Any]) -> Translated:
+        """A TLS secret reference outside the secrets namespace makes the policy invalid (field path)."""
+        errors = k8s_secrets.tls_ref_errors(k8s_secrets.tls_refs(obj), self.cfg.secrets_namespace)
+        if not errors:
+            return t
+        extra = tuple(FieldError(path, message) for path, message in errors)
+        return dataclasses.replace(t, errors=(*t.errors, *extra), text=None, secrets=())
 
     def _write_policies(self, translated: dict[str, tuple[Resource, dict[str, Any], Translated]]) -> None:
         files = {t.file: t.text for _, _, t in translated.values() if t.text is not None}
@@ -256,7 +273,10 @@ class Controller:
     def _write_secrets(self, translated: dict[str, tuple[Resource, dict[str, Any], Translated]]) -> None:
         """Read the referenced secrets (new references at once, all every ``secret_refresh`` seconds)."""
         refs = {ref for _, _, t in translated.values() for ref in t.secrets}
+        valid = [obj for _, obj, t in translated.values() if t.text is not None]
+        tls_refs = [ref for obj in valid for ref in k8s_secrets.tls_refs(obj)]
         wanted = {k8s_secrets.lookup(ref) for ref in refs}
+        wanted |= {(self.cfg.secrets_namespace, name) for _, _, name in tls_refs}
         stale = self.clock() - self._secrets_read_at > self.cfg.secret_refresh
         missing = wanted - set(self._secrets)
         if stale or missing:
@@ -268,7 +288,11 @@ class Controller:
             if stale:
                 self._secrets_read_at = self.clock()
         self._secrets = {k: v for k, v in self._secrets.items() if k in wanted}
-        output.write_secrets(self.cfg.secrets, k8s_secrets.secret_values(refs, self._secrets))
+        output.write_secrets(
+            self.cfg.secrets,
+            k8s_secrets.secret_values(refs, self._secrets),
+            k8s_secrets.tls_values(tls_refs, self.cfg.secrets_namespace, self._secrets),
+        )
 
     def _write_endpoints(self) -> None:
         try:
@@ -316,20 +340,28 @@ class Controller:
     ) -> None:
         known = self._known_nodes()
         now = _now()
+        counted_before = dict(self._counted)
+        seen: set[str] = set()
         for resource, obj, t in translated.values():
             if resource not in STATUS_RESOURCES:
                 continue
-            desired = desired_status(
+            uid = str((obj.get("metadata") or {}).get("uid") or "")
+            where = f"{resource}/{t.key}"
+            seen.add(where)
+            remembered = self._counted.get(where)
+            desired, mine = desired_status(
                 obj.get("status"),
                 self.cfg.node,
                 generation=t.generation,
                 errors=t.errors,
                 view=self.enforcement(t, agent),
+                counted=remembered[1] if remembered and remembered[0] == uid else None,
                 known_nodes=known,
                 now=now,
             )
             patch = status_patch(obj, desired)
             if patch is None:
+                self._remember(where, uid, mine)
                 continue
             key = (resource, key_of(obj))
             if not self._may_patch(key):
@@ -338,6 +370,7 @@ class Controller:
             try:
                 self.api.patch_status(resource, t.namespace, t.name, patch)
                 self.stats.patches += 1
+                self._remember(where, uid, mine)
             except Conflict:
                 self.stats.conflicts += 1  # the watch brings the newer object; then we look again
                 self._status_due = True
@@ -346,6 +379,21 @@ class Controller:
                 self._status_due = True
                 self._next_patch[key] = self.clock() + 10 * self.cfg.status_interval  # back off
                 log.warning("status of %s: %s", t.key, exc)
+        self._counted = {k: v for k, v in self._counted.items() if k in seen}
+        if self._counted != counted_before:
+            output.write_json(
+                self.cfg.counted_file,
+                {
+                    k: {"uid": u, "generation": c.generation, "state": c.state}
+                    for k, (u, c) in self._counted.items()
+                },
+            )
+
+    def _remember(self, where: str, uid: str, counted: Counted | None) -> None:
+        if counted is None:
+            self._counted.pop(where, None)
+        else:
+            self._counted[where] = (uid, counted)
 
     def _may_patch(self, key: tuple[Resource, tuple[str, str]]) -> bool:
         """Per object at most one patch per ``status_interval``; overall a token bucket."""
@@ -382,6 +430,17 @@ class Controller:
                 for r, i in self.informers.items()
             },
         }
+
+
+def _load_counted(path: Path) -> dict[str, tuple[str, Counted]]:
+    """The counts this node contributed before a restart (unreadable: none; the statuses self-correct at
+    the next generation)."""
+    data = watch.read_status(path) or {}
+    out: dict[str, tuple[str, Counted]] = {}
+    for where, entry in data.items():
+        if isinstance(entry, Mapping) and entry.get("state") in ("enforcing", "failing"):
+            out[where] = (str(entry.get("uid")), Counted(int(entry.get("generation") or 0), entry["state"]))
+    return out
 
 
 def proxy_rejection(agent: Mapping[str, Any]) -> str | None:

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from l7.k8s.crd_docs import field_doc, plain
+from l7.k8s.status import MAX_FAILURES
 from l7.policy.model import Rule
 
 GROUP = "l7gate.io"
@@ -93,10 +95,29 @@ def _inline(node: Any, defs: Mapping[str, Any]) -> Any:
 _INT_OR_STRING = (("properties", "toPorts", "items", "properties", "ports", "items", "properties", "port"),)
 
 
+def _describe(node: Any, parent: str) -> None:
+    """Give every property its ``kubectl explain`` text (:mod:`l7.k8s.crd_docs`), in place."""
+    if not isinstance(node, dict):
+        return
+    for name, child in (node.get("properties") or {}).items():
+        text = field_doc(parent, name) or plain(child.get("description", ""))
+        if text:
+            child["description"] = text
+        _describe(child, name)
+    for key in ("items", "additionalProperties"):
+        child = node.get(key)
+        if isinstance(child, dict):
+            if "description" in child:
+                child["description"] = plain(child["description"])
+            _describe(child, parent)
+
+
 def rule_schema() -> dict[str, Any]:
     """The OpenAPI v3 (structural) schema of one rule (``spec`` / an entry of ``specs``)."""
     raw = Rule.model_json_schema(by_alias=True)
     schema: dict[str, Any] = _inline(raw, raw.get("$defs", {}))
+    schema["description"] = "One rule: which endpoints it selects and what they may send and receive."
+    _describe(schema, "spec")
     for direction in ("ingress", "egress", "ingressDeny", "egressDeny"):
         for path in _INT_OR_STRING:
             node = schema["properties"][direction]["items"]
@@ -110,31 +131,74 @@ def rule_schema() -> dict[str, Any]:
 def _condition_schema() -> dict[str, Any]:
     return {
         "type": "object",
+        "description": "A condition: Valid (the spec passed validation) or Enforced (nodes enforce it).",
         "required": ["type", "status"],
         "properties": {
-            "type": {"type": "string"},
-            "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-            "reason": {"type": "string"},
-            "message": {"type": "string"},
-            "observedGeneration": {"type": "integer", "format": "int64"},
-            "lastTransitionTime": {"type": "string", "format": "date-time"},
+            "type": {"type": "string", "description": "Valid or Enforced."},
+            "status": {
+                "type": "string",
+                "enum": ["True", "False", "Unknown"],
+                "description": "True or False.",
+            },
+            "reason": {
+                "type": "string",
+                "description": "Valid, Invalid, Enforced, Failed (a node failed) or Pending (none yet).",
+            },
+            "message": {"type": "string", "description": "Details: the errors, or the node counts."},
+            "observedGeneration": {
+                "type": "integer",
+                "format": "int64",
+                "description": "The generation of the spec this condition is about.",
+            },
+            "lastTransitionTime": {
+                "type": "string",
+                "format": "date-time",
+                "description": "When status last changed.",
+            },
         },
     }
 
 
 def status_schema() -> dict[str, Any]:
-    """What the controller writes (see :mod:`l7.k8s.status`)."""
+    """What the controllers write (see :mod:`l7.k8s.status`): counts and the failing nodes, never a map
+    of every node."""
     return {
         "type": "object",
-        "description": "Written by the l7gate agents: validation and enforcement per node.",
+        "description": "Written by the l7gate node agents: validation and how many nodes enforce the policy.",
         "properties": {
-            "observedGeneration": {"type": "integer", "format": "int64"},
+            "observedGeneration": {
+                "type": "integer",
+                "format": "int64",
+                "description": "The generation of the spec the counts below are about.",
+            },
             "enforcingNodes": {
                 "type": "integer",
-                "description": "How many nodes enforce the current generation.",
+                "description": "How many nodes enforce this generation of the policy.",
+            },
+            "failingNodes": {
+                "type": "integer",
+                "description": "How many nodes failed to enforce this generation (see failures).",
+            },
+            "failures": {
+                "type": "array",
+                "description": (
+                    f"Failing nodes and their errors (at most {MAX_FAILURES}; failingNodes counts all)."
+                ),
+                "items": {
+                    "type": "object",
+                    "required": ["node", "message"],
+                    "properties": {
+                        "node": {"type": "string", "description": "The node's name."},
+                        "message": {
+                            "type": "string",
+                            "description": "Why its agent does not enforce the policy.",
+                        },
+                    },
+                },
             },
             "conditions": {
                 "type": "array",
+                "description": "Valid and Enforced.",
                 "items": _condition_schema(),
                 "x-kubernetes-list-type": "map",
                 "x-kubernetes-list-map-keys": ["type"],
@@ -145,19 +209,9 @@ def status_schema() -> dict[str, Any]:
                 "items": {
                     "type": "object",
                     "required": ["message"],
-                    "properties": {"path": {"type": "string"}, "message": {"type": "string"}},
-                },
-            },
-            "nodes": {
-                "type": "object",
-                "description": "Per node (key: node name): does its agent enforce this policy?",
-                "additionalProperties": {
-                    "type": "object",
                     "properties": {
-                        "enforced": {"type": "boolean"},
-                        "observedGeneration": {"type": "integer", "format": "int64"},
-                        "message": {"type": "string"},
-                        "lastUpdated": {"type": "string", "format": "date-time"},
+                        "path": {"type": "string", "description": "Where, e.g. spec.egress[0].toPorts[0]."},
+                        "message": {"type": "string", "description": "What is wrong there."},
                     },
                 },
             },
@@ -167,15 +221,17 @@ def status_schema() -> dict[str, Any]:
 
 def object_schema() -> dict[str, Any]:
     rule = rule_schema()
+    specs = copy.deepcopy(rule)
+    specs["description"] = "More rules, each like spec (a policy may have spec, specs or both)."
     return {
         "type": "object",
         "description": "An l7gate network policy: CiliumNetworkPolicy-shaped rules (spec and/or specs).",
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            "apiVersion": {"type": "string", "description": f"{API_VERSION}."},
+            "kind": {"type": "string", "description": "L7NetworkPolicy or L7ClusterwideNetworkPolicy."},
+            "metadata": {"type": "object", "description": "Standard object metadata."},
             "spec": rule,
-            "specs": {"type": "array", "items": copy.deepcopy(rule)},
+            "specs": {"type": "array", "description": specs.pop("description"), "items": specs},
             "status": status_schema(),
         },
     }
@@ -192,6 +248,11 @@ def crd(names: Names) -> dict[str, Any]:
             "name": "Enforcing Nodes",
             "type": "integer",
             "jsonPath": ".status.enforcingNodes",
+        },
+        {
+            "name": "Failing Nodes",
+            "type": "integer",
+            "jsonPath": ".status.failingNodes",
         },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]

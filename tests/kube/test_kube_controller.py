@@ -5,6 +5,7 @@ status conditions back on the objects. Watch interruptions and 410 must not lose
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,8 +86,8 @@ def test_policy_create_update_delete_and_status(server: FakeAPIServer, tmp_path:
 
         obj = wait_for("Enforced=True", lambda: enforced(1))
         assert condition(obj, "Valid")["status"] == "True"  # type: ignore[index]
-        assert obj["status"]["enforcingNodes"] == 1
-        assert obj["status"]["nodes"]["n1"]["enforced"] is True
+        assert (obj["status"]["enforcingNodes"], obj["status"]["failingNodes"]) == (1, 0)
+        assert obj["status"]["failures"] == [] and "nodes" not in obj["status"]
 
         # update: generation 2 → new file content, then Enforced for generation 2
         updated = dict(obj, spec={**ALLOW_WEB, "ingress": [{"fromEndpoints": [{}]}]})
@@ -279,8 +280,9 @@ def test_cilium_policies_with_the_flag_and_no_status_on_them(server: FakeAPIServ
 
 
 def test_two_nodes_each_report_enforcement(server: FakeAPIServer, tmp_path: Path) -> None:
-    """Two nodes' controllers write their own ``nodes`` entry; the summary counts both (a stale view
-    gets 409 and is retried from the next watch event)."""
+    """Two nodes' controllers each count themselves in the same status (a stale view gets 409 and is
+    counted again on the next watch event); no per-node map. A restarted controller does not count itself
+    twice (it remembers what it counted)."""
     seed_cluster(server)
     server.create("nodes", {"metadata": {"name": "n2"}, "status": {"addresses": []}})
     c1, c2 = controller_config(tmp_path / "n1", "n1"), controller_config(tmp_path / "n2", "n2")
@@ -299,14 +301,27 @@ def test_two_nodes_each_report_enforcement(server: FakeAPIServer, tmp_path: Path
             return obj if st.get("enforcingNodes") == 2 and c and c["status"] == "True" else None
 
         obj = wait_for("both nodes enforcing", both)
-        assert set(obj["status"]["nodes"]) == {"n1", "n2"}
-        assert "2/2 nodes" in condition(obj, "Enforced")["message"]  # type: ignore[index]
-        # node n2 leaves the cluster: its entry is removed, the summary follows
-        server.delete("nodes", "n2")
+        assert "nodes" not in obj["status"] and obj["status"]["failingNodes"] == 0
+        assert condition(obj, "Enforced")["message"] == "2 nodes enforce generation 1"  # type: ignore[index]
+        assert json.loads(c1.counted_file.read_text()) == {
+            "l7networkpolicies.l7gate.io/L7NetworkPolicy/shop/both": {
+                "uid": obj["metadata"]["uid"],
+                "generation": 1,
+                "state": "enforcing",
+            }
+        }
+    patches = len(server.patches)
+    with running_controller(server, c1), running_agent(c1):  # n1's agent and controller restart
+        server.create("l7networkpolicies", l7np("later", "shop", ALLOW_WEB))
         wait_for(
-            "n2's entry removed",
-            lambda: set(server.get("l7networkpolicies", "both", "shop")["status"]["nodes"]) == {"n1"},
+            "the new policy counted",
+            lambda: (
+                (server.get("l7networkpolicies", "later", "shop").get("status") or {}).get("enforcingNodes")
+                == 1
+            ),
         )
+        assert server.get("l7networkpolicies", "both", "shop")["status"]["enforcingNodes"] == 2
+        assert [p for p in server.patches[patches:] if p[1] == "shop/both"] == []
 
 
 def test_cilium_flag_without_cilium_crds_installed(server: FakeAPIServer, tmp_path: Path) -> None:

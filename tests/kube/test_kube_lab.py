@@ -178,7 +178,7 @@ def test_policy_and_pod_changes_change_enforcement(
         ),
         timeout=20,
     )
-    assert obj["status"]["nodes"]["n1"]["enforced"] is True
+    assert (obj["status"]["enforcingNodes"], obj["status"]["failingNodes"]) == (1, 0)
     settle(lab, controller)
     assert reach(lab, ["client-a", "client-b"]) == {"client-a": 0, "client-b": CURL_TIMEOUT}
 
