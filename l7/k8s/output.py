@@ -5,6 +5,7 @@
     <dir>/policies -> policies.d/<n>-<hash>     one YAML per valid policy object (symlink swap)
     <dir>/endpoints.json                        the endpoints file (write to a temporary, rename)
     <secrets>/<namespace>/<name>                values of secrets headerMatches refer to (mode 0600)
+    <secrets>/<namespace>/<name>/<item>         TLS secrets: the Secret's keys as files (mode 0600)
 
 The agent resolves the ``policies`` symlink once per look, so it sees either the old or the new set,
 never a mix. The current and the previous set are kept (an agent may still be reading the previous).
@@ -83,30 +84,54 @@ def write_json(path: Path, data: Mapping[str, Any], mode: int = 0o644) -> bool:
     return True
 
 
-def write_secrets(directory: Path, values: Mapping[tuple[str, str], str]) -> bool:
-    """Make ``directory`` hold exactly ``values`` as ``<namespace>/<name>`` files (mode 0600; each
-    replaced atomically, only when it changed; others removed). Returns True when anything changed."""
+def _write_private(path: Path, value: str) -> bool:
+    """Replace ``path`` atomically with ``value`` (mode 0600) unless it already holds it."""
+    with contextlib.suppress(OSError):
+        if path.read_text(encoding="utf-8") == value:
+            return False
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(value)
+    tmp.replace(path)
+    return True
+
+
+def write_secrets(
+    directory: Path,
+    values: Mapping[tuple[str, str], str],
+    tls: Mapping[tuple[str, str], Mapping[str, str]] | None = None,
+) -> bool:
+    """Make ``directory`` hold exactly ``values`` as ``<namespace>/<name>`` files and ``tls`` as
+    ``<namespace>/<name>/<item>`` directories (mode 0600 files, each replaced atomically, only when it
+    changed; others removed). Returns True when anything changed."""
+    tls = tls or {}
     changed = False
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     for (namespace, name), value in values.items():
         path = directory / namespace / name
         path.parent.mkdir(mode=0o700, exist_ok=True)
-        with contextlib.suppress(OSError):
-            if path.read_text(encoding="utf-8") == value:
-                continue
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(value)
-        tmp.replace(path)
-        changed = True
+        changed |= _write_private(path, value)
+    for (namespace, name), items in tls.items():
+        secret_dir = directory / namespace / name
+        secret_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for item, value in items.items():
+            changed |= _write_private(secret_dir / item, value)
+        for old in list(secret_dir.iterdir()):
+            if old.name not in items:
+                old.unlink()
+                changed = True
     for namespace_dir in list(directory.iterdir()):
         if not namespace_dir.is_dir():
             continue
         for file in list(namespace_dir.iterdir()):
-            if (namespace_dir.name, file.name) not in values:
+            if file.is_dir():
+                if (namespace_dir.name, file.name) not in tls:
+                    shutil.rmtree(file)
+                    changed = True
+            elif (namespace_dir.name, file.name) not in values:
                 file.unlink()
                 changed = True
         with contextlib.suppress(OSError):

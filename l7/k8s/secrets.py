@@ -48,3 +48,79 @@ def secret_values(
         if value is not None:
             out[key] = value
     return out
+
+
+# --- TLS (terminatingTLS / originatingTLS) -------------------------------------------------------------
+
+DEFAULT_SECRETS_NAMESPACE = "l7gate-secrets"  # as Cilium's policy secrets namespace (cilium-secrets)
+TLS_FIELDS = ("terminatingTLS", "originatingTLS")
+TLSRefAt = tuple[str, str | None, str]  # (field path of the secret, namespace as written, name)
+
+
+def tls_refs(obj: Mapping[str, Any]) -> list[TLSRefAt]:
+    """Every TLS secret reference of a policy object, with its field path."""
+    out: list[TLSRefAt] = []
+    specs: list[tuple[str, Any]] = []
+    if isinstance(obj.get("spec"), Mapping):
+        specs.append(("spec", obj["spec"]))
+    for i, spec in enumerate(obj.get("specs") or ()):
+        if isinstance(spec, Mapping):
+            specs.append((f"specs[{i}]", spec))
+    for where, spec in specs:
+        for direction in ("ingress", "egress"):
+            for i, rule in enumerate(spec.get(direction) or ()):
+                if not isinstance(rule, Mapping):
+                    continue
+                for j, port_rule in enumerate(rule.get("toPorts") or ()):
+                    if not isinstance(port_rule, Mapping):
+                        continue
+                    for name in TLS_FIELDS:
+                        secret = (
+                            (port_rule.get(name) or {}).get("secret")
+                            if isinstance(port_rule.get(name), Mapping)
+                            else None
+                        )
+                        if isinstance(secret, Mapping) and secret.get("name"):
+                            path = f"{where}.{direction}[{i}].toPorts[{j}].{name}.secret"
+                            out.append((path, secret.get("namespace"), str(secret["name"])))
+    return out
+
+
+def tls_ref_errors(refs: Iterable[TLSRefAt], secrets_namespace: str) -> list[tuple[str, str]]:
+    """(field path, message) for references outside the secrets namespace (the only one read)."""
+    return [
+        (
+            f"{path}.namespace",
+            f"TLS secrets are read only from the secrets namespace {secrets_namespace!r}, not {namespace!r}",
+        )
+        for path, namespace, _ in refs
+        if namespace is not None and namespace != secrets_namespace
+    ]
+
+
+def tls_items(secret: Mapping[str, Any]) -> dict[str, str] | None:
+    """Every entry of a Secret object, decoded (tls.crt, tls.key, ca.crt ...); None when one is not
+    decodable text."""
+    out: dict[str, str] = {}
+    for item, raw in sorted((secret.get("data") or {}).items()):
+        try:
+            out[str(item)] = base64.b64decode(str(raw), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    return out
+
+
+def tls_values(
+    refs: Iterable[TLSRefAt],
+    secrets_namespace: str,
+    found: Mapping[tuple[str, str], Mapping[str, Any] | None],
+) -> dict[tuple[str, str], dict[str, str]]:
+    """Where the agent looks each reference up — (namespace as written, or ``default``; name) — → the
+    items of the Secret of that name in the secrets namespace (``found``: (namespace, name) → object)."""
+    out: dict[tuple[str, str], dict[str, str]] = {}
+    for _, namespace, name in refs:
+        obj = found.get((secrets_namespace, name))
+        items = tls_items(obj) if obj is not None else None
+        if items is not None:
+            out[(namespace or DEFAULT_NAMESPACE, name)] = items
+    return out
