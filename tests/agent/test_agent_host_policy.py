@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,10 @@ def curl_from(netns: str, ip: str, timeout: float = 1.5) -> int:
     )
 
 
+def answers(netns: str, ip: str, port: int) -> bool:
+    return echo_from(netns, ip, port, 0.5) == ECHOED
+
+
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -85,14 +90,10 @@ def lab() -> Iterator[Lab]:
         node = built.plan.node("n1")
         argv = [sys.executable, "-I", "-c", ECHO_SERVER, *(f"tcp:{p}" for p in NODE_PORTS)]
         server = procs.spawn(["ip", "netns", "exec", node.netns, *argv])
-        for ip in (node.uplink_v4, node.uplink_v6):
-            for port in NODE_PORTS:
-                wait_until(
-                    lambda ip=ip, port=port: echo_from(node.netns, ip, port, 0.5) == ECHOED, "node echo"
-                )
-        for pod in ("web", "db"):
-            for ip in built.pod(pod).ips:
-                wait_until(lambda ip=ip: echo_from(node.netns, ip, POD_PORT, 0.5) == ECHOED, f"{pod} echo")
+        targets = [(ip, port) for ip in (node.uplink_v4, node.uplink_v6) for port in NODE_PORTS]
+        targets += [(ip, POD_PORT) for pod in ("web", "db") for ip in built.pod(pod).ips]
+        for ip, port in targets:
+            wait_until(partial(answers, node.netns, ip, port), f"echo on {ip} port {port}")
         yield built
     finally:
         if server is not None:
@@ -145,7 +146,7 @@ HOST_EGRESS = ccnp(
 
 # The client's HTTP to the world goes through the node's Envoy (an L7 rule): Envoy's upstream
 # connection leaves the node from the node's address, under the host's egress policy.
-CLIENT_HTTP = {
+CLIENT_HTTP: dict[str, object] = {
     "apiVersion": "cilium.io/v2",
     "kind": "CiliumNetworkPolicy",
     "metadata": {"name": "client-http", "namespace": "app"},
@@ -174,23 +175,25 @@ def flows(lab: Lab) -> dict[tuple[str, str, int], Callable[[], int]]:
         ((node.uplink_v4, node.router_v4), (node.uplink_v6, node.router_v6))
     ):
         for port in NODE_PORTS:
-            out["client→node", router, port] = lambda ip=router, p=port: echo_from(client.netns, ip, p)
-            out["other→node", router, port] = lambda ip=router, p=port: echo_from(other.netns, ip, p)
-            out["world→node", uplink, port] = lambda ip=uplink, p=port: echo_from(world.netns, ip, p)
+            out["client→node", router, port] = partial(echo_from, client.netns, router, port)
+            out["other→node", router, port] = partial(echo_from, other.netns, router, port)
+            out["world→node", uplink, port] = partial(echo_from, world.netns, uplink, port)
         for pod in ("web", "db"):
             ip = lab.pod(pod).ips[family]
-            out[f"node→{pod}", ip, POD_PORT] = lambda ip=ip: echo_from(node.netns, ip, POD_PORT)
+            out[f"node→{pod}", ip, POD_PORT] = partial(echo_from, node.netns, ip, POD_PORT)
         ext = world.ips[family]
-        out["node→world", ext, 80] = lambda ip=ext: curl_from(node.netns, ip)
+        out["node→world", ext, 80] = partial(curl_from, node.netns, ext)
         web = lab.pod("web").ips[family]
-        out["client→web", web, POD_PORT] = lambda ip=web: echo_from(client.netns, ip, POD_PORT)
-        out["client→world (Envoy)", ext, 80] = lambda ip=ext: curl_from(client.netns, ip)
+        out["client→web", web, POD_PORT] = partial(echo_from, client.netns, web, POD_PORT)
+        out["client→world (Envoy)", ext, 80] = partial(curl_from, client.netns, ext)
     return out
 
 
 def outcomes(lab: Lab) -> dict[tuple[str, str, int], str]:
     names = {ECHOED: "ok", TIMED_OUT: "timeout", 28: "timeout"}  # 28: curl timed out (22: HTTP error)
-    return {k: names.get(rc, f"exit {rc}") for k, rc in run_all(dict(flows(lab))).items()}  # type: ignore[arg-type]
+    checks: dict[object, Callable[[], object]] = {k: v for k, v in flows(lab).items()}
+    results = run_all(checks)
+    return {k: names.get(int(results[k]), f"exit {results[k]}") for k in flows(lab)}
 
 
 def test_host_policies_enforced_then_default_allow(lab: Lab, tmp_path: Path) -> None:
