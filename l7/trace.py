@@ -94,6 +94,7 @@ class Step:
     rule: str | None
     detail: str
     notes: tuple[str, ...] = ()
+    default_deny_by: tuple[str, ...] = ()  # a default deny: the policies that select this direction
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class TraceResult:
     protocol: str
     steps: tuple[Step, ...]
     notes: tuple[str, ...] = field(default=())
+    port_name: str | None = None  # --port NAME: the destination's named port that gave ``port``
 
     @property
     def allowed(self) -> bool:
@@ -122,7 +124,11 @@ class TraceResult:
             "source": self.source,
             "destination": self.destination,
             "port": self.port,
+            "port_name": self.port_name,
             "protocol": self.protocol,
+            "default_deny_by": next(
+                (list(s.default_deny_by) for s in self.steps if s.verdict == "denied"), []
+            ),
             "notes": list(self.notes),
             "directions": {
                 s.direction: {
@@ -135,6 +141,7 @@ class TraceResult:
                     "policy": s.policy,
                     "rule": s.rule,
                     "detail": s.detail,
+                    "default_deny_by": list(s.default_deny_by),
                     "notes": list(s.notes),
                 }
                 for s in self.steps
@@ -142,7 +149,8 @@ class TraceResult:
         }
 
     def to_text(self) -> str:
-        lines = [f"{self.source} → {self.destination} {self.port}/{self.protocol}"]
+        named = f" (port {self.port_name})" if self.port_name else ""
+        lines = [f"{self.source} → {self.destination} {self.port}/{self.protocol}{named}"]
         for s in self.steps:
             lines.append(f"  {s.direction:<7} {s.endpoint} (peer {s.peer}, identity {s.peer_identity})")
             lines.append(f"          {s.verdict} at {s.layer}: {s.detail}")
@@ -315,14 +323,21 @@ def evaluate_dns(entries: Sequence[Entry], name: str) -> L7Result:
 # -- the trace ---------------------------------------------------------------------------------------
 
 
-def parse_port(text: str) -> tuple[int, str]:
-    """``80/TCP`` → ``(80, "TCP")``; ``53`` → ``(53, "TCP")``."""
+_PORT_NAME = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,13}[a-z0-9])?")
+
+
+def parse_port(text: str) -> tuple[int | str, str]:
+    """``80/TCP`` → ``(80, "TCP")``; ``53`` → ``(53, "TCP")``; ``http/TCP`` → ``("http", "TCP")`` (a named
+    port: the destination endpoint's ``ports`` give its number, see :func:`trace`)."""
     number, _, protocol = text.partition("/")
     protocol = (protocol or "TCP").upper()
     if protocol not in ("TCP", "UDP", "SCTP", "ICMP", "ICMPV6"):
         raise TraceError(f"--port {text!r}: protocol must be TCP, UDP, SCTP, ICMP or ICMPv6")
+    name = number.lower()
+    if not number.isdigit() and _PORT_NAME.fullmatch(name) and any(c.isalpha() for c in name):
+        return name, protocol
     if not number.isdigit() or not 0 <= int(number) <= 65535:
-        raise TraceError(f"--port {text!r}: expected N/PROTO with N in 0-65535")
+        raise TraceError(f"--port {text!r}: expected N/PROTO with N in 0-65535, or NAME/PROTO (a named port)")
     return int(number), protocol
 
 
@@ -343,7 +358,7 @@ class _Peer:
     notes: tuple[str, ...] = ()
 
 
-def _describe(decision: Decision, endpoint: str, direction: Direction) -> str:
+def _describe(decision: Decision, endpoint: str, direction: Direction, selected_by: Sequence[str]) -> str:
     where = f"{endpoint} {direction}"
     if decision.reason is Reason.NO_POLICY:
         return f"no policy selects {where}: allowed by default"
@@ -352,7 +367,9 @@ def _describe(decision: Decision, endpoint: str, direction: Direction) -> str:
             f"policies select {where} but disable default deny (enableDefaultDeny: false); nothing denies it"
         )
     if decision.reason is Reason.DEFAULT_DENY:
-        return f"default deny: policies select {where} and no rule allows this flow"
+        return (
+            f"default deny: policies select {where} ({', '.join(selected_by)}) and no rule allows this flow"
+        )
     first = decision.origins[0] if decision.origins else None
     if decision.reason is Reason.DENY_RULE:
         return f"denied by {first}"
@@ -373,7 +390,9 @@ def _step(  # noqa: PLR0917
     port, protocol = flow
     http, dns = request
     decision = decide(resolved, endpoint.key, direction, peer.identity, protocol, port)
-    detail = _describe(decision, endpoint.key, direction)
+    policy_dir = resolved.endpoint(endpoint.key).direction(direction)
+    detail = _describe(decision, endpoint.key, direction, policy_dir.selected_by)
+    deny_by = policy_dir.selected_by if decision.reason is Reason.DEFAULT_DENY else ()
     origin = decision.origins[0] if decision.origins else None
     policy, rule = (origin.policy, origin.path) if origin else (None, None)
 
@@ -398,14 +417,17 @@ def _step(  # noqa: PLR0917
             rule,
             detail,
             notes,
+            deny_by,
         )
 
     if decision.verdict is not Verdict.REDIRECT:
         verdict = "allowed" if decision.verdict is Verdict.ALLOW else "denied"
         return make(verdict, "l3l4", str(decision.reason), policy, rule, detail)
-    policy_dir = resolved.endpoint(endpoint.key).direction(direction)
     entries = [e for e in policy_dir.allows if e.l7 is not None and e.matches(peer.identity, protocol, port)]
     kinds = {e.l7.kind for e in entries if e.l7 is not None}
+    _check_request_kind(
+        kinds, http is not None, dns is not None, f"{endpoint.key} {direction} {port}/{protocol}", origin
+    )
     if "dns" in kinds and dns is not None:
         result = evaluate_dns([e for e in entries if e.l7 is not None and e.l7.kind == "dns"], dns)
         if result.allowed:
@@ -427,12 +449,38 @@ def _step(  # noqa: PLR0917
     return make("allowed", "l3l4", "l7", policy, rule, detail, (note,))
 
 
+def _check_request_kind(kinds: set[str], http: bool, dns: bool, flow: str, origin: object) -> None:
+    """A request of the wrong kind for the proxy the flow goes to is a usage error, not a verdict."""
+    if http and "http" not in kinds and "dns" in kinds:
+        raise TraceError(
+            f"--http: {flow} is redirected to the DNS proxy (by {origin}), not to Envoy: "
+            "an HTTP request is never evaluated there (use --dns NAME)"
+        )
+    if dns and "dns" not in kinds and "http" in kinds:
+        raise TraceError(
+            f"--dns: {flow} is redirected to Envoy for HTTP rules (by {origin}), not to the DNS proxy "
+            "(use --http METHOD PATH)"
+        )
+
+
+def _named_port(peer: _Peer, name: str) -> int:
+    """The number of the destination endpoint's port ``name`` (Cilium resolves a named port with the
+    destination's container ports)."""
+    if peer.endpoint is None:
+        raise TraceError(f"--port {name}: a named port needs a destination endpoint; {peer.text} is not one")
+    number = peer.endpoint.named_port(name)
+    if number is None:
+        have = ", ".join(f"{n}={p}" for n, p in peer.endpoint.ports) or "none"
+        raise TraceError(f"--port {name}: {peer.endpoint.key} has no port named {name!r} (its ports: {have})")
+    return number
+
+
 def trace(  # noqa: PLR0917  (the CLI's arguments)
     policies: Sequence[Policy],
     endpoints: EndpointsFile,
     source: str,
     destination: str,
-    port: int,
+    port: int | str,
     protocol: str,
     *,
     http: HTTPRequest | None = None,
@@ -452,6 +500,9 @@ def trace(  # noqa: PLR0917  (the CLI's arguments)
     if perspective is not None and topology.node(perspective) is None and topology.nodes:
         raise TraceError(f"--node {perspective!r}: no such node in the endpoints file")
     peer = _destination(policies, topology, allocator, destination, perspective, namespace=src.namespace)
+    port_name = port if isinstance(port, str) else None
+    if isinstance(port, str):
+        port = _named_port(peer, port)
     resolver = Resolver(allocator, perspective, all_endpoints=True)
     resolved = resolver.resolve(policies, topology, dict(peer.learned))
     if peer.endpoint is None and not peer.learned:
@@ -480,6 +531,7 @@ def trace(  # noqa: PLR0917  (the CLI's arguments)
         protocol=protocol,
         steps=tuple(steps),
         notes=tuple(notes),
+        port_name=port_name,
     )
 
 

@@ -67,6 +67,7 @@ def register() -> None:
     """Import every command module (each registers its commands on :data:`app`)."""
     from l7.cli import (  # noqa: F401  (register commands)
         agent_cmds,
+        bpf_cmds,
         demo_cmds,
         fqdn_cmds,
         lab_cmds,

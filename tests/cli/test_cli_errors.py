@@ -48,6 +48,8 @@ def _cases(tmp: Path) -> list[list[str]]:
         ["identity", "get", "1", *state],
         ["policy", "selectors", *lab],
         ["policy", "get", *state],
+        ["bpf", "policy", "get", "client", *lab],
+        ["bpf", "policy", "get", "3", *state],
         ["lab", "status", *lab],
         ["lab", "exec", *lab, "pod", "--", "true"],
         ["lab", "up", missing, "--lab", NO_LAB],
@@ -84,6 +86,12 @@ def test_console_script_prints_no_traceback(argv: list[str]) -> None:
 
 
 def test_bad_usage_exits_2() -> None:
-    for argv in (["observe", "--verdict", "maybe"], ["policy", "validate"], ["observe", "-o", "xml"]):
+    for argv in (
+        ["observe", "--verdict", "maybe"],
+        ["policy", "validate"],
+        ["observe", "-o", "xml"],
+        ["bpf", "policy", "get"],
+        ["bpf", "policy", "get", "x", "-o", "xml"],
+    ):
         result = CliRunner().invoke(app, argv)
         assert result.exit_code == 2, argv
