@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: setup demo test conformance bench lint clean-lab
+.PHONY: setup demo test conformance bench lint clean-lab images
 
 setup:
 	@bash deploy/setup.sh
@@ -28,3 +28,9 @@ bench: setup
 
 lint: setup
 	@$(VENV)/bin/ruff check . && $(VENV)/bin/mypy && $(VENV)/bin/lint-imports
+
+# The agent and Envoy images, built here without a registry or a daemon (docs/images.md): a Debian base
+# made with mmdebstrap, `buildah bud`, a smoke test of each image, OCI archives in build/images/.
+images: setup
+	@bash deploy/images/setup.sh
+	@bash deploy/images/build.sh
