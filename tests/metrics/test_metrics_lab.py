@@ -34,57 +34,13 @@ from tests.metrics.exposition import (
     served,
 )
 from tests.observe.metric_lint import lint_exposition
+from tests.observe.observe_lab import POLICIES, TOPOLOGY
 
 pytestmark = pytest.mark.root
 
 NAME = f"pxm{os.getpid() % 100000}"
 PROMETHEUS_PORT = 19090
 T = TypeVar("T")
-
-TOPOLOGY = {
-    "nodes": [{"name": "n1"}],
-    "pods": [
-        {
-            "name": "server",
-            "labels": {"app": "server"},
-            "server": {"kind": "http", "paths": {"/public": "public\n"}},
-        },
-        {"name": "client", "labels": {"app": "client"}},
-        {"name": "other", "labels": {"app": "other"}},
-    ],
-    "world": [
-        {"name": "google", "names": ["google.com"], "servers": ["http"]},
-        {"name": "naver", "names": ["naver.com"], "servers": ["http"]},
-    ],
-}
-
-POLICIES = """
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: server-l7}
-spec:
-  endpointSelector: {matchLabels: {app: server}}
-  ingress:
-    - fromEndpoints: [{matchLabels: {app: client}}]
-      toPorts:
-        - ports: [{port: "80", protocol: TCP}]
-          rules: {http: [{method: GET, path: /public}]}
----
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: client-egress}
-spec:
-  endpointSelector: {matchLabels: {app: client}}
-  egress:
-    - toEndpoints: [{matchLabels: {app: server}}]
-    - toFQDNs: [{matchName: google.com}]
-      toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-    - toEndpoints:
-        - matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system, k8s:k8s-app: kube-dns}
-      toPorts:
-        - ports: [{port: "53", protocol: ANY}]
-          rules: {dns: [{matchName: google.com}]}
-"""
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = 20.0) -> T:

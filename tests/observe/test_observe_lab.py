@@ -24,54 +24,12 @@ from metric_lint import lint_exposition
 
 from l7.lab import Lab, down
 from l7.lab.topology import parse_topology
+from tests.observe.observe_lab import POLICIES, TOPOLOGY
 
 pytestmark = pytest.mark.root
 
 NAME = f"pxo{os.getpid() % 100000}"
 REPO = Path(__file__).resolve().parents[2]
-
-TOPOLOGY = {
-    "nodes": [{"name": "n1"}],
-    "pods": [
-        {
-            "name": "server",
-            "labels": {"app": "server"},
-            "server": {"kind": "http", "paths": {"/public": "public\n", "/private": "private\n"}},
-        },
-        {"name": "client", "labels": {"app": "client"}},
-        {"name": "other", "labels": {"app": "other"}},
-    ],
-    "world": [
-        {"name": "google", "names": ["google.com"], "servers": ["http"]},
-        {"name": "naver", "names": ["naver.com"], "servers": ["http"]},
-    ],
-}
-
-POLICIES = """
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: server-l7}
-spec:
-  endpointSelector: {matchLabels: {app: server}}
-  ingress:
-    - fromEndpoints: [{matchLabels: {app: client}}]
-      toPorts:
-        - ports: [{port: "80", protocol: TCP}]
-          rules: {http: [{method: GET, path: /public}]}
----
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: client-egress}
-spec:
-  endpointSelector: {matchLabels: {app: client}}
-  egress:
-    - toEndpoints: [{matchLabels: {app: server}}]
-    - toEndpoints:
-        - matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system, k8s:k8s-app: kube-dns}
-      toPorts:
-        - ports: [{port: "53", protocol: ANY}]
-          rules: {dns: [{matchName: google.com}]}
-"""
 
 
 def l7gate(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
