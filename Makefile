@@ -30,7 +30,9 @@ lint: setup
 	@$(VENV)/bin/ruff check . && $(VENV)/bin/mypy && $(VENV)/bin/lint-imports
 
 # The agent and Envoy images, built here without a registry or a daemon (docs/images.md): a Debian base
-# made with mmdebstrap, `buildah bud`, a smoke test of each image, OCI archives in build/images/.
+# made with mmdebstrap, `buildah bud`, a smoke test of each image, OCI archives in build/images/, then
+# the archives checked in a container storage of their own (tests/images/built/).
 images: setup
 	@bash deploy/images/setup.sh
 	@bash deploy/images/build.sh
+	@$(PY) -m pytest -p no:cacheprovider tests/images/built
