@@ -197,6 +197,11 @@ def _print(  # noqa: PLR0917
         f"endpoint {data['endpoint']} (id {endpoint_id}, identity {data['identity']}) on node {view.node}, "
         f"datapath {data['datapath']}: {enforcement}{', audit' if data['audit'] else ''}"
     )
+    if not data["entries"]:
+        enforced = [d for d in ("ingress", "egress") if data[f"{d}_enforced"]]
+        verdict = f"every {' and '.join(enforced)} flow is denied" if enforced else "every flow is allowed"
+        typer.echo(f"no policy map entries: {verdict}")
+        return
     _table(
         "policy map entries",
         ["direction", "peer identity", "peer labels", "protocol", "port", "action", "proxy"],
@@ -213,5 +218,3 @@ def _print(  # noqa: PLR0917
             for r in data["entries"]
         ],
     )
-    if not data["entries"]:
-        typer.echo("no policy entries: without enforcement every flow of the endpoint is allowed")
