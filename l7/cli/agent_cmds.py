@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from l7.cli import app
+from l7.cli.common import usage_error
 from l7.logs import configure as configure_logs
 
 DEFAULT_STATE_DIR = Path("/run/l7gate/agent")
@@ -244,9 +245,12 @@ def agent_probe_cmd(
         bool, typer.Option("--ready", help="Readiness (applied, no errors, cluster synced), not liveness.")
     ] = False,
 ) -> None:
-    """Exit 0 when the node's agent is alive (``--ready``: ready). For DaemonSet probes."""
+    """Exit 0 when the node's agent is alive (``--ready``: ready), 1 when not; 2 when the state directory
+    does not exist. For DaemonSet probes."""
     from l7.agent import watch
 
+    if not state_dir.is_dir():
+        usage_error(f"--state-dir {state_dir}: no such directory")
     st = watch.read_status(watch.status_path(state_dir, node))
     problem = None
     if st is None:

@@ -57,6 +57,7 @@ def _cases(tmp: Path) -> list[list[str]]:
         ["demo", "--scenarios", missing],
         ["agent", "--node", "n", "--policies", missing, "--endpoints", missing],
         ["agent", "--node", "n", *lab],
+        ["agent-probe", "--node", "n", *state],
         ["xds", "serve", "--listen", "127.0.0.1:0", "--policies", missing, "--endpoints", missing],
         ["observe", "--lab", "Not_A_Name"],
     ]
