@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +19,7 @@ lab_app = typer.Typer(no_args_is_help=True, help="Build and use a lab: nodes and
 app.add_typer(lab_app, name="lab")
 
 console = Console()
+UP, DOWN = "[green]up[/green]", "[red]down[/red]"
 err = Console(stderr=True)
 
 # ``--lab`` like every other command; ``--name`` is kept as an alias (older scripts, the lab's messages).
@@ -67,17 +69,18 @@ def up_cmd(
     if policies is not None:
         _exists(policies, "--policies")
     _root()
+    started = time.monotonic()
     try:
         with console.status("building the lab") as status:
 
             def progress(step: str) -> None:
                 status.update(step)
-                console.log(step)
+                console.print(f"[dim]{time.monotonic() - started:6.2f}s[/dim] {step}", highlight=False)
 
             lab = Lab.up(topology, name, policies=policies, progress=progress)
     except LabError as exc:
         raise _fail(exc) from None
-    console.print(f"[green]lab {lab.name} is up[/green] in {lab.state.up_seconds:.2f}s")
+    console.print(f"[green]lab {lab.name} is up[/green] in {time.monotonic() - started:.2f}s")
     _print_status(lab)
 
 
@@ -104,17 +107,25 @@ def exec_cmd(
 
 
 def _print_status(lab: Lab) -> None:
+    from l7.lab.agents import node_processes
+
     plan = lab.plan
     procs_by_ns: dict[str, list[str]] = {}
     for proc in lab.processes():
-        mark = "[green]up[/green]" if proc.alive else "[red]dead[/red]"
+        if proc.name.startswith("agent:"):
+            continue  # on its node's row, with the node's Envoy and DNS socket keeper
+        mark = UP if proc.alive else DOWN
         procs_by_ns.setdefault(proc.netns, []).append(f"{proc.name.split(':', 1)[-1]} {proc.pid} {mark}")
     table = Table(title=f"lab {lab.name} (index {plan.index}, {lab.state.phase})")
     for col in ("kind", "name", "node", "netns", "addresses", "processes"):
         table.add_column(col)
     table.add_row("fabric", "", "", plan.fabric_netns, f"{plan.fabric_v4} {plan.fabric_v6}", "")
     for n in plan.nodes:
-        table.add_row("node", n.name, "", n.netns, "\n".join(n.ips), "")
+        own = [
+            f"{p.what} {p.pid if p.pid is not None else '-'} {UP if p.alive else DOWN}"
+            for p in node_processes(lab.state, n.name)
+        ]
+        table.add_row("node", n.name, "", n.netns, "\n".join(n.ips), "\n".join(own))
     for p in plan.pods:
         table.add_row(
             "pod", p.key, p.node, p.netns, "\n".join(p.ips), "\n".join(procs_by_ns.get(p.netns, []))
@@ -192,4 +203,29 @@ def apply_cmd(
     console.print(
         f"[green]lab {name}: {len(result.policies)} policies ({digest}) applied on every node[/green]"
         f" in {seconds:.2f}s"
+    )
+
+
+@lab_app.command("restart-agent")
+def restart_agent_cmd(
+    node: Annotated[str, typer.Argument(help="The node whose agent to restart.")],
+    name: NameOpt = DEFAULT_LAB,
+    kill: Annotated[
+        bool, typer.Option("--kill", help="SIGKILL the agent (a crash) instead of SIGTERM (a rollout).")
+    ] = False,
+) -> None:
+    """Restart a node's agent as a DaemonSet rollout does: stop it (SIGTERM and wait; --kill: SIGKILL),
+    start a new one and wait until it enforces the lab's current policies. Enforcement and DNS go on
+    meanwhile (pinned datapath, Envoy, the DNS socket keeper)."""
+    from l7.lab.agents import rollout_agent
+
+    _root()
+    try:
+        done = rollout_agent(name, node, kill=kill)
+    except LabError as exc:
+        raise _fail(exc) from None
+    console.print(
+        f"[green]lab {name}: agent of {node} restarted[/green] ({done.signal} to pid {done.old_pid}, "
+        f"stopped in {done.stop_seconds:.2f}s; new pid {done.new.pid} ready in {done.ready_seconds:.2f}s)",
+        highlight=False,
     )

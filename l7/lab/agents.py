@@ -19,7 +19,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +108,15 @@ def agent_records(state: LabState) -> dict[str, procs.ProcRecord]:
     return {r.name.removeprefix("agent:"): r for r in state.processes if r.name.startswith("agent:")}
 
 
-def start_agents(state: LabState, env: dict[str, str], timeout: float = AGENT_READY_TIMEOUT) -> float:
+def start_agents(
+    state: LabState,
+    env: dict[str, str],
+    timeout: float = AGENT_READY_TIMEOUT,
+    progress: Callable[[str], None] = lambda _step: None,
+) -> float:
     """Install the initial policy set (``state.policies``), start one agent per node and wait until
-    each has applied it. Returns the seconds from start to the last agent ready."""
+    each has applied it, telling ``progress`` each step. Returns the seconds from start to the last agent
+    ready."""
     source = Path(state.policies) if state.policies else None
     if source is not None:
         from l7.policy.documents import PolicySourceError, load_paths
@@ -118,6 +128,7 @@ def start_agents(state: LabState, env: dict[str, str], timeout: float = AGENT_RE
         if result.errors:
             raise LabError("invalid policies:\n  " + "\n  ".join(str(e) for e in result.errors))
     digest = install_policies(state, source)
+    progress(f"policy set {digest} installed")
     agent_dir(state).mkdir(parents=True, exist_ok=True)
     endpoints_hash = watch.content_hash(state.directory / "endpoints.json")
     expects: list[watch.Expect] = []
@@ -128,11 +139,19 @@ def start_agents(state: LabState, env: dict[str, str], timeout: float = AGENT_RE
         rec = start_agent(state, node["name"], node["netns"], env)
         state.processes.append(rec)
         state.save()
+        progress(f"agent of {node['name']} started (pid {rec.pid})")
         expect = watch.Expect(status_file(state, node["name"]), rec.pid, digest, endpoints_hash)
         records[expect.status] = rec
         expects.append(expect)
+    progress(f"waiting for {len(expects)} agents to compile the datapath and apply the policy set")
+    started = time.monotonic()
     try:
-        return watch.wait_status(expects, timeout, alive=lambda e: procs.alive(records[e.status]))
+        for expect in expects:  # in start order: each line says when that agent was seen ready
+            left = max(0.1, timeout - (time.monotonic() - started))
+            watch.wait_status([expect], left, alive=lambda e: procs.alive(records[e.status]))
+            node = records[expect.status].name.removeprefix("agent:")
+            progress(f"agent of {node} ready ({time.monotonic() - started:.2f}s)")
+        return time.monotonic() - started
     except watch.WaitError as exc:
         tails = "\n".join(f"--- {r.name}\n{procs.tail(r, 15)}" for r in records.values())
         raise LabError(f"node agents not ready: {exc}\n{tails}") from None
@@ -232,6 +251,72 @@ def restart_agent(
     if running is not None:
         procs.stop(running, timeout=10.0)  # drains its DNS queries; the new agent serves the rest
     return rec, seconds
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """What ``lab restart-agent`` did: the new agent, how long the node had no agent, how long the new
+    agent took from its start to applying the lab's inputs."""
+
+    old_pid: int | None
+    new: procs.ProcRecord
+    stop_seconds: float
+    ready_seconds: float
+    signal: str
+
+
+def rollout_agent(
+    name: str, node: str, *, kill: bool = False, timeout: float = AGENT_READY_TIMEOUT
+) -> Rollout:
+    """What a DaemonSet rollout does to the agent of ``node``: stop the running agent (SIGTERM and wait
+    for it to exit, as the kubelet does; SIGKILL with ``kill``), then start a new one and wait until it has
+    applied the lab's current policies and endpoints. Enforcement stays in the pinned datapath and Envoy
+    meanwhile, and the DNS sockets stay with the socket keeper (queries queue until the new agent)."""
+    state = load_state(name)
+    if state is None:
+        raise NotFoundError(f"no lab named {name!r} (see `l7gate lab up`)")
+    nodes = {str(n["name"]) for n in datapath_info(state)["nodes"]}
+    if node not in nodes:
+        raise NotFoundError(f"lab {name}: no node {node!r} (nodes: {', '.join(sorted(nodes))})")
+    old = agent_records(state).get(node)
+    started = time.monotonic()
+    how = "SIGKILL" if kill else "SIGTERM"
+    if old is not None and procs.alive(old):
+        if kill:
+            old.process.signal(signal.SIGKILL)
+            if not old.process.wait(10.0):
+                raise LabError(f"lab {name}: the agent of {node} (pid {old.pid}) survived SIGKILL")
+        else:
+            procs.stop(old, timeout=30.0)  # the pod's terminationGracePeriodSeconds
+    stopped = time.monotonic() - started
+    rec, seconds = restart_agent(name, node, timeout)
+    return Rollout(old.pid if old is not None else None, rec, stopped, seconds, how)
+
+
+@dataclass(frozen=True)
+class NodeProcess:
+    """A process of a node's l7gate (the agent, its Envoy, its DNS socket keeper)."""
+
+    what: str
+    pid: int | None
+    alive: bool
+
+
+def node_processes(state: LabState, node: str) -> list[NodeProcess]:
+    """The agent (from the lab state), the Envoy (from its PID file) and the DNS socket keeper (from its
+    PID file, when it answers) of ``node``."""
+    from l7.agent.dns import keeper_path
+    from l7.agent.envoy_files import EnvoyRecord
+    from l7.agent.socket_keeper import KeeperClient
+
+    out = []
+    agent = agent_records(state).get(node)
+    out.append(NodeProcess("agent", agent.pid if agent else None, bool(agent and procs.alive(agent))))
+    envoy = EnvoyRecord.load(agent_dir(state) / f"envoy-{node}.pid")
+    out.append(NodeProcess("envoy", envoy.pid if envoy else None, bool(envoy and envoy.process.alive())))
+    keeper = KeeperClient(keeper_path(agent_dir(state), node), timeout=0.5).alive()
+    out.append(NodeProcess("dns-keeper", keeper, keeper is not None))
+    return out
 
 
 def lab_config(lab: str, node: str, state_dir: Path | None = None) -> AgentConfig:

@@ -31,7 +31,7 @@ def _quiet(_: str) -> None:
     pass
 
 
-def start_node_agents(state: LabState) -> None:
+def start_node_agents(state: LabState, progress: Progress = _quiet) -> None:
     """Start the node agent in every node namespace of the lab and wait until each has applied the
     initial policy set (``state.policies``, copied into the lab's watched policy directory).
 
@@ -39,7 +39,7 @@ def start_node_agents(state: LabState) -> None:
     --node NODE`` (``ip netns exec`` would hide /sys/fs/bpf) and is recorded in ``state.processes``, so
     ``lab down`` stops it (see :mod:`l7.lab.agents`).
     """
-    agents.start_agents(state, lab_env())
+    agents.start_agents(state, lab_env(), progress=progress)
 
 
 def apply_policies(name: str, source: str | Path) -> tuple[str, float]:
@@ -130,6 +130,11 @@ class Lab:
         lab = cls(state)
         try:
             lab._build(progress, ready_timeout)
+            # For the node agent's file source: the endpoints file shape (l7.endpoints).
+            (state.directory / "endpoints.json").write_text(json.dumps(endpoints(state), indent=2))
+            state.save()
+            progress("starting node agents")
+            start_node_agents(state, progress)
         except BaseException:
             state.phase = "failed"
             state.save()
@@ -138,12 +143,8 @@ class Lab:
                     lab.down()
             raise
         state.phase = "ready"
-        state.up_seconds = round(time.monotonic() - started, 3)
-        # For the node agent's file source: the endpoints file shape (l7.endpoints).
-        (state.directory / "endpoints.json").write_text(json.dumps(endpoints(state), indent=2))
+        state.up_seconds = round(time.monotonic() - started, 3)  # the whole of it, agents included
         state.save()
-        progress("starting node agents")
-        start_node_agents(state)
         return lab
 
     def _build(self, progress: Progress, ready_timeout: float) -> None:
@@ -333,7 +334,6 @@ def down_state(state: LabState) -> list[str]:
         except (LabError, OSError) as exc:
             errors.append(str(exc))
     if not errors:  # agents stopped: remove the node datapaths (their filters and rules go with the netns)
-
         try:
             removed += agents.destroy_datapaths(state)
         except (LabError, OSError, ValueError) as exc:
