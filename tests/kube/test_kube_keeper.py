@@ -39,6 +39,12 @@ def _wait(what: str, check: Callable[[], bool], timeout: float = 20) -> None:
         time.sleep(0.02)
 
 
+def wait_for_keeper(state: Path, seconds: float) -> subprocess.CompletedProcess[str]:
+    """``l7gate socket-keeper --wait``, the agent pod's init container."""
+    argv = l7gate("socket-keeper", "--node", NODE, "--state-dir", str(state), "--wait", str(seconds))
+    return subprocess.run(argv, capture_output=True, text=True, env=_env(), timeout=30, check=False)
+
+
 @contextmanager
 def keeper(state: Path) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
@@ -59,27 +65,13 @@ def keeper(state: Path) -> Iterator[subprocess.Popen[str]]:
 def test_the_keeper_serves_where_the_agent_looks_and_the_agent_reuses_it(tmp_path: Path) -> None:
     path = keeper_path(tmp_path, NODE)
     client = KeeperClient(path)
-    waiting = subprocess.run(
-        l7gate("socket-keeper", "--node", NODE, "--state-dir", str(tmp_path), "--wait", "0.3"),
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=30,
-        check=False,
-    )
+    waiting = wait_for_keeper(tmp_path, 0.3)
     assert waiting.returncode == 1 and "no socket keeper answers" in waiting.stderr
     with keeper(tmp_path) as proc:
         _wait("the keeper", lambda: client.alive() is not None)
         assert client.alive() == proc.pid
         assert ensure_keeper(path) == proc.pid  # the agent's call: it reuses the keeper, starts none
-        init = subprocess.run(
-            l7gate("socket-keeper", "--node", NODE, "--state-dir", str(tmp_path), "--wait", "5"),
-            capture_output=True,
-            text=True,
-            env=_env(),
-            timeout=30,
-            check=False,
-        )
+        init = wait_for_keeper(tmp_path, 5)
         assert init.returncode == 0 and f"pid {proc.pid}" in init.stdout
         # a socket handed over survives the process that made it (the agent restarting)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
