@@ -19,9 +19,9 @@ part to the counts: it remembers what it counted (a :class:`Counted`, per object
 moves its own contribution when its view changes (enforcing → failing, ...). The patch carries the
 object's ``resourceVersion``, so two nodes writing at once cannot lose each other's count: one gets 409
 and recounts on the fresh object the watch brings. A new generation starts the counts from zero (every
-node counts itself again once it enforces the new spec). A failing node that is gone from the cluster is
-taken off the list (and the count) by any other node; an enforcing node that is gone stays counted until
-the next generation (no node list is kept to tell).
+node counts itself again once it enforces the new spec). A node deleted from the cluster stops counting
+itself, and a failing one is taken off the list (and the count) by any other node; an enforcing node whose
+agent vanished with it stays counted until the next generation (no list of nodes is kept to tell).
 
 :func:`status_patch` returns ``None`` when the status already says what it should: nothing is written
 when nothing changed.
@@ -121,6 +121,8 @@ def desired_status(
     if errors:
         now_state: State | None = None
         enforcing, failing, failures, before = 0, 0, [], None
+    elif known_nodes is not None and node not in known_nodes:
+        now_state = None  # a node that has left the cluster (its agent not stopped yet) counts no more
     elif view.enforced is None:
         now_state = before
     else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -322,6 +323,42 @@ def test_two_nodes_each_report_enforcement(server: FakeAPIServer, tmp_path: Path
         )
         assert server.get("l7networkpolicies", "both", "shop")["status"]["enforcingNodes"] == 2
         assert [p for p in server.patches[patches:] if p[1] == "shop/both"] == []
+
+
+def test_a_failing_node_is_listed_and_taken_off_when_it_leaves(server: FakeAPIServer, tmp_path: Path) -> None:
+    """n1 enforces; n3's agent reports an error for the set it saw: the status counts one of each, lists
+    n3 with its error, and Enforced is False (Failed). n3 leaves the cluster: n1 takes it off."""
+    seed_cluster(server)
+    server.create("nodes", {"metadata": {"name": "n3"}, "status": {"addresses": []}})
+    c1, c3 = controller_config(tmp_path / "n1", "n1"), controller_config(tmp_path / "n3", "n3")
+    server.create("l7networkpolicies", l7np("web", "shop", ALLOW_WEB))
+    with running_controller(server, c1), running_agent(c1), running_controller(server, c3) as ctl3:
+        # n3's agent saw the controller's set and could not apply it (what l7.agent.node reports)
+        report = {
+            "pid": os.getpid(),
+            "ready": False,
+            "seen_policies_hash": ctl3.policy_set.digest,
+            "errors": ["L7NetworkPolicy/shop/web.yaml: datapath: map full"],
+        }
+        c3.agent_status.write_text(json.dumps(report))
+
+        def counted(enforcing: int, failing: int) -> dict[str, Any] | None:
+            st = server.get("l7networkpolicies", "web", "shop").get("status") or {}
+            return st if (st.get("enforcingNodes"), st.get("failingNodes")) == (enforcing, failing) else None
+
+        st = wait_for("one enforcing, one failing", lambda: counted(1, 1))
+        assert st["failures"] == [
+            {"node": "n3", "message": "agent: L7NetworkPolicy/shop/web.yaml: datapath: map full"}
+        ]
+        enforced = next(c for c in st["conditions"] if c["type"] == "Enforced")
+        assert (enforced["status"], enforced["reason"]) == ("False", "Failed")
+        assert "1 node enforces generation 1, 1 failing: n3: agent:" in enforced["message"]
+        server.delete("nodes", "n3")
+        st = wait_for("n3 taken off", lambda: counted(1, 0))
+        assert st["failures"] == []
+        before = len(server.patches)
+        time.sleep(0.5)  # under test: n3's controller, still running, does not put itself back
+        assert server.patches[before:] == [] and counted(1, 0)
 
 
 def test_cilium_flag_without_cilium_crds_installed(server: FakeAPIServer, tmp_path: Path) -> None:

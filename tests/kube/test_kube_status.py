@@ -103,6 +103,9 @@ def test_a_failing_node_is_listed_with_its_error_and_moves_its_own_count() -> No
     after, _ = step(again, "n1", True, c1, known={"n1"})
     assert (after["enforcingNodes"], after["failingNodes"], after["failures"]) == (1, 0, [])
     assert after["conditions"][1]["status"] == "True"
+    # and n2 itself, still running a moment longer, counts no more
+    gone, c2 = step(after, "n2", False, c2, message="agent: boom", known={"n1"})
+    assert (gone["enforcingNodes"], gone["failingNodes"], gone["failures"], c2) == (1, 0, [], None)
 
 
 def test_a_new_generation_counts_from_zero() -> None:
