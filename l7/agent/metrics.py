@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 from dnsproxy.metrics import ProxyStats, StatsCollector
 from l7.agent import health
 from l7.agent.histogram import Histogram
+from l7.errors import L7GateError
 from l7.flows import FlowReader
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ log = logging.getLogger("l7gate.agent.metrics")
 MAP_CAPACITY = {"endpoints": 4096, "ipcache": 65536, "policy": 65536, "ct": 65536}
 
 
-class MetricsAddressError(ValueError):
+class MetricsAddressError(L7GateError, ValueError):
     """A metrics address that is not ``host:port``."""
 
 

@@ -1,7 +1,7 @@
 """serverNames (SNI) and TLS interception end to end: a one-node lab with its agent, Envoy fed over
 xDS/SDS, the datapath redirect, and real ``curl`` / ``openssl s_client`` inside the pods.
 
-- world host ``shared`` serves HTTPS for ``api.example.com`` *and* ``evil.example.net`` on one address
+- world host ``cdn`` serves HTTPS for ``api.example.com`` *and* ``evil.example.net`` on one address
   (a CDN): ``toFQDNs`` + ``serverNames`` allow the first and refuse the second on the same IP, IPv4 and
   IPv6; a ClientHello without SNI is refused;
 - pod to pod (ingress): ``web`` accepts TLS only for SNI ``web``;
@@ -51,7 +51,7 @@ TOPOLOGY: dict[str, Any] = {
         {"name": "inspector", "labels": {"app": "inspector"}},
         {"name": "web", "labels": {"app": "web"}, "server": {"kind": "https"}},
     ],
-    "world": [{"name": "shared", "names": ["api.example.com", "evil.example.net"], "servers": ["https"]}],
+    "world": [{"name": "cdn", "names": ["api.example.com", "evil.example.net"], "servers": ["https"]}],
 }
 
 # One HTTPS connection kept alive: "PATH" lines on stdin → "<local port> <status> <body repr>".
@@ -149,7 +149,7 @@ class TLSLab:
         self.work = work
         self.ca = certs.authority(work, "test-ca")
         self.secrets = agent_lab.agent_dir(lab.state) / "secrets" / "default"
-        self.server_cert = lab.state.directory / "certs" / "shared.crt"
+        self.server_cert = lab.state.directory / "certs" / "cdn.crt"
         self.web_cert = lab.state.directory / "certs" / "web.crt"
         self.serial = 0
 
@@ -183,7 +183,7 @@ class TLSLab:
         agent_lab.apply(self.lab.name, d)
 
     def world_ip(self, family: int) -> str:
-        plan = next(w for w in self.lab.state.plan().worlds if w.name == "shared")
+        plan = next(w for w in self.lab.state.plan().worlds if w.name == "cdn")
         return (plan.v4 if family == 4 else plan.v6)[0]
 
     def run(self, pod: str, argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -241,7 +241,7 @@ def test_sni_allowed_and_refused_on_one_address(tls: TLSLab, family: int) -> Non
         "client", "https://api.example.com/", f"-{family}", "--cacert", str(tls.server_cert)
     )
     assert (code, status) == (0, "200"), body
-    assert "shared" in body
+    assert "cdn" in body
     ip = tls.world_ip(family)
     host = f"[{ip}]" if family == 6 else ip
     # Same address, another name: refused by the SNI filter (the toFQDNs rule alone would allow it).
@@ -271,7 +271,7 @@ def test_interception_allows_and_denies_over_tls(tls: TLSLab) -> None:
     ca = str(tls.ca[0])
     code, status, body = tls.curl("inspector", "https://api.example.com/", "--cacert", ca)
     assert (code, status) == (0, "200"), body
-    assert "shared" in body
+    assert "cdn" in body
     code, status, body = tls.curl("inspector", "https://api.example.com/private", "--cacert", ca)
     assert (code, status, body) == (0, "403", DENIED)
     # The pod sees the interception certificate, not the server's.
