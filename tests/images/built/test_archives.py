@@ -2,7 +2,8 @@
 each archive is loaded into a container storage of its own (a temporary directory, not the machine's), so
 that every layer comes from the archive, and ``deploy/images/smoke.sh`` runs in it — the agent image
 imports l7gate and bcc, answers ``l7gate --version`` and carries no Envoy; the Envoy image answers
-``envoy --version`` with the pinned version. The smoke test also refuses the wrong image.
+``envoy --version`` with the pinned version. The smoke test also refuses the wrong image and an agent
+image with an ``envoy`` file added.
 
 Run by ``make images`` after the build (not by ``make test``: pyproject's norecursedirs). Needs root
 (buildah's overlay storage) and the archives: fails, never skips, when they are missing.
@@ -98,6 +99,29 @@ def test_the_smoke_test_refuses_the_wrong_image(storage: dict[str, str]) -> None
     as_envoy = smoke(storage, "envoy", archive("agent"))
     assert as_envoy.returncode != 0
     assert "envoy --version failed" in as_envoy.stderr
+
+
+def test_the_smoke_test_refuses_an_agent_image_with_envoy(storage: dict[str, str]) -> None:
+    """The agent image with one file named ``envoy`` added: the smoke test names it."""
+
+    def buildah(*args: str) -> str:
+        done = subprocess.run(
+            ["buildah", *args], env=storage, capture_output=True, text=True, timeout=TIMEOUT, check=True
+        )
+        return done.stdout.strip()
+
+    ctr = buildah("from", "--quiet", archive("agent"))
+    try:
+        buildah("run", "--isolation", "chroot", ctr, "--", "sh", "-c", "echo x >/usr/local/bin/envoy")
+        buildah("commit", "--quiet", ctr, "localhost/l7gate/agent-with-envoy:test")
+    finally:
+        buildah("rm", ctr)
+    try:
+        done = smoke(storage, "agent", "localhost/l7gate/agent-with-envoy:test")
+    finally:
+        buildah("rmi", "localhost/l7gate/agent-with-envoy:test")
+    assert done.returncode != 0
+    assert "carries Envoy: /usr/local/bin/envoy" in done.stderr
 
 
 def test_each_archive_is_loaded_from_its_own_layers(storage: dict[str, str]) -> None:
