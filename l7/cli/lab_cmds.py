@@ -228,4 +228,5 @@ def restart_agent_cmd(
         f"[green]lab {name}: agent of {node} restarted[/green] ({done.signal} to pid {done.old_pid}, "
         f"stopped in {done.stop_seconds:.2f}s; new pid {done.new.pid} ready in {done.ready_seconds:.2f}s)",
         highlight=False,
+        soft_wrap=True,
     )

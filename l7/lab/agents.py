@@ -143,7 +143,8 @@ def start_agents(
         expect = watch.Expect(status_file(state, node["name"]), rec.pid, digest, endpoints_hash)
         records[expect.status] = rec
         expects.append(expect)
-    progress(f"waiting for {len(expects)} agents to compile the datapath and apply the policy set")
+    agents = f"{len(expects)} agent{'s' if len(expects) != 1 else ''}"
+    progress(f"waiting for {agents} to compile the datapath and apply the policy set")
     started = time.monotonic()
     try:
         for expect in expects:  # in start order: each line says when that agent was seen ready
