@@ -238,3 +238,13 @@ def test_restart_and_kill_lose_no_query_and_no_connection(lab_up: tuple[Lab, str
     assert got["failed"] == [] and got["conn_failed"] == [], got
     assert got["ok"] == got["sent"] == got["conn_ok"], got
     assert rate >= 50, got
+
+
+@pytest.mark.parametrize("argv", [["--lab", "no-such-lab", NODE], ["--lab", NAME, "no-such-node"]])
+def test_restart_agent_of_a_missing_lab_or_node_is_a_usage_error(
+    lab_up: tuple[Lab, str], argv: list[str]
+) -> None:
+    done = l7gate("lab", "restart-agent", *argv)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "no lab named" in done.stderr or "no node 'no-such-node'" in done.stderr
