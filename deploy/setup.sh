@@ -18,7 +18,7 @@ fi
 packages=(
   python3-bpfcc libbpfcc bpftool linux-headers-amd64
   iproute2 nftables curl bind9-dnsutils dnsmasq-base ncat openssl
-  iperf3 dnsperf wrk procps psmisc iputils-ping
+  iperf3 dnsperf dnsdist wrk procps psmisc iputils-ping
   prometheus
 )
 missing=()

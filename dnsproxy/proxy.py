@@ -5,7 +5,12 @@ Per query (UDP or TCP, IPv4 or IPv6):
 - malformed (unparsable, not exactly one question) → FORMERR; dropped when too short to echo a header
   or when it is itself a response;
 - an opcode other than QUERY or a class other than IN → REFUSED (verdict ``unsupported``);
-- too many queries in flight → REFUSED (verdict ``overload``, counted);
+- overload → REFUSED (verdict ``overload``, counted in ``ProxyStats.overload_refusals``), nothing sent
+  upstream: too many queries in flight (``max_in_flight``, which also bounds the in-flight table), or
+  a UDP query that waited in the listening socket longer than ``max_queue_delay`` (the kernel's arrival
+  time, ``SO_TIMESTAMPNS``) — beyond capacity the excess gets a fast answer instead of queueing until
+  the kernel drops it, the queries served keep a bounded delay, and there is nothing to recover from
+  when the load drops;
 - ``decide`` says :class:`~dnsproxy.policy.Refused` → REFUSED (or NXDOMAIN, configurable), the question
   echoed, ID and RD kept, and nothing is sent upstream;
 - allowed → forwarded over the same transport to the server and port the client asked, with a fresh ID
@@ -25,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +40,7 @@ from .answers import answer_ips
 from .errors import MalformedMessage, UpstreamError, UpstreamTimeout
 from .metrics import ProxyStats
 from .policy import Allowed, Decide, OnAnswer, OnEvent, Protocol_, QueryEvent
-from .sockets import ANCILLARY_SIZE, Listeners, RawReplySocket, original_destination
+from .sockets import ANCILLARY_SIZE, Listeners, RawReplySocket, arrival, original_destination, stamp_arrivals
 from .upstream import Pending, UdpUpstream, tcp_exchange
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,9 @@ class ProxyConfig:
     """The rcode for queries the policy does not allow: REFUSED (default) or NXDOMAIN."""
     max_in_flight: int = 4096
     """Queries forwarded and not yet answered; beyond this, new queries get REFUSED."""
+    max_queue_delay: float | None = 0.1
+    """Seconds a UDP query may have waited in the listening socket; older ones get REFUSED (None: no
+    limit)."""
     upstream_sockets: int = 4
     """UDP sockets per family used to forward queries; each is replaced after ``uses_per_socket``."""
     uses_per_socket: int = 2048
@@ -129,6 +138,8 @@ class DNSProxy:
                         pool_size=self.config.upstream_sockets, uses_per_socket=self.config.uses_per_socket,
                         mark=self.config.mark,
                     )
+                if self.config.max_queue_delay is not None:
+                    stamp_arrivals(sock)
                 loop.add_reader(sock.fileno(), self._udp_readable, sock, int(family))
             for sock in self.listeners.tcp:
                 self._servers.append(await asyncio.start_server(self._tcp_connection, sock=sock))
@@ -197,10 +208,11 @@ class DNSProxy:
             ))
 
     def _admit(
-        self, data: bytes, protocol: Protocol_, client: tuple[Any, ...], server: tuple[str, int]
+        self, data: bytes, protocol: Protocol_, client: tuple[Any, ...], server: tuple[str, int],
+        late: bool = False,
     ) -> tuple[wire.Query, str] | _Immediate:
         """Parse and decide: the query to forward with the verdict it will be logged with (``allowed``
-        or ``audit``), or what to answer right away."""
+        or ``audit``), or what to answer right away. ``late``: it waited too long to be read."""
         try:
             query = wire.parse_query(data)
         except MalformedMessage:
@@ -214,7 +226,7 @@ class DNSProxy:
             return _Immediate(None)
         if flags & wire.OPCODE_MASK or query.qclass != wire.CLASS_IN or server[1] in self._ports:
             return self._refuse(query, protocol, client, server, rcode=wire.REFUSED, verdict="unsupported")
-        if self.stats.in_flight >= self.config.max_in_flight:
+        if late or self.stats.in_flight >= self.config.max_in_flight:
             self.stats.overload_refusals += 1
             return self._refuse(query, protocol, client, server, rcode=wire.REFUSED, verdict="overload")
         verdict = self._decide(client[0], server[0], server[1], protocol, query.qname, query.qtype)
@@ -240,6 +252,7 @@ class DNSProxy:
 
     def _udp_readable(self, sock: socket.socket, family: int) -> None:
         recvmsg = sock.recvmsg
+        max_delay = self.config.max_queue_delay
         for _ in range(BATCH):
             try:
                 data, ancillary, flags, client = recvmsg(RECEIVE_SIZE, ANCILLARY_SIZE)
@@ -252,13 +265,14 @@ class DNSProxy:
             if origin is None or flags & socket.MSG_TRUNC:
                 self.stats.queries[("malformed", "dropped")] += 1
                 continue
-            self._udp_query(family, data, client, origin)
+            late = max_delay is not None and 0.0 < arrival(ancillary) < time.time() - max_delay
+            self._udp_query(family, data, client, origin, late)
 
     def _udp_query(
-        self, family: int, data: bytes, client: tuple[Any, ...], origin: tuple[bytes, int]
+        self, family: int, data: bytes, client: tuple[Any, ...], origin: tuple[bytes, int], late: bool = False
     ) -> None:
         server = (socket.inet_ntop(family, origin[0]), origin[1])
-        admitted = self._admit(data, "udp", client, server)
+        admitted = self._admit(data, "udp", client, server, late)
         if isinstance(admitted, _Immediate):
             if admitted.reply is not None:
                 self._udp_send(family, admitted.reply, origin, client)

@@ -37,9 +37,11 @@ IPV6_ORIGDSTADDR = 74
 IPV6_TRANSPARENT = 75
 SO_ATTACH_FILTER = 26
 SO_MARK = 36
+SO_TIMESTAMPNS = 35  # also the control message's type (SCM_TIMESTAMPNS)
 
-ANCILLARY_SIZE = socket.CMSG_SPACE(28)
-"""Room for the original-destination control message (a ``sockaddr_in6`` at most)."""
+ANCILLARY_SIZE = socket.CMSG_SPACE(28) + socket.CMSG_SPACE(16)
+"""Room for the original-destination control message (a ``sockaddr_in6`` at most) and the receive time."""
+_TIMESPEC = struct.Struct("@qq")
 
 _UDP_HEADER = struct.Struct("!HHHH")
 _NO_INDEX = b"\x00\x00\x00\x00"
@@ -114,6 +116,23 @@ class Listeners:
     def close(self) -> None:
         for sock in self.udp + self.tcp:
             sock.close()
+
+
+def stamp_arrivals(sock: socket.socket) -> None:
+    """Have the kernel give each datagram's arrival time (``SO_TIMESTAMPNS``; see :func:`arrival`)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError as exc:
+        raise SocketSetupError(f"cannot ask for arrival times on the listener: {exc}") from exc
+
+
+def arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
+    """When the kernel received a datagram (unix seconds; 0.0 when the control message is missing)."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            return float(seconds + nanoseconds * 1e-9)
+    return 0.0
 
 
 def original_destination(ancillary: list[tuple[int, int, bytes]]) -> tuple[bytes, int] | None:

@@ -3,7 +3,11 @@
 ::
 
     allowed answer (name, [(ip, ttl)]) ─► add: TTL = max(lowest TTL in the chain, min_ttl);
-                                          at most max_ips per name (the oldest evicted)
+                                          at most max_ips per name (the oldest evicted), at
+                                          most max_total IPs in all (the names answered longest
+                                          ago evicted whole: a flood of fresh names under a
+                                          wildcard cannot grow the cache or the maps; an evicted
+                                          IP loses its FQDN identity — fail closed)
     learned() ─► IP → names            ─► the resolver (FQDN identities, ipcache)
     expired(now, in_use) ─► removals   ─► TTL passed and no conntrack entry uses the IP, or
                                           TTL + grace passed (then removed whatever uses it: the
@@ -27,6 +31,7 @@ from typing import Any
 DEFAULT_MIN_TTL = 0
 DEFAULT_MAX_IPS = 50
 DEFAULT_GRACE = 5.0
+DEFAULT_MAX_TOTAL = 65536
 
 
 @dataclass(frozen=True)
@@ -37,15 +42,19 @@ class CacheConfig:
     """IPs kept per name; a new one beyond that evicts the oldest."""
     grace: float = DEFAULT_GRACE
     """Seconds past the TTL an IP still used by a tracked connection is kept."""
+    max_total: int = DEFAULT_MAX_TOTAL
+    """(name, IP) entries kept in all; beyond that the names answered longest ago are evicted whole."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> CacheConfig:
-        """``L7GATE_DNS_MIN_TTL``, ``L7GATE_DNS_MAX_IPS``, ``L7GATE_DNS_GRACE`` (unset: defaults)."""
+        """``L7GATE_DNS_MIN_TTL``, ``L7GATE_DNS_MAX_IPS``, ``L7GATE_DNS_GRACE``, ``L7GATE_DNS_MAX_TOTAL``
+        (unset: defaults)."""
         env = dict(os.environ) if env is None else env
         return cls(
             min_ttl=int(env.get("L7GATE_DNS_MIN_TTL", DEFAULT_MIN_TTL)),
             max_ips=max(1, int(env.get("L7GATE_DNS_MAX_IPS", DEFAULT_MAX_IPS))),
             grace=float(env.get("L7GATE_DNS_GRACE", DEFAULT_GRACE)),
+            max_total=max(1, int(env.get("L7GATE_DNS_MAX_TOTAL", DEFAULT_MAX_TOTAL))),
         )
 
 
@@ -93,7 +102,8 @@ class FQDNCache:
     def __init__(self, config: CacheConfig | None = None) -> None:
         self.config = config or CacheConfig()
         self._lock = threading.Lock()
-        self._names: dict[str, dict[str, CachedIP]] = {}  # name → ip → entry (oldest first)
+        self._names: dict[str, dict[str, CachedIP]] = {}  # name → ip → entry (both oldest first)
+        self._total = 0  # entries in all
         self._ips: dict[str, set[str]] = {}  # ip → names
         self._evicted: list[str] = []  # IPs dropped by the per-name cap, until taken
         self.version = 0  # bumped on every change (for saving)
@@ -103,19 +113,26 @@ class FQDNCache:
         """Credit ``ips_with_ttl`` to ``name``; returns the IPs that are new for the name."""
         new: list[str] = []
         with self._lock:
-            entries = self._names.setdefault(name, {})
+            entries = self._names.pop(name, None)  # re-inserted: the latest answered name is the newest
+            if entries is None:
+                entries = {}
+            self._names[name] = entries
             for ip, answered in ips_with_ttl:
                 ttl = max(int(answered), self.config.min_ttl)
                 known = entries.pop(ip, None)  # re-inserted: the latest answer is the newest entry
                 if known is None:
                     new.append(ip)
                     self._ips.setdefault(ip, set()).add(name)
+                    self._total += 1
                 entries[ip] = CachedIP(ip, ttl, now, max(now + ttl, known.expires if known else 0.0))
             while len(entries) > self.config.max_ips:
                 oldest = next(iter(entries))
                 del entries[oldest]
                 self._unindex(oldest, name)
                 self._evicted.append(oldest)
+                self._total -= 1
+            while self._total > self.config.max_total:
+                self._evict_oldest_name(keep=name)
             self.version += 1
         return new
 
@@ -132,12 +149,30 @@ class FQDNCache:
                         continue
                     del entries[ip]
                     self._unindex(ip, name)
+                    self._total -= 1
                     removed.append((name, ip))
                 if not entries:
                     del self._names[name]
             if removed:
                 self.version += 1
         return removed
+
+    def _evict_oldest_name(self, keep: str) -> None:
+        """Drop the name answered longest ago (``keep``'s own oldest IP when it is the only name)."""
+        oldest = next(iter(self._names))
+        entries = self._names[oldest]
+        if oldest == keep and len(self._names) > 1:
+            self._names[oldest] = self._names.pop(oldest)  # to the end: the next oldest goes
+            oldest = next(iter(self._names))
+            entries = self._names[oldest]
+        victims = list(entries) if oldest != keep else [next(iter(entries))]
+        for ip in victims:
+            del entries[ip]
+            self._unindex(ip, oldest)
+            self._evicted.append(ip)
+        self._total -= len(victims)
+        if not entries:
+            del self._names[oldest]
 
     def _unindex(self, ip: str, name: str) -> None:
         names = self._ips.get(ip)
@@ -178,8 +213,10 @@ class FQDNCache:
             return {name: list(entries.values()) for name, entries in sorted(self._names.items())}
 
     def __len__(self) -> int:
-        with self._lock:
-            return sum(len(e) for e in self._names.values())
+        return self._total
+
+    def names_count(self) -> int:
+        return len(self._names)
 
     # -- state file -----------------------------------------------------------------------------
     def dumps(self) -> dict[str, Any]:
@@ -206,6 +243,7 @@ class FQDNCache:
                     for ip in entries:
                         self._ips.setdefault(ip, set()).add(str(name))
                     kept += len(entries)
+                    self._total += len(entries)
             self.version += 1
         return kept
 

@@ -61,3 +61,24 @@ def test_usable_addresses() -> None:
     assert usable("192.0.2.1") and usable("2001:db8::1")
     for ip in ("127.0.0.1", "::1", "169.254.1.1", "fe80::1", "224.0.0.1", "0.0.0.0", "::", "nonsense"):
         assert not usable(ip), ip
+
+
+def test_a_flood_of_fresh_names_keeps_the_cache_bounded() -> None:
+    """Random names under a wildcard, each answered with fresh IPs: the cache never holds more than
+    ``max_total`` entries; the names answered longest ago go first, and their IPs lose every name (so
+    the agent takes their FQDN identity away: fail closed, never open)."""
+    cache = FQDNCache(CacheConfig(max_total=100))
+    cache.add("keep.flood.test", [("192.0.2.1", 60)], now=0.0)
+    evicted: list[str] = []
+    for i in range(1000):
+        ips = [(f"10.{i // 250}.{i % 250}.{j}", 60) for j in (1, 2)]
+        cache.add(f"r{i}.flood.test", ips, now=float(i))
+        if i % 10 == 0:
+            cache.add("keep.flood.test", [("192.0.2.1", 60)], now=float(i))  # answered again: kept
+        assert len(cache) <= 100
+        evicted += cache.take_evicted()
+    assert len(cache) == 99 and cache.names_count() == 50  # keep + 49 names of 2 IPs
+    assert cache.names_of("192.0.2.1") == ("keep.flood.test",)
+    assert cache.names_of("10.3.249.2") == ("r999.flood.test",)
+    assert len(evicted) == 2001 - 99 and all(cache.names_of(ip) is None for ip in evicted)
+    assert len(cache.learned()) == 99

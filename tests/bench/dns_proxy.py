@@ -153,7 +153,7 @@ def _start_workers(router: str, count: int) -> list[subprocess.Popen[str]]:
 # --- dnsperf ----------------------------------------------------------------------------------------
 
 
-def _dnsperf(client: str, datafile: str, seconds: int, *extra: str) -> str:
+def _dnsperf(client: str, datafile: str, seconds: int, *extra: str, server: str = SERVER) -> str:
     return sh(
         "ip",
         "netns",
@@ -161,7 +161,7 @@ def _dnsperf(client: str, datafile: str, seconds: int, *extra: str) -> str:
         client,
         "dnsperf",
         "-s",
-        SERVER,
+        server,
         "-d",
         datafile,
         "-l",
@@ -175,8 +175,9 @@ def _dnsperf(client: str, datafile: str, seconds: int, *extra: str) -> str:
     )
 
 
-def _max_qps(client: str, datafile: str, seconds: int) -> dict[str, float]:
-    out = _dnsperf(client, datafile, seconds)
+def max_qps(client: str, datafile: str, seconds: int, server: str = SERVER) -> dict[str, float]:
+    """dnsperf from netns ``client`` at full speed: queries per second and queries lost."""
+    out = _dnsperf(client, datafile, seconds, server=server)
     found = re.search(r"Queries per second:\s+([\d.]+)", out)
     lost = re.search(r"Queries lost:\s+(\d+)", out)
     if not found:
@@ -184,8 +185,11 @@ def _max_qps(client: str, datafile: str, seconds: int) -> dict[str, float]:
     return {"qps": float(found.group(1)), "lost": int(lost.group(1)) if lost else -1}
 
 
-def _latency(client: str, datafile: str, seconds: int) -> dict[str, float]:
-    out = _dnsperf(client, datafile, seconds, "-Q", str(RATE), "-v")
+def latency(
+    client: str, datafile: str, seconds: int, server: str = SERVER, rate: int = RATE
+) -> dict[str, float]:
+    """dnsperf from netns ``client`` at a fixed ``rate``: latency percentiles (ms) and queries lost."""
+    out = _dnsperf(client, datafile, seconds, "-Q", str(rate), "-v", server=server)
     values = sorted(float(m) for m in re.findall(r"^> \w+ \S+ \S+ ([\d.]+)$", out, re.M))
     lost = re.search(r"Queries lost:\s+(\d+)", out)
     if not values:
@@ -243,22 +247,22 @@ def measure(opts: Options) -> dict[str, Any]:
         with tempfile.NamedTemporaryFile("w", suffix=".txt") as data:
             data.write("".join(f"www{i}.example.test A\n" for i in range(100)))
             data.flush()
-            result["direct_before"] = _max_qps(client, data.name, seconds)
-            result["direct_latency"] = _latency(client, data.name, lat_seconds)
+            result["direct_before"] = max_qps(client, data.name, seconds)
+            result["direct_latency"] = latency(client, data.name, lat_seconds)
             _tproxy(router, True)
             for count in opts.dns_workers:
                 procs = _start_workers(router, count)
                 try:
                     result[f"proxy_{count}"] = {
-                        "max": _max_qps(client, data.name, seconds),
-                        "latency": _latency(client, data.name, lat_seconds),
+                        "max": max_qps(client, data.name, seconds),
+                        "latency": latency(client, data.name, lat_seconds),
                     }
                 finally:
                     for proc in procs:
                         stop(proc)
                     procs = []
             _tproxy(router, False)
-            result["direct_after"] = _max_qps(client, data.name, seconds)
+            result["direct_after"] = max_qps(client, data.name, seconds)
         return result
     finally:
         for proc in procs:
