@@ -113,13 +113,17 @@ FIELD_DOCS: dict[str, str] = {
     "headerMatches.name": "The header name (case-insensitive).",
     "headerMatches.value": "The exact value the header must have (or give secret).",
     "headerMatches.secret": (
-        "A Secret whose value the header must have (read in the agent's secrets namespace)."
+        "A Secret with one entry, whose value the header must have. Keep it in the agent's secrets "
+        "namespace (l7gate-secrets by default), the only namespace the agent may read Secrets from."
     ),
     "headerMatches.mismatch": (
         "What to do when the header does not match: LOG (allow and log), ADD, DELETE or REPLACE the "
         "header. Without mismatch the request is denied."
     ),
-    "secret.namespace": "The Secret's namespace (default: the policy's namespace).",
+    "secret.namespace": (
+        "The Secret's namespace: the agent's secrets namespace (l7gate-secrets by default), the only one "
+        "it may read Secrets from."
+    ),
     "secret.name": "The Secret's name.",
     "dns": (
         "DNS rules: names the endpoints may look up through the node's DNS proxy. Other names get REFUSED."
