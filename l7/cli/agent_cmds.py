@@ -317,7 +317,7 @@ def socket_keeper_cmd(
         if not announced:
             log.info("a keeper (pid %d) answers at %s: waiting until it is gone", pid, path)
             announced = True
-        time.sleep(1.0)  # polling another process's socket: nothing to wait on
+        time.sleep(0.2)  # polling another process's socket: nothing to wait on
     path.parent.mkdir(parents=True, exist_ok=True)
     log.info("keeping the DNS sockets of %s at %s", node, path)
     serve(path)
