@@ -25,6 +25,7 @@ import dataclasses
 import ipaddress
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from bpf import loader
@@ -51,11 +52,14 @@ from bpf.maps import (
     MapSizes,
     PolicyKey,
     PolicyValue,
+    ProxyPortKey,
     endpoint_value,
     ipcache_key,
     ipcache_prefix,
     policy_key,
     policy_value,
+    proxy_port_key,
+    proxy_port_of,
 )
 from bpf.policy_entries import PolicyDecision, PolicyEntryKey, PolicyEntryValue, policy_entries
 
@@ -97,10 +101,19 @@ class Datapath:
     # lifecycle -------------------------------------------------------------------------------
     @classmethod
     def open(
-        cls, node: str, netns: str | None = None, *, ct_max: int | None = None, sizes: MapSizes | None = None
+        cls,
+        node: str,
+        netns: str | None = None,
+        *,
+        ct_max: int | None = None,
+        sizes: MapSizes | None = None,
+        proxy_ports: Iterable[tuple[int, int]] = (),
     ) -> Datapath:
         """Load the programs for ``node``, adopting pinned maps and re-attaching recorded devices.
-        ``sizes``: the maps' maximum entries (``ct_max`` overrides the conntrack size)."""
+        ``sizes``: the maps' maximum entries (``ct_max`` overrides the conntrack size).
+        ``proxy_ports``: (port, protocol) pairs the node's proxies may already listen on, written to
+        ``l7g_proxy_ports`` before the new programs replace the old ones (an upgrade from a datapath
+        without the map, or pins removed while proxies run, never leaves a proxy port open)."""
         sizes = sizes or MapSizes()
         if ct_max is not None:
             sizes = dataclasses.replace(sizes, ct=ct_max)
@@ -118,6 +131,8 @@ class Datapath:
         dp = cls(node, pin_dir, progs, nl)
         dp.sizes = sizes
         try:
+            for port, proto in proxy_ports:
+                dp.set_proxy_port(port, proto)
             nl.ensure_proxy_routing(PROXY_ROUTE_TABLE, PROXY_RULE_PRIORITY, MARK_TO_PROXY, MARK_MASK)
             dp._reattach()
         except DatapathError:
@@ -289,6 +304,23 @@ class Datapath:
 
     def policy(self, endpoint_id: int) -> dict[PolicyEntryKey, PolicyEntryValue]:
         return dict(self._current_policy().get(endpoint_id, {}))
+
+    # proxy ports -----------------------------------------------------------------------------
+    def proxy_ports(self) -> set[tuple[int, int]]:
+        """The (port, protocol) pairs direct traffic to a node address is dropped for."""
+        return {
+            proxy_port_of(ProxyPortKey.from_buffer_copy(k))
+            for k, _ in self._progs.map("l7g_proxy_ports").items()
+        }
+
+    def set_proxy_port(self, port: int, proto: int) -> None:
+        """Protect ``port`` for ``proto``: write it before a proxy listens there (MapWriteError when the
+        kernel refuses)."""
+        self._progs.map("l7g_proxy_ports").put(proxy_port_key(port, proto), _u32(1))
+
+    def delete_proxy_port(self, port: int, proto: int) -> bool:
+        """Stop protecting ``port`` for ``proto`` (only once nothing of ours listens there)."""
+        return self._progs.map("l7g_proxy_ports").delete(proxy_port_key(port, proto))
 
     # config ----------------------------------------------------------------------------------
     def set_config(self, key: Config, value: int) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bpf.errors import CompileError, DatapathError, IncompatibleMapError, MapWriteError
-from bpf.maps import MAP_SPECS, MapSizes, MapSpec
+from bpf.maps import MAP_SPECS, PROXY_PORTS_MAX, MapSizes, MapSpec
 
 __all__ = ["IncompatibleMapError", "LoadedPrograms", "MapHandle", "check_pins", "load", "unpin"]
 
@@ -110,6 +110,7 @@ def expected_shape(spec: MapSpec, sizes: MapSizes) -> tuple[int, int, int, int]:
         "l7g_frags": 8192,
         "l7g_config": 16,
         "l7g_devices": 4096,
+        "l7g_proxy_ports": PROXY_PORTS_MAX,
     }[spec.name]
     return (_MAP_TYPES[spec.kind], ctypes.sizeof(spec.key), ctypes.sizeof(spec.value), max_entries)
 
@@ -231,6 +232,7 @@ def load(pin_dir: Path, sizes: MapSizes | None = None) -> LoadedPrograms:
         f"-DL7G_CT_MAX={sizes.ct}",
         f"-DL7G_IPCACHE_MAX={sizes.ipcache}",
         f"-DL7G_POLICY_MAX={sizes.policy}",
+        f"-DL7G_PROXY_PORTS_MAX={PROXY_PORTS_MAX}",
         "-Wno-unused-function",
     ]
     try:

@@ -43,6 +43,7 @@ MARK_JUDGED = 0x0100  # set by the ingress hooks on packets they allowed
 PROXY_ROUTE_TABLE = 2004
 PROXY_RULE_PRIORITY = 100
 
+
 @dataclasses.dataclass(frozen=True)
 class MapSizes:
     """Maximum entries of the maps whose size is a setting (``-DL7G_*_MAX`` when compiling). A pinned
@@ -60,11 +61,11 @@ class MapSizes:
                 raise ValueError(f"map size {name}={value} is out of range 1-{1 << 24}")
 
 
-# The node's proxy ports (``PROXY_PORT_MIN``/``PROXY_PORT_MAX`` in bpf/lib/common.h): Envoy listeners and
-# DNS proxy sockets use ports in this range; the tc programs drop TCP/UDP sent straight to a node address
-# on one of them (DropReason.PROXY_PORT_DIRECT). The agent allocates its proxy ports from this range.
-PROXY_PORT_MIN = 10000
-PROXY_PORT_MAX = 19999
+# The node's proxy ports (``l7g_proxy_ports``): the ports its Envoy listeners and DNS proxy sockets use, per
+# protocol, written by the agent; the tc programs drop TCP/UDP sent straight to a node address on one of them
+# (DropReason.PROXY_PORT_DIRECT). Any other port of the node is left alone. ``L7G_PROXY_PORTS_MAX`` in C.
+PROXY_PORTS_MAX = 32768
+PROXY_PORT_PROTOCOLS = (6, 17)  # TCP and UDP: each proxy port is protected for both
 
 # Policy key prefix lengths: fixed part (endpoint, peer, dir) = 72 bits, + proto = 80, + port = 96.
 POLICY_PREFIX_ANY_PROTO = 72
@@ -168,6 +169,12 @@ class PolicyValue(ctypes.Structure):
     _fields_ = (("action", u8), ("pad", u8), ("proxy_port", u16))
 
 
+class ProxyPortKey(ctypes.Structure):
+    """``struct l7g_proxy_port_key``; ``port`` is network order."""
+
+    _fields_ = (("port", u16), ("proto", u8), ("pad", u8))
+
+
 class CtKey(ctypes.Structure):
     """``struct l7g_ct_key`` — the originator's tuple; ports network order."""
 
@@ -269,6 +276,7 @@ MAP_SPECS: tuple[MapSpec, ...] = (
     MapSpec("l7g_frags", "lru_hash", FragKey, FragValue),
     MapSpec("l7g_config", "array", u32, u64),
     MapSpec("l7g_devices", "hash", u32, u32),
+    MapSpec("l7g_proxy_ports", "hash", ProxyPortKey, u32),
 )
 
 
@@ -330,6 +338,18 @@ def policy_key(
     key.prefixlen = POLICY_PREFIX_PROTO + port_prefix
     key.dport = socket.htons(port)
     return key
+
+
+def proxy_port_key(port: int, proto: int) -> ProxyPortKey:
+    """The ``l7g_proxy_ports`` key of ``port`` (host order) and an IP protocol number."""
+    if not 0 < port <= 0xFFFF:
+        raise ValueError(f"proxy port {port} out of 1..65535")
+    return ProxyPortKey(port=socket.htons(port), proto=proto)
+
+
+def proxy_port_of(key: ProxyPortKey) -> tuple[int, int]:
+    """Inverse of :func:`proxy_port_key`: (port, protocol)."""
+    return socket.ntohs(key.port), key.proto
 
 
 def policy_value(action: Action, proxy_port: int = 0) -> PolicyValue:

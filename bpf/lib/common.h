@@ -68,13 +68,12 @@
  * packet crosses a netns through a veth, so pods cannot forge it). */
 #define MARK_JUDGED      0x0100
 
-/* The node's proxy ports: every Envoy listener and DNS proxy socket the agent
- * opens uses a port in [PROXY_PORT_MIN, PROXY_PORT_MAX] (host order; mirrored
- * in bpf/maps.py, checked by tests/datapath/test_reasons.py). Only redirected
- * traffic may reach them: lib/proxyport.h drops TCP/UDP sent straight to a
- * node address on one of these ports (DROP_PROXY_PORT_DIRECT). */
-#define PROXY_PORT_MIN 10000
-#define PROXY_PORT_MAX 19999
+/* The node's proxy ports (Envoy listeners, DNS proxy sockets) are not a range:
+ * the agent writes each port its proxies use into l7g_proxy_ports (maps.h)
+ * before a proxy listens on it or anything is redirected to it, and removes
+ * it only after nothing listens there any more. lib/proxyport.h drops TCP/UDP
+ * sent straight to a node address on one of them (DROP_PROXY_PORT_DIRECT);
+ * every other port of the node (kubelet 10250, ...) is left alone. */
 
 /* Config array map indices (u64 values; 0 = use the default). */
 #define CFG_VERDICT_EVENTS      0   /* != 0: emit an event for every policy verdict */

@@ -19,6 +19,9 @@
  *   l7g_config       array  u32 CFG_* -> u64
  *   l7g_devices      hash   u32 ifindex -> u32 DEV_* (what is attached where,
  *                    so a new loader re-attaches its programs)
+ *   l7g_proxy_ports  hash   struct l7g_proxy_port_key -> u32 (reserved, 1):
+ *                    the ports the node's proxies listen on, per protocol;
+ *                    direct traffic to them is dropped (lib/proxyport.h)
  *   l7g_events       ringbuf of struct l7g_event (not pinned: each loader
  *                    reads its own)
  */
@@ -38,6 +41,10 @@
 #endif
 #ifndef L7G_POLICY_MAX
 #define L7G_POLICY_MAX 65536
+#endif
+
+#ifndef L7G_PROXY_PORTS_MAX
+#define L7G_PROXY_PORTS_MAX 32768
 #endif
 
 #define DEV_ENDPOINT 1
@@ -76,6 +83,12 @@ struct l7g_policy_value {
     __u8  action;        /* ACT_* */
     __u8  pad;
     __u16 proxy_port;    /* host order; ACT_REDIRECT only */
+};
+
+struct l7g_proxy_port_key {
+    __be16 port;         /* network order */
+    __u8  proto;         /* IPPROTO_TCP or IPPROTO_UDP */
+    __u8  pad;
 };
 
 struct l7g_ct_key {
@@ -154,6 +167,8 @@ BPF_TABLE_PINNED("lru_hash", struct l7g_ct_key, struct l7g_ct_entry, l7g_ct, L7G
 BPF_TABLE_PINNED("lru_hash", struct l7g_frag_key, struct l7g_frag_entry, l7g_frags, 8192, L7G_PIN_DIR "/frags");
 BPF_TABLE_PINNED("array", __u32, __u64, l7g_config, CFG_MAX, L7G_PIN_DIR "/config");
 BPF_TABLE_PINNED("hash", __u32, __u32, l7g_devices, 4096, L7G_PIN_DIR "/devices");
+BPF_TABLE_PINNED("hash", struct l7g_proxy_port_key, __u32, l7g_proxy_ports, L7G_PROXY_PORTS_MAX,
+                 L7G_PIN_DIR "/proxy_ports", BPF_F_NO_PREALLOC);
 BPF_RINGBUF_OUTPUT(l7g_events, 64);
 
 static __always_inline __u64 l7g_cfg(__u32 idx, __u64 dflt)

@@ -1,18 +1,21 @@
 /* proxyport.h — keep direct traffic off the node's proxy ports.
  *
  * The node's Envoy listeners and DNS proxy sockets listen on the wildcard
- * address, on ports in [PROXY_PORT_MIN, PROXY_PORT_MAX]. Only traffic the
- * datapath redirects (bpf_sk_assign; the packet keeps its original
- * destination) may reach them. A packet sent straight to a node address on a
- * proxy port would bypass the policy that the proxy enforces for redirected
- * flows, and a transparent Envoy listener would take the node address as the
- * original destination and connect to itself (a loop).
+ * address, on the ports the agent lists in l7g_proxy_ports (maps.h): written
+ * before a proxy listens on a port or anything is redirected to it, removed
+ * only after nothing listens there any more. Only traffic the datapath
+ * redirects (bpf_sk_assign; the packet keeps its original destination) may
+ * reach them. A packet sent straight to a node address on a proxy port would
+ * bypass the policy that the proxy enforces for redirected flows, and a
+ * transparent Envoy listener would take the node address as the original
+ * destination and connect to itself (a loop).
  *
  * API:
  *   int l7g_proxy_port_direct(struct __sk_buff *skb, struct l7g_flow *f,
  *                             __u32 dst_identity)
  *     1 when the packet must be dropped with DROP_PROXY_PORT_DIRECT:
- *     - TCP or UDP, destination port in [PROXY_PORT_MIN, PROXY_PORT_MAX];
+ *     - TCP or UDP, (destination port, protocol) in l7g_proxy_ports — any
+ *       other port of the node (kubelet's 10250, ...) is none of our business;
  *     - the destination is the node: the ipcache says IDENTITY_HOST, or the
  *       node's FIB (no mark, ingress device = skb->ifindex) would deliver it
  *       locally (local, broadcast or anycast address: BPF_FIB_LKUP_RET_NOT_FWDED),
@@ -29,6 +32,7 @@
 #define L7G_PROXYPORT_H
 
 #include "common.h"
+#include "maps.h"
 
 #define L7G_FIB_NOT_FWDED    4   /* BPF_FIB_LKUP_RET_NOT_FWDED */
 #define L7G_FIB_FWD_DISABLED 6   /* BPF_FIB_LKUP_RET_FWD_DISABLED */
@@ -83,14 +87,22 @@ static __always_inline int l7g_node_has_connection(struct __sk_buff *skb, struct
     return conn;
 }
 
+/* 1 when the agent listed (port, protocol) as one of the node's proxy ports. */
+static __always_inline int l7g_is_proxy_port(const struct l7g_flow *f)
+{
+    struct l7g_proxy_port_key k = {};
+
+    k.port = f->dport;
+    k.proto = f->proto;
+    return l7g_proxy_ports.lookup(&k) != 0;
+}
+
 static __always_inline int l7g_proxy_port_direct(struct __sk_buff *skb, struct l7g_flow *f,
                                                  __u32 dst_identity)
 {
-    __u16 port = L7G_NTOHS(f->dport);
-
     if (f->proto != IPPROTO_TCP && f->proto != IPPROTO_UDP)
         return 0;
-    if (port < PROXY_PORT_MIN || port > PROXY_PORT_MAX)
+    if (!l7g_is_proxy_port(f))
         return 0;
     if (dst_identity != IDENTITY_HOST && !l7g_node_delivers_locally(skb, f))
         return 0;

@@ -40,7 +40,7 @@ from l7.agent.histogram import APPLY_BUCKETS, Histogram
 from l7.agent.inotify import InputWatcher, WatchError
 from l7.agent.inputs import Loaded, PolicyFiles
 from l7.agent.services import AppliedView, NodeService
-from l7.agent.sync import DatapathLike, SyncStats, sync, sync_delta
+from l7.agent.sync import DatapathLike, SyncStats, protect_proxy_ports, release_proxy_ports, sync, sync_delta
 from l7.endpoints import EndpointsError, EndpointsFile, EndpointsLoader, TopologyBuilder
 from l7.errors import L7GateError
 from l7.identity import IdentityAllocator
@@ -166,7 +166,9 @@ class Agent:
         services: list[NodeService] | None = None,
     ) -> None:
         self.cfg = cfg
-        self._open = open_datapath or (lambda name: _open_datapath(name, cfg.map_sizes))
+        self._open = open_datapath or (
+            lambda name: _open_datapath(name, cfg.map_sizes, self.ports.protected())
+        )
         self.dp: DatapathLike | None = None
         self.services = make_services(cfg) if services is None else services
         self._lock = threading.RLock()
@@ -429,6 +431,7 @@ class Agent:
         entries, nothing a proxy needs)."""
         assert self.dp is not None
         t0 = time.monotonic()
+        first = not self._synced
         audited = self._audited(file)
         if interfaces or not self._synced:
             self._last_ifindexes = self._ifindexes(file)
@@ -441,6 +444,8 @@ class Agent:
             services = services or delta.unions_changed or delta.endpoints_changed
         if self.applier.ports_assigned:
             self.ports.save(self._ports_path)
+        if first or self.applier.ports_assigned:  # before a proxy listens there or a redirect points there
+            protect_proxy_ports(self.dp, self.ports.protected())
         view = self._view
         if services or view is None or view.endpoints is not file:
             view = AppliedView(
@@ -480,6 +485,8 @@ class Agent:
         if services:
             for service in self.services:
                 service.commit(view)
+        if first:  # ports an earlier agent protected that are no longer proxy ports (after commit)
+            release_proxy_ports(self.dp, self.ports.protected())
         self.missing = self.applier.missing
         self.generation += 1
         seconds = time.monotonic() - t0
@@ -559,11 +566,11 @@ class Agent:
         return pid != os.getpid() and watch.pid_alive(pid) and self._last_status is not None
 
 
-def _open_datapath(name: str, sizes: MapSizes) -> DatapathLike:
+def _open_datapath(name: str, sizes: MapSizes, proxy_ports: frozenset[tuple[int, int]]) -> DatapathLike:
     from bpf.datapath import Datapath
 
     ensure_bpffs()
-    return Datapath.open(name, sizes=sizes)
+    return Datapath.open(name, sizes=sizes, proxy_ports=proxy_ports)
 
 
 def run_agent(cfg: AgentConfig) -> int:

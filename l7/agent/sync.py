@@ -4,10 +4,15 @@ Order: attach new devices, write ipcache entries, policy entries and endpoints (
 then remove what is no longer wanted (endpoints with their policy, devices, ipcache entries). Nothing
 is flushed: an agent that starts against pinned maps of an earlier run adopts them, and an unchanged
 policy writes nothing.
+
+The node's proxy ports (``l7g_proxy_ports``) have their own two steps around the services (see
+``Agent._commit``): :func:`protect_proxy_ports` before a proxy listens on a new port or a redirect to
+it is written, :func:`release_proxy_ports` after the services let go of the ports that left.
 """
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -42,6 +47,9 @@ class DatapathLike(Protocol):
     def ipcache(self) -> dict[IPNetwork, IpcacheValue]: ...
     def sync_policy(self, endpoint_id: int, decisions: list[PolicyDecision]) -> tuple[int, int]: ...
     def bump_policy_revision(self) -> int: ...
+    def proxy_ports(self) -> set[tuple[int, int]]: ...
+    def set_proxy_port(self, port: int, proto: int) -> None: ...
+    def delete_proxy_port(self, port: int, proto: int) -> bool: ...
 
 
 @dataclass
@@ -198,3 +206,22 @@ def sync_delta(dp: DatapathLike, delta: Delta) -> SyncStats:
     if stats.policy_written or stats.policy_deleted or stats.endpoints_written or stats.endpoints_deleted:
         dp.bump_policy_revision()  # what is allowed changed (see sync)
     return stats
+
+
+def protect_proxy_ports(dp: DatapathLike, wanted: AbstractSet[tuple[int, int]]) -> int:
+    """Write the (port, protocol) pairs of ``wanted`` the datapath does not protect yet; returns how many.
+    Call it before a proxy listens on a new port and before a redirect to it is written. A refused
+    write raises :class:`~bpf.errors.MapWriteError`: the caller must not go on to open the port."""
+    missing = sorted(wanted - dp.proxy_ports())
+    for port, proto in missing:
+        dp.set_proxy_port(port, proto)
+    return len(missing)
+
+
+def release_proxy_ports(dp: DatapathLike, wanted: AbstractSet[tuple[int, int]]) -> int:
+    """Delete the protected pairs not in ``wanted``; returns how many. Call it only after the proxies
+    stopped listening there (after the services' commit)."""
+    extra = sorted(dp.proxy_ports() - wanted)
+    for port, proto in extra:
+        dp.delete_proxy_port(port, proto)
+    return len(extra)

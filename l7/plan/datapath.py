@@ -35,7 +35,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpf.maps import HOST_ENDPOINT_ID, PROXY_PORT_MAX, PROXY_PORT_MIN, Action
+from bpf.maps import HOST_ENDPOINT_ID, PROXY_PORT_PROTOCOLS, Action
 from bpf.maps import Direction as DpDirection
 from bpf.policy_entries import PolicyDecision
 from l7.errors import L7GateError
@@ -51,6 +51,25 @@ from l7.resolve.types import (
 )
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Where proxy ports are chosen (Envoy listeners, DNS proxy sockets). Only the ports actually chosen are
+# protected by the datapath (``l7g_proxy_ports``, written by the agent), not this range: node services on
+# other ports in it stay reachable. The ports of well-known node services in the range are never chosen
+# (the proxy's wildcard listener would collide with the service, and a pod's direct connection to the
+# service would be dropped as one to a proxy port).
+PROXY_PORT_MIN = 10000
+PROXY_PORT_MAX = 19999
+NODE_SERVICE_PORTS: frozenset[int] = frozenset(
+    {
+        10248,  # kubelet healthz
+        10249,  # kube-proxy metrics
+        10250,  # kubelet API (metrics-server, kubectl logs/exec)
+        10255,  # kubelet read-only
+        10256,  # kube-proxy healthz
+        10257,  # kube-controller-manager
+        10259,  # kube-scheduler
+    }
+)
 
 PROTO_NUMBERS: Mapping[str, int] = {"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1, "ICMPV6": 58}
 PORT_MAX = 65535
@@ -195,9 +214,15 @@ def l7_unions(
 
 
 class ProxyPorts:
-    """Union key → proxy port. A key's preferred port is a hash of the key (linear probing on collision),
-    so ports are the same on every node and after a restart; :meth:`save`/:meth:`load` keep the ports of
-    colliding keys stable too. Ports are never taken back from a key that goes out of use."""
+    """Union key → proxy port. A key's preferred port is a hash of the key (linear probing on collision;
+    :data:`NODE_SERVICE_PORTS` skipped), so ports are the same on every node and after a restart;
+    :meth:`save`/:meth:`load` keep the ports of colliding keys stable too. Ports are never taken back
+    from a key that goes out of use.
+
+    The datapath protects exactly the ports of this table (:meth:`protected`): the ports of the unions
+    in use, and those of unions that went out of use — their listeners may still be open (Envoy keeps a
+    retired listener for its keep-alive connections; a restarted agent's first publish replaces the
+    listeners of the one before) and the port comes back with its key."""
 
     def __init__(self, ports: Mapping[str, int] | None = None) -> None:
         self._ports: dict[str, int] = dict(ports or {})
@@ -215,7 +240,7 @@ class ProxyPorts:
             start = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % size
             for step in range(size):
                 port = PROXY_PORT_MIN + (start + step) % size
-                if port not in taken:
+                if port not in taken and port not in NODE_SERVICE_PORTS:
                     break
             else:
                 raise PlanError("proxy port range exhausted")
@@ -223,6 +248,11 @@ class ProxyPorts:
             taken.add(port)
             changed = True
         return changed
+
+    def protected(self) -> frozenset[tuple[int, int]]:
+        """(port, protocol) pairs the datapath must protect: every port of the table, TCP and UDP (a
+        union's kind — Envoy, TCP; DNS proxy, UDP and TCP — may change under the same key)."""
+        return frozenset((port, proto) for port in self._ports.values() for proto in PROXY_PORT_PROTOCOLS)
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(path.suffix + ".tmp")

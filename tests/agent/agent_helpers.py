@@ -51,6 +51,7 @@ class FakeDatapath:
         self.writes = 0
         self.closed = False
         self.revision = 0
+        self.proxy: set[tuple[int, int]] = set()  # l7g_proxy_ports (not counted in ``writes``)
 
     def devices(self) -> dict[int, DeviceKind]:
         return dict(self.devs)
@@ -121,6 +122,18 @@ class FakeDatapath:
         else:
             self.pol.pop(endpoint_id, None)
         return written, deleted
+
+    def proxy_ports(self) -> set[tuple[int, int]]:
+        return set(self.proxy)
+
+    def set_proxy_port(self, port: int, proto: int) -> None:
+        self.proxy.add((port, proto))
+
+    def delete_proxy_port(self, port: int, proto: int) -> bool:
+        if (port, proto) not in self.proxy:
+            return False
+        self.proxy.discard((port, proto))
+        return True
 
     def close(self) -> None:
         self.closed = True

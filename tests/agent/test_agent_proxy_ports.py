@@ -5,30 +5,46 @@ One node with its agent, Envoy and DNS proxy: ``service-pod`` (nginx-like ``/pub
 ``env: prod`` to ``app: service``) and, for the client, DNS through the proxy plus *everything* to the
 host — so the policy would allow a direct connection to the node; the datapath drops it anyway
 (``DROP_PROXY_PORT_DIRECT``). The client's redirected HTTP requests still get 200 and 403 from Envoy and
-its DNS queries still get answers from the DNS proxy. One lab per module, named ``l7gsd-…``, always
-taken down in a finalizer; traffic only inside the lab.
+its DNS queries still get answers from the DNS proxy. Only the ports the proxies use are protected
+(the agent writes them to ``l7g_proxy_ports``): a node service on kubelet's 10250 — inside the range
+proxy ports are chosen from — answers the same client on the same node addresses, v4 and v6.
+
+The agent's ordering is checked against a fake datapath too: every proxy port is protected before the
+services' ``prepare`` (a proxy listens, then redirects are written), and a port an earlier agent
+protected that is no longer a proxy port is released only after the services' ``commit``.
+
+One lab per module, named ``l7gsd-…``, always taken down in a finalizer; traffic only inside the lab.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bpf.maps import PROXY_PORT_MAX, PROXY_PORT_MIN
+from bpf.maps import Action
 from l7.agent.envoy_files import EnvoyRecord, listening_ports
+from l7.agent.node import Agent, AgentConfig
+from l7.agent.services import AppliedView, ServiceHost
+from l7.endpoints import EndpointsFile
 from l7.lab import Lab, down
 from l7.lab import agents as agent_lab
 from l7.lab.topology import parse_topology
+from l7.plan.datapath import NODE_SERVICE_PORTS, PROXY_PORT_MAX, PROXY_PORT_MIN
 from tests.agent import fqdn_helpers as fh
+from tests.agent.agent_helpers import SEED_002_ENDPOINTS, SEEDS, FakeDatapath
 from tests.agent.test_agent_http import envoy_records
+from tests.datapath import netlab
 
 pytestmark = pytest.mark.root
 
 NAME = f"l7gsd-pp{os.getpid() % 100000}"
+KUBELET_PORT = 10250
 NODE = "n1"
 PUBLIC_PAGE = "<html><body><h1>Hello from /public</h1></body></html>\n"
 
@@ -187,3 +203,88 @@ def test_direct_drops_are_logged_with_their_reason(lab: Lab) -> None:
             return
         time.sleep(0.3)
     raise AssertionError(f"no PROXY_PORT_DIRECT drop for port {port} in {flows}")
+
+
+def test_node_service_in_the_range_reachable_while_proxy_ports_are_not(lab: Lab) -> None:
+    """kubelet's port on the node's router addresses (v4, v6) answers the client — the client's
+    policy allows the host, as metrics-server's would — while the proxies' ports time out."""
+    assert in_range(KUBELET_PORT) and KUBELET_PORT in NODE_SERVICE_PORTS
+    proxies = sorted(set(envoy_ports(lab) + dns_ports(lab)))  # before our server listens in the node
+    assert KUBELET_PORT not in proxies
+    node = lab.plan.node(NODE)
+    kubelet = netlab.EchoServer(node.netns, (KUBELET_PORT,), (KUBELET_PORT,))
+    try:
+        for ip in (node.router_v4, node.router_v6):
+            assert probe(lab, ip, KUBELET_PORT)[0] == "ok", ip  # TCP (the UDP probe is a DNS query)
+            results = {port: probe(lab, ip, port) for port in proxies}
+            assert all(r == ("timeout", "timeout") for r in results.values()), (ip, results)
+    finally:
+        kubelet.close()
+
+
+# ------------------------------------------------------------------------ ordering (fake datapath)
+class RecordingService:
+    """Records what the datapath protects when the agent calls the services."""
+
+    name = "recorder"
+
+    def __init__(self, dp: FakeDatapath) -> None:
+        self.dp = dp
+        self.at_prepare: list[tuple[set[int], set[tuple[int, int]], int]] = []
+        self.at_commit: list[set[tuple[int, int]]] = []
+
+    def start(self, host: ServiceHost) -> None:
+        pass
+
+    def prepare(self, view: AppliedView) -> None:
+        used = {view.ports[key] for key in view.unions}
+        redirects = sum(
+            1 for entries in self.dp.pol.values() for v in entries.values() if v.action == Action.REDIRECT
+        )
+        self.at_prepare.append((used, self.dp.proxy_ports(), redirects))
+
+    def commit(self, view: AppliedView) -> None:
+        self.at_commit.append(self.dp.proxy_ports())
+
+    def status(self) -> dict[str, object]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def test_agent_protects_before_prepare_and_releases_after_commit(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    shutil.copy(SEEDS / "002-allow-public-from-prod.yaml", policies)
+    dp = FakeDatapath()
+    stale = (12345, 6)  # protected by an earlier agent; no longer one of the node's proxy ports
+    dp.proxy.add(stale)
+    recorder = RecordingService(dp)
+
+    def interfaces(_file: EndpointsFile) -> dict[str, str]:
+        return {"default/service-pod": "lo"}
+
+    cfg = AgentConfig(
+        node="k8s-w1",
+        policies=policies,
+        endpoints=SEED_002_ENDPOINTS,
+        state_dir=tmp_path / "state",
+        datapath_name="test",
+        interfaces=interfaces,
+    )
+    agent = Agent(cfg, open_datapath=lambda _name: dp, services=[recorder])
+    agent.start()
+    try:
+        assert agent.step()
+    finally:
+        agent.close()
+    [(used, protected, redirects)] = recorder.at_prepare
+    assert used and redirects == 0
+    assert {(port, proto) for port in used for proto in (6, 17)} <= protected  # before anyone listens
+    assert stale in recorder.at_commit[0]  # still protected while the services let go
+    assert dp.proxy == agent.ports.protected() and stale not in dp.proxy
+    redirect_ports = {
+        v.proxy_port for e in dp.pol.values() for v in e.values() if v.action == Action.REDIRECT
+    }
+    assert redirect_ports and {(p, 6) for p in redirect_ports} <= dp.proxy

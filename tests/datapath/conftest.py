@@ -57,6 +57,8 @@ class Lab:
             dp.sync_policy(pod.index, [])
         for key in Config:
             dp.set_config(key, 0)
+        for port, proto in dp.proxy_ports():
+            dp.delete_proxy_port(port, proto)
         self.setup_endpoints()
         dp.ct_flush()
         dp.poll_events(0)

@@ -1,14 +1,16 @@
 """Direct traffic to the node's proxy ports is dropped (DROP_PROXY_PORT_DIRECT); redirected traffic is not.
 
-The node netns runs a transparent proxy on a port of the proxy range (what Envoy and the DNS proxy do)
-bound to the wildcard address. Pods and the world send TCP and UDP straight to node addresses on that
-port — the pod-side veth addresses (in the ipcache as reserved:host), addresses the ipcache does not
-know (the uplink address, the IPv6 subnet-router anycast address, the veth subnet's broadcast
-address: the FIB says "delivered locally") — and must be dropped, whatever the policy says (allow
-or even a redirect: a transparent listener would take the node address as the original destination
-and connect to itself). Redirected flows to pods and a
-DNS-style redirect of host traffic (node address, port 53) still reach the proxy, and flows the node
-itself starts from a proxy-range source port still get their replies.
+The node netns runs a transparent proxy bound to the wildcard address (what Envoy and the DNS proxy do)
+on a port listed in ``l7g_proxy_ports`` for TCP and UDP (what the agent writes before a proxy
+listens). Only listed ports are protected: a node service on another port — kubelet's 10250, inside
+the range proxy ports are chosen from — stays reachable from pods and the world, v4 and v6.
+Pods and the world send TCP and UDP straight to node addresses on the proxy's port — the pod-side
+veth addresses (in the ipcache as reserved:host), addresses the ipcache does not know (the uplink
+address, the IPv6 subnet-router anycast address, the veth subnet's broadcast address: the FIB says
+"delivered locally") — and must be dropped, whatever the policy says (allow or even a redirect: a
+transparent listener would take the node address as the original destination and connect to itself).
+Redirected flows to pods and a DNS-style redirect of host traffic (node address, port 53) still reach
+the proxy, and flows the node itself starts from a proxy port as source port still get their replies.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bpf.maps import IDENTITY_HOST, PROXY_PORT_MAX, PROXY_PORT_MIN, Action, Direction, Event
+from bpf.maps import IDENTITY_HOST, PROXY_PORT_PROTOCOLS, Action, Direction, Event
 from bpf.policy_entries import PolicyDecision
 from bpf.reasons import DropReason, EventType, Hook
 from tests.datapath import netlab
@@ -29,15 +31,23 @@ from tests.datapath.test_redirect import TransparentProxy
 pytestmark = pytest.mark.root
 
 PROXY_PORT = 15001
-OUTSIDE_PORT = 9000  # a node service outside the proxy range
+OUTSIDE_PORT = 9000  # a node service outside the range proxy ports are chosen from
+KUBELET_PORT = 10250  # a node service inside it (kubelet: metrics-server, kubectl logs/exec)
 UPLINK_IP4 = "10.213.100.1"
 UPLINK_IP6 = "fd00:213::100:1"
 SUBNET_ANYCAST6 = "fd00:213::1:0"  # the node's subnet-router anycast address on veth a (forwarding on)
 TCP, UDP = 6, 17
 
 
+def protect(lab: Lab, port: int, protos: tuple[int, ...] = PROXY_PORT_PROTOCOLS) -> None:
+    """What the agent does before a proxy listens on ``port``."""
+    for proto in protos:
+        lab.dp.set_proxy_port(port, proto)  # type: ignore[attr-defined]
+
+
 @pytest.fixture
 def proxy(lab: Lab) -> Iterator[TransparentProxy]:
+    protect(lab, PROXY_PORT)
     p = TransparentProxy(lab.topo.node, PROXY_PORT)
     try:
         yield p
@@ -98,8 +108,11 @@ def allow_all_to_host(lab: Lab, *extra: PolicyDecision) -> None:
     )
 
 
-def test_the_proxy_port_is_in_the_range() -> None:
+def test_the_test_ports_are_in_the_range_proxy_ports_are_chosen_from() -> None:
+    from l7.plan.datapath import NODE_SERVICE_PORTS, PROXY_PORT_MAX, PROXY_PORT_MIN
+
     assert PROXY_PORT_MIN <= PROXY_PORT <= PROXY_PORT_MAX
+    assert PROXY_PORT_MIN <= KUBELET_PORT <= PROXY_PORT_MAX and KUBELET_PORT in NODE_SERVICE_PORTS
     assert not PROXY_PORT_MIN <= OUTSIDE_PORT <= PROXY_PORT_MAX
 
 
@@ -172,6 +185,59 @@ def test_redirected_flows_still_reach_the_proxy(lab: Lab, proxy: TransparentProx
     assert proxy.wait(proxy.udp_orig, (dst, 80))
     send_udp(a.name, node_dst, 53)
     assert proxy.wait(proxy.udp_orig, (node_dst, 53))
+
+
+@pytest.fixture
+def kubelet(lab: Lab) -> Iterator[netlab.EchoServer]:
+    s = netlab.EchoServer(lab.topo.node, (KUBELET_PORT,), (KUBELET_PORT,))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_node_service_in_the_range_reachable_while_the_proxy_port_is_not(
+    lab: Lab, proxy: TransparentProxy, kubelet: netlab.EchoServer
+) -> None:
+    """kubelet's 10250 on every node address, from a pod and from the world, v4 and v6; the proxy's
+    port on the same addresses is dropped."""
+    a = lab.pod("a")
+    for name, ip in direct_targets(lab):
+        if ip != SUBNET_ANYCAST6:  # the kernel answers no TCP/UDP on an anycast address, with or without us
+            assert netlab.tcp_echo(a.name, ip, KUBELET_PORT, timeout=2), name
+            assert netlab.udp_echo(a.name, ip, KUBELET_PORT, timeout=2), name
+        assert not netlab.tcp_echo(a.name, ip, PROXY_PORT, timeout=0.4), name
+        assert drop_event(lab, TCP, PROXY_PORT, Hook.FROM_LXC).reason == DropReason.PROXY_PORT_DIRECT, name
+    for ip in (UPLINK_IP4, UPLINK_IP6):
+        assert netlab.tcp_echo(lab.topo.world, ip, KUBELET_PORT, timeout=2), ip
+        assert netlab.udp_echo(lab.topo.world, ip, KUBELET_PORT, timeout=2), ip
+        assert not netlab.tcp_echo(lab.topo.world, ip, PROXY_PORT, timeout=0.4), ip
+        assert drop_event(lab, TCP, PROXY_PORT, Hook.FROM_UPLINK).reason == DropReason.PROXY_PORT_DIRECT, ip
+    assert proxy.tcp_orig == [] and proxy.udp_orig == []
+
+
+@pytest.mark.parametrize("family", ["ip4", "ip6"])
+def test_only_listed_ports_and_protocols_are_protected(
+    lab: Lab, kubelet: netlab.EchoServer, family: str
+) -> None:
+    """The map is what the datapath protects, read on every packet: a port becomes unreachable the
+    moment it is listed and reachable again when it is removed; the protocol is part of the key."""
+    a = lab.pod("a")
+    ip = getattr(a, f"node_{family}")
+    assert netlab.tcp_echo(a.name, ip, KUBELET_PORT, timeout=2)
+    protect(lab, KUBELET_PORT, (TCP,))
+    assert lab.dp.proxy_ports() == {(KUBELET_PORT, TCP)}  # type: ignore[attr-defined]
+    assert not netlab.tcp_echo(a.name, ip, KUBELET_PORT, timeout=0.4)
+    assert drop_event(lab, TCP, KUBELET_PORT, Hook.FROM_LXC).reason == DropReason.PROXY_PORT_DIRECT
+    assert netlab.udp_echo(a.name, ip, KUBELET_PORT, timeout=2), "UDP is not listed"
+    protect(lab, KUBELET_PORT, (UDP,))
+    assert not netlab.udp_echo(a.name, ip, KUBELET_PORT, timeout=0.4)
+    assert drop_event(lab, UDP, KUBELET_PORT, Hook.FROM_LXC).reason == DropReason.PROXY_PORT_DIRECT
+    for proto in (TCP, UDP):
+        assert lab.dp.delete_proxy_port(KUBELET_PORT, proto)  # type: ignore[attr-defined]
+    assert lab.dp.proxy_ports() == set()  # type: ignore[attr-defined]
+    assert netlab.tcp_echo(a.name, ip, KUBELET_PORT, timeout=2)
+    assert netlab.udp_echo(a.name, ip, KUBELET_PORT, timeout=2)
 
 
 def test_node_services_outside_the_range_still_reachable(lab: Lab, node_echo: netlab.EchoServer) -> None:
