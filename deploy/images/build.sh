@@ -64,13 +64,17 @@ record "base   $base_image  $(since "$t0") s"
 # proxy (this machine has one); Debian's apt fetches over http and needs none.
 host_ca=${L7GATE_BUILD_CA:-/etc/ssl/certs/ca-certificates.crt}
 build_ca=/run/l7gate-build-ca.crt
-build() {  # build NAME DOCKERFILE [--build-arg ...]
-  local name=$1 file=$2
+build() {  # build NAME DOCKERFILE [--build-arg ...]; the image it replaces is removed
+  local name=$1 file=$2 old
   shift 2
+  old=$(podman image inspect --format '{{.Id}}' "$name" 2>/dev/null || true)
   buildah bud --quiet --isolation chroot --layers --force-rm --pull=never \
     --volume "$host_ca:$build_ca:ro" --build-arg "PIP_CERT=$build_ca" \
     --ignorefile "$repo/deploy/docker/agent.Dockerfile.dockerignore" \
     --build-arg "BASE=$base_image" "$@" -f "$file" -t "$name" "$repo" >/dev/null
+  if [ -n "$old" ] && [ "$old" != "$(podman image inspect --format '{{.Id}}' "$name")" ]; then
+    podman rmi "$old" >/dev/null || say "kept the previous $name ($old): still in use"
+  fi
 }
 
 t0=$(now)
