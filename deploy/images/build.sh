@@ -7,8 +7,10 @@
 #   3. smoke  — each image run with `buildah from` + `buildah run --isolation chroot` (podman run cannot
 #               start containers on this machine): deploy/images/smoke.sh.
 #   4. save   — OCI archives in build/images/ (git-ignored), with the timings and sizes in build-report.txt.
-# Environment: L7GATE_IMAGES_DIR (output, default build/images), DEBIAN_MIRROR (default deb.debian.org),
-# L7GATE_BASE_MAX_AGE_DAYS (default 7), L7GATE_IMAGES_SAVE=0 to skip the archives (the quick variant).
+# Environment: L7GATE_IMAGES_DIR (output, default build/images), DEBIAN_MIRROR and DEBIAN_SECURITY_MIRROR
+# (default deb.debian.org), L7GATE_BASE_MAX_AGE_DAYS (default 7), L7GATE_BUILD_CA (the CA bundle pip uses
+# in the build, default the host's). Container storage: podman's and buildah's default (as root,
+# /var/lib/containers/storage), or CONTAINERS_STORAGE_CONF.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -17,7 +19,6 @@ out=${L7GATE_IMAGES_DIR:-$repo/build/images}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 security=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 max_age=${L7GATE_BASE_MAX_AGE_DAYS:-7}
-save=${L7GATE_IMAGES_SAVE:-1}
 suite=bookworm
 say() { printf '[images] %s\n' "$*"; }
 now() { date +%s.%N; }
@@ -96,14 +97,10 @@ record "envoy  $L7GATE_ENVOY_IMAGE  build $envoy_build s, smoke $(since "$t0") s
 # --- 4. OCI archives ------------------------------------------------------------------------------
 for image in "$L7GATE_AGENT_IMAGE" "$L7GATE_ENVOY_IMAGE"; do
   size=$(podman image inspect --format '{{.Size}}' "$image")
-  line="size   $image  $((size / 1000000)) MB"
-  if [ "$save" = 1 ]; then
-    t0=$(now)
-    archive="$out/$(archive_name "$image")"
-    rm -f "$archive"
-    podman save --quiet --format oci-archive -o "$archive" "$image"
-    line="$line, archive $(basename "$archive") $(($(stat -c %s "$archive") / 1000000)) MB in $(since "$t0") s"
-  fi
-  record "$line"
+  t0=$(now)
+  archive="$out/$(archive_name "$image")"
+  rm -f "$archive"
+  podman save --quiet --format oci-archive -o "$archive" "$image"
+  record "size   $image  $((size / 1000000)) MB, archive $(basename "$archive") $(($(stat -c %s "$archive") / 1000000)) MB in $(since "$t0") s"
 done
 say "done: $report"
