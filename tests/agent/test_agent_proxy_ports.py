@@ -206,16 +206,17 @@ def test_direct_drops_are_logged_with_their_reason(lab: Lab) -> None:
 
 
 def test_node_service_in_the_range_reachable_while_proxy_ports_are_not(lab: Lab) -> None:
-    """kubelet's port on the node's router addresses (v4, v6) answers the client — the client's
-    policy allows the host, as metrics-server's would — while the proxies' ports time out."""
+    """kubelet's port on the node's router and uplink addresses (v4, v6) answers the client over TCP
+    and UDP — the client's policy allows the host, as metrics-server's would — while the proxies'
+    ports on the same addresses time out."""
     assert in_range(KUBELET_PORT) and KUBELET_PORT in NODE_SERVICE_PORTS
     proxies = sorted(set(envoy_ports(lab) + dns_ports(lab)))  # before our server listens in the node
     assert KUBELET_PORT not in proxies
     node = lab.plan.node(NODE)
     kubelet = netlab.EchoServer(node.netns, (KUBELET_PORT,), (KUBELET_PORT,))
     try:
-        for ip in (node.router_v4, node.router_v6):
-            assert probe(lab, ip, KUBELET_PORT)[0] == "ok", ip  # TCP (the UDP probe is a DNS query)
+        for ip in node_addresses(lab):
+            assert probe(lab, ip, KUBELET_PORT) == ("ok", "ok"), ip  # TCP connect, UDP echoed
             results = {port: probe(lab, ip, port) for port in proxies}
             assert all(r == ("timeout", "timeout") for r in results.values()), (ip, results)
     finally:
