@@ -8,9 +8,10 @@ Per query (UDP or TCP, IPv4 or IPv6):
 - overload → REFUSED (verdict ``overload``, counted in ``ProxyStats.overload_refusals``), nothing sent
   upstream: too many queries in flight (``max_in_flight``, which also bounds the in-flight table), or
   a UDP query that waited in the listening socket longer than ``max_queue_delay`` (the kernel's arrival
-  time, ``SO_TIMESTAMPNS``) — beyond capacity the excess gets a fast answer instead of queueing until
-  the kernel drops it, the queries served keep a bounded delay, and there is nothing to recover from
-  when the load drops;
+  time, ``SO_TIMESTAMPNS``), or while more than ``max_queue_bytes`` wait in it (``SO_MEMINFO``, checked
+  once per batch read: the arrival time is scrubbed when a packet crosses namespaces) — beyond
+  capacity the excess gets a fast answer instead of queueing until the kernel drops it, the queries
+  served keep a bounded delay, and there is nothing to recover from when the load drops;
 - ``decide`` says :class:`~dnsproxy.policy.Refused` → REFUSED (or NXDOMAIN, configurable), the question
   echoed, ID and RD kept, and nothing is sent upstream;
 - allowed → forwarded over the same transport to the server and port the client asked, with a fresh ID
@@ -40,7 +41,15 @@ from .answers import answer_ips
 from .errors import MalformedMessage, UpstreamError, UpstreamTimeout
 from .metrics import ProxyStats
 from .policy import Allowed, Decide, OnAnswer, OnEvent, Protocol_, QueryEvent
-from .sockets import ANCILLARY_SIZE, Listeners, RawReplySocket, arrival, original_destination, stamp_arrivals
+from .sockets import (
+    ANCILLARY_SIZE,
+    Listeners,
+    RawReplySocket,
+    arrival,
+    original_destination,
+    queued_bytes,
+    stamp_arrivals,
+)
 from .upstream import Pending, UdpUpstream, tcp_exchange
 
 log = logging.getLogger(__name__)
@@ -63,6 +72,10 @@ class ProxyConfig:
     max_queue_delay: float | None = 0.1
     """Seconds a UDP query may have waited in the listening socket; older ones get REFUSED (None: no
     limit)."""
+    max_queue_bytes: int | None = 96 * 1024
+    """Backlog of a UDP listening socket (kernel memory, ~0.8 KiB per small query) above which a batch
+    of queries read gets REFUSED (None: no limit). Not in the first ``timeout`` seconds after start:
+    the backlog a restart left in kept sockets is served."""
     upstream_sockets: int = 4
     """UDP sockets per family used to forward queries; each is replaced after ``uses_per_socket``."""
     uses_per_socket: int = 2048
@@ -114,6 +127,7 @@ class DNSProxy:
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._started_at = 0.0  # unix time the proxy started reading (see start)
 
     async def __aenter__(self) -> DNSProxy:
         await self.start()
@@ -128,6 +142,9 @@ class DNSProxy:
 
     async def start(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
+        # Queries that queued before this proxy started (while no agent ran: kept sockets across a
+        # restart) are served, not shed as late: keeping them is what the socket keeper is for.
+        self._started_at = time.time()
         try:
             for sock in self.listeners.udp:
                 family = sock.family
@@ -253,6 +270,13 @@ class DNSProxy:
     def _udp_readable(self, sock: socket.socket, family: int) -> None:
         recvmsg = sock.recvmsg
         max_delay = self.config.max_queue_delay
+        max_bytes = self.config.max_queue_bytes
+        now = time.time()
+        behind = (
+            max_bytes is not None
+            and now > self._started_at + self.config.timeout
+            and queued_bytes(sock) > max_bytes
+        )
         for _ in range(BATCH):
             try:
                 data, ancillary, flags, client = recvmsg(RECEIVE_SIZE, ANCILLARY_SIZE)
@@ -265,7 +289,9 @@ class DNSProxy:
             if origin is None or flags & socket.MSG_TRUNC:
                 self.stats.queries[("malformed", "dropped")] += 1
                 continue
-            late = max_delay is not None and 0.0 < arrival(ancillary) < time.time() - max_delay
+            late = behind or (
+                max_delay is not None and self._started_at < arrival(ancillary) < time.time() - max_delay
+            )
             self._udp_query(family, data, client, origin, late)
 
     def _udp_query(

@@ -38,6 +38,7 @@ IPV6_TRANSPARENT = 75
 SO_ATTACH_FILTER = 26
 SO_MARK = 36
 SO_TIMESTAMPNS = 35  # also the control message's type (SCM_TIMESTAMPNS)
+SO_MEMINFO = 55
 
 ANCILLARY_SIZE = socket.CMSG_SPACE(28) + socket.CMSG_SPACE(16)
 """Room for the original-destination control message (a ``sockaddr_in6`` at most) and the receive time."""
@@ -124,6 +125,18 @@ def stamp_arrivals(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     except OSError as exc:
         raise SocketSetupError(f"cannot ask for arrival times on the listener: {exc}") from exc
+
+
+def queued_bytes(sock: socket.socket) -> int:
+    """Memory taken by the datagrams waiting in ``sock`` (``SO_MEMINFO`` RMEM_ALLOC; -1 if unknown).
+
+    The backlog measure when the arrival time is not usable: a packet crossing network namespaces
+    (veth, the datapath's redirect) has its timestamp scrubbed, so the kernel stamps it at ``recvmsg``.
+    """
+    try:
+        return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36)[:4], "little")
+    except OSError:
+        return -1
 
 
 def arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
