@@ -37,8 +37,9 @@ def _table(report: DemoReport) -> Table:
     table.add_column("", no_wrap=True, width=4)
     last = None
     for r in report.results:
+        phase = f"{r.phase}\n[yellow](not from the seed posts)[/yellow]" if r.extra else r.phase
         table.add_row(
-            r.phase if r.phase != last else "",
+            phase if r.phase != last else "",
             r.where,
             r.command,
             r.expected,
@@ -67,7 +68,8 @@ def demo_cmd(
     output: OutputOpt = Output.table,
 ) -> None:
     """Build a lab, apply each seed policy set, run the seed documents' commands inside the pods and
-    compare what they show with what they should. Exit status 1 if any scenario fails."""
+    compare what they show with what they should; then the phases beyond the seeds (SNI, TLS
+    interception, host policies), marked as not from the seed posts. Exit status 1 if any scenario fails."""
     console = Console()
     if not console.is_terminal:  # a pipe or a file: wide enough for one line per row
         console = Console(width=max(console.width, 160))
@@ -115,10 +117,7 @@ def demo_cmd(
         for phase, note in report.notes.items():
             console.print(f"[bold]{phase}[/bold]: {note}", highlight=False)
         failed = sum(1 for r in report.results if not r.passed)
-        summary = (
-            f"{len(report.results) - failed}/{len(report.results)} passed in {report.seconds:.1f}s "
-            f"(lab up {report.up_seconds:.1f}s)"
-        )
+        summary = f"{report.summary()} in {report.seconds:.1f}s (lab up {report.up_seconds:.1f}s)"
         console.print(("[green]" if not failed else "[red]") + summary)
         if keep:
             console.print(f"lab {name} is still up: `l7gate lab down --lab {name}` removes it")

@@ -1,9 +1,12 @@
-"""What a command showed (pure): curl, dig and ping results classified into one :class:`Observation`,
-and the check of an observation against a step's :class:`~l7.demo.scenarios.Expect`.
+"""What a command showed (pure): curl, dig, ping and ``openssl s_client`` results classified into one
+:class:`Observation`, and the check of an observation against a step's :class:`~l7.demo.scenarios.Expect`.
 
 curl exit statuses: 0 (a response; use ``-i``/``-I`` so the status line is in the output), 6 (could
-not resolve the host: REFUSED/NXDOMAIN), 7 (connection refused), 28 (timed out). dig: 0 (a reply,
-``status: RCODE`` in its header), 9 (no reply). ping: 0 (a reply), 1 (none).
+not resolve the host: REFUSED/NXDOMAIN), 7 (connection refused), 28 (timed out), 35 (the TLS handshake
+failed; 56 on an ``https://`` URL: the peer closed during it), 60 (the server's certificate is not
+trusted). dig: 0 (a reply, ``status: RCODE`` in its header), 9 (no reply). ping: 0 (a reply), 1 (none).
+``openssl s_client``: not 0 without a certificate in its output = the handshake failed; otherwise its
+exit status.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class Observation:
             "timeout": "timed out",
             "unresolved": "name not resolved",
             "refused": "connection refused",
+            "handshake": "TLS handshake failed",
+            "untrusted": "certificate not trusted",
             "reply": "ping reply",
         }.get(self.outcome, f"exit {self.exit} {self.detail}".strip())
 
@@ -63,8 +68,14 @@ def classify(argv: list[str], exit: int, stdout: str, stderr: str) -> Observatio
             if status is None:
                 return Observation("error", exit, body=stdout, detail="no HTTP status line (use -i)")
             return Observation("http", exit, status=status, body=body)
-        known = {6: "unresolved", 7: "refused", 28: "timeout"}
+        known = {6: "unresolved", 7: "refused", 28: "timeout", 35: "handshake", 60: "untrusted"}
+        if exit == 56 and any(arg.startswith("https://") for arg in argv):
+            return Observation("handshake", exit, detail=detail)
         return Observation(known.get(exit, "error"), exit, detail=detail)
+    if tool == "openssl" and argv[1:2] == ["s_client"]:
+        if exit != 0 and "BEGIN CERTIFICATE" not in stdout:
+            return Observation("handshake", exit, detail=detail)
+        return Observation("exit", exit, body=stdout, detail=detail)
     if tool == "dig":
         if exit == 9:
             return Observation("timeout", exit, detail=detail)

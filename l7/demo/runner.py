@@ -1,7 +1,8 @@
 """Play a scenario file in a lab: build the lab, then per phase apply its policy set (``lab apply``:
-validated, swapped in, waited for on every node agent) and run its steps inside the pods (in parallel;
-they are independent), classify what each command showed and check it. The lab is always taken down
-at the end (also on Ctrl-C or SIGTERM, which the CLI turns into KeyboardInterrupt), unless ``keep``.
+validated, swapped in, waited for on every node agent) and run its steps inside the pods (in parallel:
+they are independent; in order for a ``sequential`` phase), classify what each command showed and check
+it. The lab is always taken down at the end (also on Ctrl-C or SIGTERM, which the CLI turns into
+KeyboardInterrupt), unless ``keep``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class StepResult:
     passed: bool
     reason: str
     seconds: float
+    extra: bool = False  # the phase is not from the seed posts
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,12 +63,29 @@ class DemoReport:
     def passed(self) -> bool:
         return bool(self.results) and all(r.passed for r in self.results)
 
+    def count(self, *, extra: bool) -> tuple[int, int]:
+        """(passed, total) of the seed scenarios (``extra=False``) or of the others."""
+        rows = [r for r in self.results if r.extra == extra]
+        return sum(1 for r in rows if r.passed), len(rows)
+
+    def summary(self) -> str:
+        """``57/57 seed scenarios + 12/12 beyond the seeds passed`` (a part without rows left out)."""
+        (seed_passed, seeds), (extra_passed, extras) = self.count(extra=False), self.count(extra=True)
+        parts = [f"{seed_passed}/{seeds} seed scenarios"] if seeds or not extras else []
+        if extras:
+            parts.append(f"{extra_passed}/{extras} beyond the seeds")
+        return " + ".join(parts) + " passed"
+
     def as_dict(self) -> dict[str, Any]:
+        seed_passed, seed_total = self.count(extra=False)
+        extra_passed, extra_total = self.count(extra=True)
         return {
             "lab": self.lab,
             "passed": self.passed,
             "total": len(self.results),
             "failed": sum(1 for r in self.results if not r.passed),
+            "seed": {"total": seed_total, "failed": seed_total - seed_passed},
+            "extra": {"total": extra_total, "failed": extra_total - extra_passed},
             "up_seconds": round(self.up_seconds, 2),
             "seconds": round(self.seconds, 2),
             "notes": self.notes,
@@ -82,8 +101,11 @@ def _first_v4(ips: list[str]) -> str | None:
 
 
 def addresses(lab: Lab) -> dict[str, str]:
-    """``ip:POD``, ``ip:NS/POD``, ``ip:WORLD`` and ``node:NODE`` → IPv4 address (for step templates)."""
+    """``ip:POD``, ``ip:NS/POD``, ``ip:WORLD`` and ``node:NODE`` → IPv4 address, ``cert:NAME`` → the
+    path of ``certs/NAME.crt`` in the lab's state (for step templates)."""
     out: dict[str, str] = {}
+    for cert in sorted((lab.state.directory / "certs").glob("*.crt")):
+        out[f"cert:{cert.stem}"] = str(cert)
     dp = lab.datapath()
     for pod in dp["pods"]:
         v4 = _first_v4(pod["ips"])
@@ -115,13 +137,16 @@ def run_step(lab: Lab, phase: Phase, step: Step, ips: dict[str, str]) -> StepRes
             False,
             f"unknown template {exc}",
             0.0,
+            phase.extra,
         )
     if step.node is not None:
         full = ["nsenter", f"--net=/run/netns/{lab.node_netns(step.node)}", *argv]
     else:
         full = lab.exec_argv(step.pod or "", argv)
     try:
-        proc = subprocess.run(full, capture_output=True, text=True, timeout=STEP_TIMEOUT, check=False)
+        proc = subprocess.run(
+            full, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=STEP_TIMEOUT, check=False
+        )
         obs = classify(argv, proc.returncode, proc.stdout, proc.stderr)
     except subprocess.TimeoutExpired:
         obs = Observation("error", -1, detail=f"no result within {STEP_TIMEOUT:.0f}s")
@@ -137,6 +162,7 @@ def run_step(lab: Lab, phase: Phase, step: Step, ips: dict[str, str]) -> StepRes
         passed=ok,
         reason=why,
         seconds=round(time.monotonic() - t0, 3),
+        extra=phase.extra,
     )
 
 
@@ -190,7 +216,10 @@ def run_demo(
                 progress(f"{phase.name}: applying {names}")
                 apply_phase(lab, scenarios, phase)
                 progress(f"{phase.name}: running {len(steps)} command(s)")
-                results = list(pool.map(lambda s, p=phase: run_step(lab, p, s, ips), steps))
+                if phase.sequential:
+                    results = [run_step(lab, phase, s, ips) for s in steps]
+                else:
+                    results = list(pool.map(lambda s, p=phase: run_step(lab, p, s, ips), steps))
                 for result in results:
                     report.results.append(result)
                     if on_result is not None:

@@ -3,6 +3,7 @@ each must show. Pure data, validated with field paths (all problems at once)::
 
     topology: ../../deploy/lab/demo.yaml        # relative to the scenario file
     policies: ../../deploy/examples/seeds        # where ``phases[].policies`` are looked up
+    extra_policies: ../../deploy/examples/beyond-seeds   # ... for phases with ``extra: true``
     phases:
       - name: "002 L7: GET /public from env=prod"
         source: "seed 002 line 796"
@@ -12,9 +13,18 @@ each must show. Pure data, validated with field paths (all problems at once)::
           - pod: client-prod                          # or node: k8s-ctr (runs in the node namespace)
             run: curl -si -m 2 service-svc/private
             expect: {outcome: http, status: 403, body: Access denied}
+      - name: "beyond the seeds: TLS interception"
+        extra: true        # not from the seed posts: marked in the table, counted apart in the summary
+        policies: [tls-interception.yaml]
+        steps:
+          - pod: inspector
+            run: curl -si -m 3 --cacert {cert:lab-ca} https://api.example.com/public
+            expect: {outcome: http, status: 200, body: Hello from example-api}
 
-In ``run``, ``{ip:NAME}`` is the first IPv4 address of a pod or world host and ``{node:NAME}`` the
-uplink IPv4 address of a node.
+In ``run``, ``{ip:NAME}`` is the first IPv4 address of a pod or world host, ``{node:NAME}`` the
+uplink IPv4 address of a node and ``{cert:NAME}`` the path of a lab certificate (``certs/NAME.crt`` in
+the lab's state: a TLS server's self-signed certificate, or ``lab-ca``, the CA of the topology's
+``issue`` secrets).
 """
 
 from __future__ import annotations
@@ -22,16 +32,18 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from l7.errors import L7GateError
 
-Outcome = Literal["http", "timeout", "unresolved", "refused", "dns", "reply", "exit"]
-OUTCOMES: tuple[str, ...] = ("http", "timeout", "unresolved", "refused", "dns", "reply", "exit")
-TEMPLATE = re.compile(r"\{(ip|node):([A-Za-z0-9._/-]+)\}")
+Outcome = Literal[
+    "http", "timeout", "unresolved", "refused", "handshake", "untrusted", "dns", "reply", "exit"
+]
+OUTCOMES: tuple[str, ...] = get_args(Outcome)
+TEMPLATE = re.compile(r"\{(ip|node|cert):([A-Za-z0-9._/-]+)\}")
 
 
 class ScenarioError(L7GateError):
@@ -89,6 +101,8 @@ class Expect(_Model):
             "timeout": "timed out",
             "unresolved": "name not resolved",
             "refused": "connection refused",
+            "handshake": "TLS handshake failed",
+            "untrusted": "certificate not trusted",
             "reply": "ping reply",
         }[self.outcome]
 
@@ -116,8 +130,8 @@ class Step(_Model):
         return self.pod if self.pod is not None else f"node {self.node}"
 
     def argv(self, ips: dict[str, str]) -> list[str]:
-        """The command line with its ``{ip:NAME}``/``{node:NAME}`` templates filled in from ``ips``
-        (keys ``ip:NAME`` and ``node:NAME``)."""
+        """The command line with its ``{ip:NAME}``/``{node:NAME}``/``{cert:NAME}`` templates filled in
+        from ``ips`` (keys ``ip:NAME``, ``node:NAME`` and ``cert:NAME``)."""
 
         def fill(m: re.Match[str]) -> str:
             key = f"{m.group(1)}:{m.group(2)}"
@@ -132,6 +146,8 @@ class Phase(_Model):
     name: str = Field(min_length=1)
     source: str = ""
     note: str = ""
+    extra: bool = False  # not from the seed posts: policies from ``extra_policies``, marked as such
+    sequential: bool = False  # run the steps in order (a step needs an earlier one's DNS answer)
     policies: list[str] = Field(default_factory=list)
     steps: list[Step] = Field(min_length=1)
 
@@ -139,6 +155,7 @@ class Phase(_Model):
 class ScenarioFile(_Model):
     topology: str
     policies: str
+    extra_policies: str | None = None
     phases: list[Phase] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -147,6 +164,8 @@ class ScenarioFile(_Model):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"duplicate phase names: {', '.join(dup)}")
+        if self.extra_policies is None and any(p.extra and p.policies for p in self.phases):
+            raise ValueError("phases with 'extra: true' and policies need 'extra_policies'")
         return self
 
 
@@ -157,13 +176,15 @@ class Scenarios:
         self.model = model
         self.topology = (base / model.topology).resolve()
         self.policy_dir = (base / model.policies).resolve()
+        self.extra_dir = (base / model.extra_policies).resolve() if model.extra_policies else None
 
     @property
     def phases(self) -> list[Phase]:
         return self.model.phases
 
     def policy_paths(self, phase: Phase) -> list[Path]:
-        return [self.policy_dir / name for name in phase.policies]
+        directory = self.extra_dir if phase.extra and self.extra_dir is not None else self.policy_dir
+        return [directory / name for name in phase.policies]
 
     def select(self, pattern: str | None) -> list[tuple[Phase, list[Step]]]:
         """The phases and steps whose ``phase name`` or ``pod/node + command`` match ``pattern``

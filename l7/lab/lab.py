@@ -19,6 +19,7 @@ from l7.lab.addressing import Plan, PodPlan
 from l7.lab.errors import LabError, NotFoundError
 from l7.lab.layout import datapath
 from l7.lab.procs import lab_env
+from l7.lab.secrets import write_secrets
 from l7.lab.servers import SERVE
 from l7.lab.state import DEFAULT_LAB, LabState, check_name, free_index, lab_dir, labs_lock, load_state
 from l7.lab.topology import Pod, Server, Topology, load_topology
@@ -195,6 +196,16 @@ class Lab:
             wp = plan.world(host.name)
             if host.servers:
                 probes += self._start_servers(host.servers, host.name, wp.netns, wp.ips, host.names)
+        for lab_node in topo.nodes:
+            node_plan = plan.node(lab_node.name)
+            if lab_node.servers:
+                probes += self._start_servers(
+                    lab_node.servers, lab_node.name, node_plan.netns, node_plan.ips, [lab_node.name]
+                )
+        if topo.secrets:
+            secrets_dir = agents.agent_dir(state) / "secrets"
+            written = write_secrets(topo.secrets, state.directory / "certs", secrets_dir)
+            state.files += [str(p) for p in written]
 
         progress(f"waiting for {len(probes)} servers to answer")
         ready.wait_all(probes, ready_timeout)

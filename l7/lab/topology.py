@@ -119,8 +119,12 @@ class Server(_Model):
 
 
 class Node(_Model):
+    """A node. ``servers`` run in the node's namespace on all its addresses (uplink and router IPs):
+    something for pods and the world to reach on the node, e.g. under a host policy."""
+
     name: str
     labels: dict[str, str] = Field(default_factory=dict)
+    servers: list[Server] = Field(default_factory=list)
 
     _name = field_validator("name")(_dns_label)
 
@@ -250,6 +254,37 @@ class WorldHost(_Model):
         return out
 
 
+class LabSecret(_Model):
+    """A TLS Secret the lab writes at ``lab up`` into the agents' secrets directory
+    (``agent/secrets/<namespace>/<name>/``, the Secret's keys as files), for ``terminatingTLS`` and
+    ``originatingTLS``. Exactly one of:
+
+    - ``issue``: ``tls.crt``/``tls.key`` for these DNS names, signed by the lab's test CA
+      (``certs/lab-ca.crt``: what a pod passes to ``curl --cacert``);
+    - ``trust``: ``ca.crt`` = the certificate of this pod's, world host's or node's TLS servers.
+    """
+
+    name: str
+    namespace: str = "default"
+    issue: list[str] | None = None
+    trust: str | None = None
+
+    _names = field_validator("name", "namespace")(_dns_label)
+
+    @field_validator("issue")
+    @classmethod
+    def _issue_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("give at least one DNS name")
+        return None if value is None else [_fqdn(v) for v in value]
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> LabSecret:
+        if (self.issue is None) == (self.trust is None):
+            raise ValueError("give exactly one of: issue, trust")
+        return self
+
+
 class Topology(_Model):
     """A lab: Kubernetes-like nodes and pods as network namespaces, a DNS pod, and world hosts."""
 
@@ -260,6 +295,7 @@ class Topology(_Model):
     services: list[Service] = Field(default_factory=list)
     dns: Dns = Field(default_factory=Dns)
     world: list[WorldHost] = Field(default_factory=list)
+    secrets: list[LabSecret] = Field(default_factory=list)
 
     def node_of(self, pod: Pod) -> str:
         return pod.node if pod.node is not None else self.nodes[0].name
@@ -300,6 +336,11 @@ def _cross_check(topo: Topology) -> list[TopologyIssue]:
     for i, name in enumerate(nodes):
         if name in nodes[:i]:
             issues.append(TopologyIssue(f"nodes[{i}].name", f"duplicate node {name!r}"))
+    for i, node in enumerate(topo.nodes):
+        ports = [s.effective_port for s in node.servers]
+        for j, port in enumerate(ports):
+            if port in ports[:j]:
+                issues.append(TopologyIssue(f"nodes[{i}].servers[{j}].port", f"port {port} is used twice"))
     if len(topo.nodes) > 40:
         issues.append(TopologyIssue("nodes", "at most 40 nodes"))
     if topo.dns.node is not None and topo.dns.node not in nodes:
@@ -353,6 +394,26 @@ def _cross_check(topo: Topology) -> list[TopologyIssue]:
         names[rec.name] = f"dns.records[{i}]"
         if rec.name.endswith("cluster.local"):
             issues.append(TopologyIssue(f"dns.records[{i}].name", "cluster.local names come from pods"))
+    issues += _check_secrets(topo)
+    return issues
+
+
+def _check_secrets(topo: Topology) -> list[TopologyIssue]:
+    tls_owners = {p.name for p in topo.pods if p.server is not None and p.server.uses_tls}
+    owners: list[WorldHost | Node] = [*topo.world, *topo.nodes]
+    tls_owners |= {owner.name for owner in owners if any(s.uses_tls for s in owner.servers)}
+    issues: list[TopologyIssue] = []
+    keys: list[str] = []
+    for i, secret in enumerate(topo.secrets):
+        key = f"{secret.namespace}/{secret.name}"
+        if key in keys:
+            issues.append(TopologyIssue(f"secrets[{i}].name", f"duplicate secret {key!r}"))
+        keys.append(key)
+        if secret.issue is not None and "lab-ca" in tls_owners:
+            issues.append(TopologyIssue(f"secrets[{i}].issue", "a TLS server is named 'lab-ca' (the CA)"))
+        if secret.trust is not None and secret.trust not in tls_owners:
+            what = f"no pod, world host or node named {secret.trust!r} serves TLS"
+            issues.append(TopologyIssue(f"secrets[{i}].trust", what))
     return issues
 
 

@@ -1,5 +1,5 @@
-"""``l7gate demo`` for real: builds its lab, plays every seed scenario, exits 0 with every row passed,
-and leaves no lab behind."""
+"""``l7gate demo`` for real: builds its lab, plays every seed scenario and the phases beyond the seeds
+(SNI, TLS interception, host policy), exits 0 with every row passed, and leaves no lab behind."""
 
 from __future__ import annotations
 
@@ -45,7 +45,11 @@ def test_demo_passes_every_seed_scenario() -> None:
     failed = [r for r in report["results"] if not r["passed"]]
     assert failed == [], json.dumps(failed, indent=1)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    expected_rows = sum(len(phase.steps) for phase in load_scenarios(DEFAULT_SCENARIOS).phases)
-    assert report["total"] == expected_rows and report["passed"] is True
+    phases = load_scenarios(DEFAULT_SCENARIOS).phases
+    extra_rows = sum(len(phase.steps) for phase in phases if phase.extra)
+    assert report["seed"] == {"total": 57, "failed": 0}, "all 57 seed scenarios are played"
+    assert report["extra"] == {"total": extra_rows, "failed": 0} and extra_rows > 0
+    assert report["total"] == 57 + extra_rows and report["passed"] is True
+    assert {r["phase"] for r in report["results"] if r["extra"]} == {p.name for p in phases if p.extra}
     assert NAME not in list_labs()
     assert not any(ns.startswith(f"l7g-{NAME}-") for ns in os.listdir("/run/netns"))
