@@ -33,6 +33,5 @@ lint: setup
 # made with mmdebstrap, `buildah bud`, a smoke test of each image, OCI archives in build/images/, then
 # the archives checked in a container storage of their own (tests/images/built/).
 images: setup
-	@bash deploy/images/setup.sh
 	@bash deploy/images/build.sh
 	@$(PY) -m pytest -p no:cacheprovider tests/images/built

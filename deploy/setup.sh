@@ -20,6 +20,7 @@ packages=(
   iproute2 nftables curl bind9-dnsutils dnsmasq-base ncat openssl
   iperf3 dnsperf dnsdist wrk procps psmisc iputils-ping
   prometheus
+  mmdebstrap podman buildah
 )
 missing=()
 for p in "${packages[@]}"; do

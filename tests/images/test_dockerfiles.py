@@ -16,6 +16,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,3 +123,12 @@ def test_the_manifests_name_the_built_images() -> None:
     assert images == {built["agent"].removeprefix("localhost/"), built["envoy"].removeprefix("localhost/")}
     assert built["version"] == pyproject()["project"]["version"]  # type: ignore[index]
     assert built["agent_archive"] == f"agent-{built['version']}.oci.tar"
+
+
+def test_make_images_checks_the_archives_and_make_test_does_not(pytestconfig: pytest.Config) -> None:
+    assert "tests/images/built" in pytestconfig.getini("norecursedirs")
+    makefile = (REPO / "Makefile").read_text()
+    recipe = makefile[makefile.index("\nimages:") :].split("\n\n")[0]
+    assert "deploy/images/build.sh" in recipe
+    assert "pytest -p no:cacheprovider tests/images/built" in recipe
+    assert list((REPO / "tests" / "images" / "built").glob("test_*.py"))

@@ -50,17 +50,19 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     try:
         yield env
     finally:
-        for command in (["buildah", "rm", "--all"], ["buildah", "rmi", "--all", "--force"]):
-            subprocess.run(command, env=env, capture_output=True, check=False, timeout=TIMEOUT)
-        left = subprocess.run(
-            ["buildah", "containers", "--all", "--quiet"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        buildah(env, "rm", "--all", check=False)
+        buildah(env, "rmi", "--all", "--force", check=False)
+        left = buildah(env, "containers", "--all", "--quiet", check=False)
         shutil.rmtree(root)
-        assert left.stdout.strip() == "", f"buildah containers left: {left.stdout}"
+        assert left == "", f"buildah containers left: {left}"
+
+
+def buildah(env: dict[str, str], *args: str, check: bool = True) -> str:
+    """``buildah ARGS`` in the storage ``env`` names; its standard output, stripped."""
+    done = subprocess.run(
+        ["buildah", *args], env=env, capture_output=True, text=True, timeout=TIMEOUT, check=check
+    )
+    return done.stdout.strip()
 
 
 def smoke(env: dict[str, str], kind: str, image: str) -> subprocess.CompletedProcess[str]:
@@ -103,23 +105,18 @@ def test_the_smoke_test_refuses_the_wrong_image(storage: dict[str, str]) -> None
 
 def test_the_smoke_test_refuses_an_agent_image_with_envoy(storage: dict[str, str]) -> None:
     """The agent image with one file named ``envoy`` added: the smoke test names it."""
-
-    def buildah(*args: str) -> str:
-        done = subprocess.run(
-            ["buildah", *args], env=storage, capture_output=True, text=True, timeout=TIMEOUT, check=True
-        )
-        return done.stdout.strip()
-
-    ctr = buildah("from", "--quiet", archive("agent"))
+    ctr = buildah(storage, "from", "--quiet", archive("agent"))
     try:
-        buildah("run", "--isolation", "chroot", ctr, "--", "sh", "-c", "echo x >/usr/local/bin/envoy")
-        buildah("commit", "--quiet", ctr, "localhost/l7gate/agent-with-envoy:test")
+        buildah(
+            storage, "run", "--isolation", "chroot", ctr, "--", "sh", "-c", "echo x >/usr/local/bin/envoy"
+        )
+        buildah(storage, "commit", "--quiet", ctr, "localhost/l7gate/agent-with-envoy:test")
     finally:
-        buildah("rm", ctr)
+        buildah(storage, "rm", ctr)
     try:
         done = smoke(storage, "agent", "localhost/l7gate/agent-with-envoy:test")
     finally:
-        buildah("rmi", "localhost/l7gate/agent-with-envoy:test")
+        buildah(storage, "rmi", "localhost/l7gate/agent-with-envoy:test")
     assert done.returncode != 0
     assert "carries Envoy: /usr/local/bin/envoy" in done.stderr
 
@@ -127,14 +124,6 @@ def test_the_smoke_test_refuses_an_agent_image_with_envoy(storage: dict[str, str
 def test_each_archive_is_loaded_from_its_own_layers(storage: dict[str, str]) -> None:
     """Pulled from the archives alone, the storage holds both images by the names ``make images`` gave."""
     for kind in ("agent", "envoy"):
-        subprocess.run(
-            ["buildah", "pull", "--quiet", archive(kind)], env=storage, capture_output=True, check=True
-        )
-    listed = subprocess.run(
-        ["buildah", "images", "--format", "{{.Name}}:{{.Tag}}"],
-        env=storage,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+        buildah(storage, "pull", "--quiet", archive(kind))
+    listed = buildah(storage, "images", "--format", "{{.Name}}:{{.Tag}}").split()
     assert sorted(listed) == sorted(f"localhost/l7gate/{k}:{version()}" for k in ("agent", "envoy"))
