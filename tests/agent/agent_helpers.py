@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 from bpf.maps import DeviceKind, EndpointFlags, EndpointValue, IpcacheValue, endpoint_value
 from bpf.policy_entries import PolicyDecision, PolicyEntryKey, PolicyEntryValue, policy_entries
+from l7.agent.node import AgentConfig
+from l7.endpoints import EndpointsFile
 from l7.plan import IPNetwork
 from tests.unit.resolve.resolve_helpers import ENDPOINTS, REPO, SEEDS, policies, seed_002, seeds
 
@@ -35,9 +38,27 @@ __all__ = [
     "FakeDatapath",
     "policies",
     "seed_002",
+    "seed_002_agent_config",
     "seeds",
     "wait_for",
 ]
+
+
+def seed_002_agent_config(tmp_path: Path, policies: Path, **settings: Any) -> AgentConfig:
+    """Node ``k8s-w1`` of the seed-002 endpoints with ``default/service-pod`` on ``lo`` (ifindex 1)."""
+
+    def interfaces(_file: EndpointsFile) -> dict[str, str]:
+        return {"default/service-pod": "lo"}
+
+    return AgentConfig(
+        node="k8s-w1",
+        policies=policies,
+        endpoints=SEED_002_ENDPOINTS,
+        state_dir=tmp_path / "state",
+        datapath_name="test",
+        interfaces=interfaces,
+        **settings,
+    )
 
 
 class FakeDatapath:

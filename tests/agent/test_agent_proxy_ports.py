@@ -29,15 +29,14 @@ import pytest
 
 from bpf.maps import Action
 from l7.agent.envoy_files import EnvoyRecord, listening_ports
-from l7.agent.node import Agent, AgentConfig
+from l7.agent.node import Agent
 from l7.agent.services import AppliedView, ServiceHost
-from l7.endpoints import EndpointsFile
 from l7.lab import Lab, down
 from l7.lab import agents as agent_lab
 from l7.lab.topology import parse_topology
 from l7.plan.datapath import NODE_SERVICE_PORTS, PROXY_PORT_MAX, PROXY_PORT_MIN
 from tests.agent import fqdn_helpers as fh
-from tests.agent.agent_helpers import SEED_002_ENDPOINTS, SEEDS, FakeDatapath
+from tests.agent.agent_helpers import SEEDS, FakeDatapath, seed_002_agent_config
 from tests.agent.test_agent_http import envoy_records
 from tests.datapath import netlab
 
@@ -263,17 +262,7 @@ def test_agent_protects_before_prepare_and_releases_after_commit(tmp_path: Path)
     dp.proxy.add(stale)
     recorder = RecordingService(dp)
 
-    def interfaces(_file: EndpointsFile) -> dict[str, str]:
-        return {"default/service-pod": "lo"}
-
-    cfg = AgentConfig(
-        node="k8s-w1",
-        policies=policies,
-        endpoints=SEED_002_ENDPOINTS,
-        state_dir=tmp_path / "state",
-        datapath_name="test",
-        interfaces=interfaces,
-    )
+    cfg = seed_002_agent_config(tmp_path, policies)
     agent = Agent(cfg, open_datapath=lambda _name: dp, services=[recorder])
     agent.start()
     try:

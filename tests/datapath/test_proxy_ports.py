@@ -55,13 +55,18 @@ def proxy(lab: Lab) -> Iterator[TransparentProxy]:
         p.close()
 
 
-@pytest.fixture
-def node_echo(lab: Lab) -> Iterator[netlab.EchoServer]:
-    s = netlab.EchoServer(lab.topo.node, (OUTSIDE_PORT,), (OUTSIDE_PORT,))
+def node_service(lab: Lab, port: int) -> Iterator[netlab.EchoServer]:
+    """A TCP and UDP echo service of the node (wildcard address) on ``port``."""
+    s = netlab.EchoServer(lab.topo.node, (port,), (port,))
     try:
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture
+def node_echo(lab: Lab) -> Iterator[netlab.EchoServer]:
+    yield from node_service(lab, OUTSIDE_PORT)
 
 
 def direct_targets(lab: Lab) -> list[tuple[str, str]]:
@@ -189,11 +194,7 @@ def test_redirected_flows_still_reach_the_proxy(lab: Lab, proxy: TransparentProx
 
 @pytest.fixture
 def kubelet(lab: Lab) -> Iterator[netlab.EchoServer]:
-    s = netlab.EchoServer(lab.topo.node, (KUBELET_PORT,), (KUBELET_PORT,))
-    try:
-        yield s
-    finally:
-        s.close()
+    yield from node_service(lab, KUBELET_PORT)
 
 
 def test_node_service_in_the_range_reachable_while_the_proxy_port_is_not(

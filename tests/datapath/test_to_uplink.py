@@ -26,9 +26,10 @@ from bpf.maps import (
     Event,
 )
 from bpf.policy_entries import PolicyDecision
-from bpf.reasons import DropReason, EventType, Hook
+from bpf.reasons import DropReason, Hook
 from tests.datapath import netlab
 from tests.datapath.conftest import Lab
+from tests.datapath.test_proxy_ports import drop_event
 
 pytestmark = pytest.mark.root
 
@@ -59,17 +60,7 @@ def world_ips(lab: Lab) -> tuple[str, str]:
 
 
 def to_uplink_drop(lab: Lab, proto: int, port: int) -> Event:
-    ev = lab.wait_event(
-        lambda e: (
-            isinstance(e, Event)
-            and e.type == EventType.DROP
-            and e.hook == Hook.TO_UPLINK
-            and e.proto == proto
-            and e.dport == port
-        )
-    )
-    assert isinstance(ev, Event)
-    return ev
+    return drop_event(lab, proto, port, Hook.TO_UPLINK)
 
 
 def test_no_host_endpoint_no_enforcement(lab: Lab) -> None:
