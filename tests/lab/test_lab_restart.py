@@ -52,7 +52,8 @@ LOAD = r"""
 import asyncio, json, os, random, socket, struct, sys, time
 server, rate, stop, progress = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
 qname = b"".join(bytes([len(p)]) + p.encode() for p in "api.github.com".split(".")) + b"\0"
-out = {"sent": 0, "ok": 0, "retried": 0, "failed": [], "conn_ok": 0, "conn_failed": [], "slowest_ms": 0.0}
+out = {"sent": 0, "ok": 0, "retried": 0, "retried_at": [], "failed": [], "conn_ok": 0, "conn_failed": []}
+out["slowest_ms"] = 0.0
 
 def answer_ip(data, qid):
     if len(data) < 12 or data[:2] != qid:
@@ -95,6 +96,7 @@ async def one(loop):
                 if attempt == 2:
                     raise
                 out["retried"] += 1
+                out["retried_at"].append(round(t0, 2))
     except Exception as exc:
         out["failed"].append(repr(exc))
         return
@@ -212,7 +214,9 @@ def test_restart_and_kill_lose_no_query_and_no_connection(lab_up: tuple[Lab, str
     try:
         _wait("the load flowing", lambda: answered() > RATE)
         for flag in ((), ("--kill",)):
+            began = time.monotonic()
             done = l7gate("lab", "restart-agent", "--lab", NAME, NODE, *flag)
+            restarts.append(f"[{began:.2f} .. {time.monotonic():.2f}]")
             assert done.returncode == 0, done.stdout + done.stderr
             assert f"agent of {NODE} restarted" in done.stdout, done.stdout
             restarts.append(" ".join(done.stdout.split()))
@@ -228,7 +232,8 @@ def test_restart_and_kill_lose_no_query_and_no_connection(lab_up: tuple[Lab, str
     assert load.returncode == 0, err
     got: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     rate = got["sent"] / got["seconds"]
-    print(f"restarts: {restarts}; failures: {sorted(set(got['failed']))[:5]}")
+    failures = sorted(set(got["failed"]))[:5]
+    print(f"restarts (monotonic clock): {restarts}; failures: {failures}; retried at {got['retried_at']}")
     print(
         f"DNS load through a graceful restart and a kill: {got['sent']} queries in {got['seconds']}s "
         f"({rate:.0f}/s), {got['ok']} answered ({got['retried']} on the 2nd attempt), "
