@@ -352,8 +352,13 @@ def test_audit_mode_forwards_names_no_rule_allows(lab: Lab, tmp_path: Path) -> N
         set_audit(True)
         rc, out = dig(lab, "demo/demo-app", "+short", "github.com")
         assert rc == 0 and answers(out) == [world(lab, "github")], out
-        log = (lab.state.directory / "agent" / f"flows-{NODE}-dns.jsonl").read_text().splitlines()
-        mine = [json.loads(x) for x in log if '"github.com"' in x and "demo/demo-app" in x]
+        flows = lab.state.directory / "agent" / f"flows-{NODE}-dns.jsonl"
+        mine: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 5  # the DNS flow records are written in batches (every 50 ms)
+        while not mine and time.monotonic() < deadline:
+            log = flows.read_text().splitlines() if flows.exists() else []
+            mine = [json.loads(x) for x in log if '"github.com"' in x and "demo/demo-app" in x]
+            time.sleep(0.05)
         assert mine and mine[-1]["verdict"] == "audit", mine[-1:]
         set_audit(False)
         rc, out = dig(lab, "demo/demo-app", "github.com")
