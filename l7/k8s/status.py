@@ -143,6 +143,9 @@ def desired_status(
         failures.append({"node": node, "message": message or (mine or {}).get("message") or "failed"})
     failures.sort(key=lambda f: str(f["node"]))
     enforcing, failing = max(enforcing, 0), max(failing, len(failures))
+    if known_nodes is not None:  # a count never exceeds the cluster (a write whose answer was lost)
+        failing = min(failing, len(known_nodes))
+        enforcing = min(enforcing, len(known_nodes) - failing)
     previous: Sequence[Mapping[str, Any]] = current.get("conditions") or []
     valid_message = "; ".join(str(e) for e in errors) if errors else "the policy is valid"
     enforced = (

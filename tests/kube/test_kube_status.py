@@ -150,6 +150,14 @@ def test_many_nodes_exact_counts_and_a_bounded_status() -> None:
     assert (status["enforcingNodes"], status["failingNodes"], status["failures"]) == (500, 0, [])
 
 
+def test_counts_never_exceed_the_cluster() -> None:
+    """A node whose write went through but whose answer was lost counts itself again: bounded."""
+    status, _ = step(None, "n1", True, None, known={"n1", "n2"})
+    status, _ = step(status, "n2", True, None, known={"n1", "n2"})
+    again, _ = step(status, "n1", True, None, known={"n1", "n2"})
+    assert again["enforcingNodes"] == 2
+
+
 def test_an_older_per_node_map_is_removed() -> None:
     desired, _ = step(None, "n1", True, None)
     legacy = {**desired, "nodes": {"n1": {"enforced": True}}}
