@@ -76,7 +76,7 @@ class ControllerConfig:
     backoff: tuple[float, float] = (0.2, 10.0)
     secret_refresh: float = 30.0  # referenced secrets are read again this often (they are not watched)
     secrets_dir: Path | None = None  # the agent's secrets directory (default: <directory>/secrets)
-    secrets_namespace: str = k8s_secrets.DEFAULT_SECRETS_NAMESPACE  # the only one TLS secrets are read from
+    secrets_namespace: str = k8s_secrets.DEFAULT_SECRETS_NAMESPACE  # the only one Secrets are read from
 
     @property
     def policies(self) -> Path:
@@ -250,8 +250,9 @@ class Controller:
         return out
 
     def _with_tls_errors(self, t: Translated, obj: Mapping[str, Any]) -> Translated:
-        """A TLS secret reference outside the secrets namespace makes the policy invalid (field path)."""
-        errors = k8s_secrets.tls_ref_errors(k8s_secrets.tls_refs(obj), self.cfg.secrets_namespace)
+        """A secret reference outside the secrets namespace makes the policy invalid (field path)."""
+        refs = k8s_secrets.header_refs(obj) + k8s_secrets.tls_refs(obj)
+        errors = k8s_secrets.ref_errors(refs, self.cfg.secrets_namespace)
         if not errors:
             return t
         extra = tuple(FieldError(path, message) for path, message in errors)
@@ -275,7 +276,7 @@ class Controller:
         refs = {ref for _, _, t in translated.values() for ref in t.secrets}
         valid = [obj for _, obj, t in translated.values() if t.text is not None]
         tls_refs = [ref for obj in valid for ref in k8s_secrets.tls_refs(obj)]
-        wanted = {k8s_secrets.lookup(ref) for ref in refs}
+        wanted = {(self.cfg.secrets_namespace, name) for _, name in refs}
         wanted |= {(self.cfg.secrets_namespace, name) for _, _, name in tls_refs}
         stale = self.clock() - self._secrets_read_at > self.cfg.secret_refresh
         missing = wanted - set(self._secrets)
@@ -290,7 +291,7 @@ class Controller:
         self._secrets = {k: v for k, v in self._secrets.items() if k in wanted}
         output.write_secrets(
             self.cfg.secrets,
-            k8s_secrets.secret_values(refs, self._secrets),
+            k8s_secrets.secret_values(refs, self._secrets, self.cfg.secrets_namespace),
             k8s_secrets.tls_values(tls_refs, self.cfg.secrets_namespace, self._secrets),
         )
 

@@ -371,48 +371,62 @@ def test_cilium_flag_without_cilium_crds_installed(server: FakeAPIServer, tmp_pa
         assert list(policy_files(cfg)) == ["L7NetworkPolicy/shop/ours.yaml"]
 
 
+def _keyed_spec(*header_matches: dict[str, Any]) -> dict[str, Any]:
+    rules = [{"headerMatches": [match]} for match in header_matches]
+    port = {"ports": [{"port": "80", "protocol": "TCP"}], "rules": {"http": rules}}
+    return {"endpointSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"toPorts": [port]}]}
+
+
 def test_secrets_referenced_by_header_matches(server: FakeAPIServer, tmp_path: Path) -> None:
-    """Only referenced secrets are read (GET, never a list), their single value goes to secrets.json."""
+    """Only referenced secrets are read (GET, never a list), and only in the secrets namespace; their
+    single value is written where the agent looks the reference up."""
     seed_cluster(server)
     key = base64.b64encode(b"s3cret").decode()
-    server.create("secrets", {"metadata": {"name": "api-key", "namespace": "shop"}, "data": {"key": key}})
-    server.create("secrets", {"metadata": {"name": "unrelated", "namespace": "shop"}, "data": {"k": key}})
-    spec = {
-        "endpointSelector": {"matchLabels": {"app": "web"}},
-        "ingress": [
-            {
-                "toPorts": [
-                    {
-                        "ports": [{"port": "80", "protocol": "TCP"}],
-                        "rules": {
-                            "http": [
-                                {
-                                    "headerMatches": [
-                                        {"name": "X-Key", "secret": {"namespace": "shop", "name": "api-key"}}
-                                    ]
-                                },
-                                {"headerMatches": [{"name": "X-Other", "secret": {"name": "missing"}}]},
-                            ]
-                        },
-                    }
-                ]
-            }
-        ],
-    }
+    secret = {"metadata": {"name": "api-key", "namespace": "l7gate-secrets"}, "data": {"key": key}}
+    server.create("secrets", secret)
+    server.create("secrets", {"metadata": {"name": "api-key", "namespace": "shop"}, "data": {"k": key}})
+    spec = _keyed_spec(
+        {"name": "X-Key", "secret": {"namespace": "l7gate-secrets", "name": "api-key"}},
+        {"name": "X-Same", "secret": {"name": "api-key"}},
+        {"name": "X-Other", "secret": {"name": "missing"}},
+    )
     cfg = controller_config(tmp_path, "n1")
     with running_controller(server, cfg):
         server.create("l7networkpolicies", l7np("keyed", "shop", spec))
-        path = cfg.secrets / "shop" / "api-key"
+        path = cfg.secrets / "l7gate-secrets" / "api-key"
         wait_for("the secret file", path.exists)
-        assert load_secrets(cfg.secrets) == {("shop", "api-key"): "s3cret"}  # as the Envoy service reads it
+        wait_for("both lookups written", lambda: len(load_secrets(cfg.secrets)) == 2)
+        # as the Envoy service reads them: under the namespace as written, or default without one
+        assert load_secrets(cfg.secrets) == {
+            ("l7gate-secrets", "api-key"): "s3cret",
+            ("default", "api-key"): "s3cret",
+        }
         assert path.stat().st_mode & 0o777 == 0o600
         # no longer referenced: removed
         server.delete("l7networkpolicies", "keyed", "shop")
         wait_for("the secret file removed", lambda: not path.exists())
-    gets = [p for m, p, _ in server.requests if m == "GET"]
-    assert any(p.endswith("/namespaces/shop/secrets/api-key") for p in gets)
-    assert any(p.endswith("/namespaces/default/secrets/missing") for p in gets)
+    gets = [p for m, p, _ in server.requests if m == "GET" and "/secrets/" in p]
+    assert gets and all("/namespaces/l7gate-secrets/secrets/" in p for p in gets)
+    assert any(p.endswith("/namespaces/l7gate-secrets/secrets/missing") for p in gets)
     assert not [p for m, p, _ in server.requests if m in ("LIST", "WATCH") and "secrets" in p]
+
+
+def test_header_secret_in_another_namespace_is_a_policy_error(server: FakeAPIServer, tmp_path: Path) -> None:
+    """RBAC lets the agent read Secrets only in the secrets namespace: a reference elsewhere is refused
+    with its field path (never read, never silently unmatched)."""
+    seed_cluster(server)
+    spec = _keyed_spec({"name": "X-Key", "secret": {"namespace": "shop", "name": "api-key"}})
+    cfg = controller_config(tmp_path, "n1")
+    with running_controller(server, cfg):
+        server.create("l7networkpolicies", l7np("keyed", "shop", spec))
+        wait_for(
+            "the error in status",
+            lambda: (server.get("l7networkpolicies", "keyed", "shop").get("status") or {}).get("errors"),
+        )
+        errors = server.get("l7networkpolicies", "keyed", "shop")["status"]["errors"]
+    paths = {e["path"] for e in errors}
+    assert "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].secret.namespace" in paths
+    assert not [p for m, p, _ in server.requests if "/secrets/" in p]
 
 
 def test_services_without_selector_get_endpointslice_backends(server: FakeAPIServer, tmp_path: Path) -> None:

@@ -194,10 +194,10 @@ def test_k8s_secrets_namespace_and_directories(tmp_path: Path) -> None:
         ("spec.egress[0].toPorts[0].terminatingTLS.secret", None, "srv"),
         ("spec.egress[1].toPorts[1].originatingTLS.secret", "other", "ca"),
     ]
-    assert k8s_secrets.tls_ref_errors(refs, "l7gate-secrets") == [
+    assert k8s_secrets.ref_errors(refs, "l7gate-secrets") == [
         (
             "spec.egress[1].toPorts[1].originatingTLS.secret.namespace",
-            "TLS secrets are read only from the secrets namespace 'l7gate-secrets', not 'other'",
+            "secrets are read only from the secrets namespace 'l7gate-secrets', not 'other'",
         )
     ]
     data = {k: base64.b64encode(v.encode()).decode() for k, v in {"tls.crt": "C", "tls.key": "K"}.items()}
