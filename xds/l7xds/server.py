@@ -53,6 +53,7 @@ class XdsServer:
         self.address = ""
         self.streams = 0
         self._server: Any = None
+        self._queues: set[asyncio.Queue[object]] = set()  # one per open stream
 
     async def start(self, listen: str) -> str:
         """Start serving on ``listen`` (``unix:/path`` or ``host:port``); return the bound address."""
@@ -88,8 +89,13 @@ class XdsServer:
         return self.address
 
     async def stop(self, grace: float | None = 0.5) -> None:
+        """End every open stream (each handler returns: the RPC ends with OK and Envoy reconnects, to
+        the next agent), then the server. A handler still running when grpc's grace ends is cancelled,
+        which grpc logs as an unhandled CancelledError."""
         if self._server is not None:
             server, self._server = self._server, None
+            for queue in self._queues:
+                queue.put_nowait(_END)
             await server.stop(grace)
 
     # grpc.aio needs async generator functions as stream handlers.
@@ -105,6 +111,7 @@ class XdsServer:
         queue: asyncio.Queue[object] = asyncio.Queue()
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(self._read(requests, queue))]
         self.streams += 1
+        self._queues.add(queue)
         generation = -1
         try:
             while True:
@@ -126,6 +133,7 @@ class XdsServer:
                     yield response
         finally:
             self.streams -= 1
+            self._queues.discard(queue)
             for task in tasks:
                 task.cancel()
             for task in tasks:
