@@ -281,6 +281,17 @@ def _action() -> extension_pb2.TypedExtensionConfig:
     )
 
 
+def authority_regexes(tls: PortTLS | None) -> tuple[str, ...]:
+    """The ``:authority`` regexes (one per server name: each stays under Envoy's RE2 program-size limit) a
+    request on an intercepting port with serverNames must match one of; empty when there is no such
+    check. Without it a client sends a listed SNI and another ``Host`` on the same address: the upstream
+    SNI is the request's host (``auto_sni``), so the request reaches that other name (domain fronting
+    through the interception)."""
+    if tls is None or tls.terminating is None or not tls.server_names:
+        return ()
+    return tuple(f"{servernames.regex(n)}(?::[0-9]+)?" for n in tls.server_names)
+
+
 def chain_matcher(tls: PortTLS, ok: bool) -> matcher_pb2.Matcher | None:
     """The listener's filter chain matcher: the SNI must match one pattern (no SNI never does); when
     the port's secrets are not ``ok``, no connection matches. None: every connection uses the chain."""

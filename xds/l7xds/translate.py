@@ -338,21 +338,36 @@ def _deny(routes: Any, name: str) -> rc.Route:
 
 
 AMBIGUOUS_PATH_ROUTE = "deny-ambiguous-path"
+SERVER_NAME_ROUTE = "deny-host-not-server-name"
+"""On an intercepting port with serverNames: the request's host is none of the names (domain fronting)."""
 AUDIT_ROUTE = "audit"
 """The route that lets through, in audit mode, what no rule allows (the access log names it)."""
 
 
 def build_route_configuration(
-    name: str, rules: RuleSet, settings: ProxySettings, *, deny_all: bool = False, audit: bool = False
+    name: str,
+    rules: RuleSet,
+    settings: ProxySettings,
+    *,
+    deny_all: bool = False,
+    audit: bool = False,
+    authorities: tuple[str, ...] = (),
 ) -> route_pb2.RouteConfiguration:
     """The routes of one rule set; ``deny_all`` ignores the rules and denies every request. In ``audit``
     mode a request no rule allows is forwarded by the :data:`AUDIT_ROUTE` route instead of getting 403
-    (CONNECT and ambiguous paths stay refused: they are no policy decision)."""
+    (CONNECT and ambiguous paths stay refused: they are no policy decision). ``authorities``
+    (:func:`l7xds.tls.authority_regexes`): a request whose ``:authority`` matches none is refused first
+    (:data:`SERVER_NAME_ROUTE`), in audit mode too."""
     config = route_pb2.RouteConfiguration(name=name)
     virtual_host = config.virtual_hosts.add(name="any", domains=["*"])
     routes = virtual_host.routes
     _deny(routes, "deny-connect").match.connect_matcher.SetInParent()
     _deny(routes, AMBIGUOUS_PATH_ROUTE).match.safe_regex.regex = AMBIGUOUS_PATH
+    if authorities:
+        match = _deny(routes, SERVER_NAME_ROUTE).match
+        match.prefix = ""
+        for regex in authorities:
+            _set_header(match.headers.add(), (":authority", "regex", regex, True))
     if deny_all:
         rules = ()
     elif not rules:
@@ -586,6 +601,7 @@ def translate(
             route_settings(settings, tls.get(port)),
             deny_all=port in deny,
             audit=port in audit,
+            authorities=tl.authority_regexes(tls.get(port)),
         )
         out.append((rt.ROUTE, config))
     used = [tls[p] for p in sorted(ports) if p in tls]
@@ -655,13 +671,14 @@ class Translator:
             else:
                 secrets = _secrets_used(rules, settings.secrets)
                 audited = port in audit
+                hosts = tl.authority_regexes(port_tls)
                 routes.append(
                     encoder.encode(
                         rt.ROUTE,
-                        ("route", name, key, secrets, audited, common, port_settings.cluster_name),
-                        lambda n=name, r=rules, a=audited, s=port_settings: build_route_configuration(
-                            n, r, s, audit=a
-                        ),  # type: ignore[misc]
+                        ("route", name, key, secrets, audited, common, port_settings.cluster_name, hosts),
+                        lambda n=name, r=rules, a=audited, s=port_settings, h=hosts: (  # type: ignore[misc]
+                            build_route_configuration(n, r, s, audit=a, authorities=h)
+                        ),
                     )
                 )
             ok = port_tls is None or tl.usable(port_tls, settings.tls_secrets)
