@@ -46,15 +46,16 @@ from l7.agent.envoy_supervisor import (
     EnvoySupervisor,
     stop_envoy,
 )
+from l7.agent.envoy_tls import PolicyProblem, as_dicts, secret_errors, tls_ports
 from l7.agent.histogram import Histogram
-from l7.agent.http_redirects import RETIRE_AFTER, Retired, http_ports, redirects, retire, tls_ports
+from l7.agent.http_redirects import RETIRE_AFTER, Retired, http_ports, redirects, retire
 from l7.agent.secrets import fingerprint, load_secrets, load_tls_secrets
 from l7.agent.services import AppliedView, ServiceHost
 from l7xds.bootstrap import bootstrap, render
 from l7xds.cache import SnapshotCache
 from l7xds.observer import NackEvent
 from l7xds.snapshot import Snapshot
-from l7xds.tls import PortTLS, TLSRef, TLSSecrets, secret_problems
+from l7xds.tls import PortTLS, TLSSecrets
 from l7xds.translate import ProxySettings, RuleSet
 
 if TYPE_CHECKING:
@@ -100,6 +101,7 @@ class EnvoyService:
         self._tls_secrets: TLSSecrets = {}
         self._tls: dict[int, PortTLS] = {}
         self.tls_errors: list[str] = []  # TLS secrets the policies refer to that are missing or malformed
+        self._problems: list[PolicyProblem] = []  # why rules are refused (see l7.agent.envoy_tls)
 
     # ------------------------------------------------------------------------------------- lifecycle
     @property
@@ -195,7 +197,7 @@ class EnvoyService:
             port: ports[successor] if successor is not None else ()
             for port, (successor, _) in self._retired.items()
         }
-        tls = tls_ports(view)
+        tls, disagreements = tls_ports(view)
         for port, (successor, _) in self._retired.items():  # a retired port keeps TLS if it had it
             if successor is not None and successor in tls:
                 tls[port] = tls[successor]
@@ -203,34 +205,24 @@ class EnvoyService:
                 tls[port] = PortTLS(problem="retired")
         self._tls = tls
         self._view = view
-        self._report_tls(view)
+        self._report_tls(view, disagreements)
         self.publish({**ports, **retired}, deny=deny, wait_for=set(ports), audit=view.audit_ports(), tls=tls)
 
-    def _report_tls(self, view: AppliedView) -> None:
-        """Every TLS secret reference of the local endpoints' rules that cannot be used, with the
-        policy and field path (``... .toPorts[0].terminatingTLS.secret: secret default/x: ...``)."""
-        found: set[str] = set()
-        for resolved in view.local:
-            for entry in (*resolved.ingress.allows, *resolved.egress.allows):
-                rule_set = entry.l7
-                if rule_set is None or not rule_set.tls:
-                    continue
-                for name, context, terminating in (
-                    ("terminatingTLS", rule_set.terminating, True),
-                    ("originatingTLS", rule_set.originating, False),
-                ):
-                    if context is None:
-                        continue
-                    for item, problem in secret_problems(
-                        TLSRef.of(context), self._tls_secrets, terminating=terminating
-                    ):
-                        where = f"{entry.origin.path}.{name}.secret" + (f"[{item}]" if item else "")
-                        found.add(f"{entry.origin.policy} {where}: {problem} (the port refuses connections)")
-        errors = sorted(found)
-        if errors != self.tls_errors:
-            for error in errors:
-                log.error("%s", error)
-        self.tls_errors = errors
+    def _report_tls(self, view: AppliedView, disagreements: list[PolicyProblem]) -> None:
+        """Every rule whose port refuses connections because of TLS — a secret missing or malformed, or
+        rules that disagree on TLS on one port — logged once and kept for the status, with the policy
+        and field path (``... .toPorts[0].terminatingTLS.secret: secret default/x: ...``)."""
+        problems = sorted({*secret_errors(view, self._tls_secrets), *disagreements})
+        if problems != self._problems:
+            for problem in problems:
+                log.error("%s", problem)
+        self._problems = problems
+        self.tls_errors = [str(p) for p in problems]
+
+    @property
+    def policy_errors(self) -> list[dict[str, str]]:
+        """The agent's status carries these per policy (see :mod:`l7.agent.envoy_tls`)."""
+        return as_dicts(self._problems)
 
     def commit(self, view: AppliedView) -> None:
         pass

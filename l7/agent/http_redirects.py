@@ -13,7 +13,6 @@ from l7.agent.services import AppliedView
 from l7.plan import PlanError, direction_decisions
 from l7.policy.model import HTTPRule
 from l7.resolve.types import Direction, L7RuleSet
-from l7xds.tls import PortTLS, TLSRef, merge
 from l7xds.translate import RuleSet
 
 RETIRE_AFTER = 300.0  # how long the listener of a port that went out of use is kept (see retire)
@@ -32,30 +31,6 @@ def union_rules(members: Iterable[L7RuleSet]) -> RuleSet:
 
 def http_ports(view: AppliedView) -> dict[int, RuleSet]:
     return {port: union_rules(members) for port, members in sorted(view.ports_of("http").items())}
-
-
-def member_tls(member: L7RuleSet) -> PortTLS | None:
-    if not member.tls:
-        return None
-    return PortTLS(
-        member.server_names,
-        TLSRef.of(member.terminating) if member.terminating is not None else None,
-        TLSRef.of(member.originating) if member.originating is not None else None,
-    )
-
-
-def tls_ports(view: AppliedView) -> dict[int, PortTLS]:
-    """The TLS of each HTTP proxy port (see :func:`l7xds.tls.merge`); members that disagree make the
-    port refuse every connection (:attr:`PortTLS.problem`)."""
-    out: dict[int, PortTLS] = {}
-    for port, members in sorted(view.ports_of("http").items()):
-        try:
-            merged = merge(member_tls(m) for m in members)
-        except ValueError as exc:
-            merged = PortTLS(problem=str(exc))
-        if merged is not None:
-            out[port] = merged
-    return out
 
 
 Redirects = dict[tuple[str, int, int, int | None], list[tuple[int, int, int]]]

@@ -540,6 +540,9 @@ class Agent:
             "seen_policies_hash": self._seen[0] if self._seen else None,
             "seen_endpoints_hash": self._seen[1] if self._seen else None,
             "errors": self.errors,
+            # rules a service refuses on this node, per policy with the field path (e.g. a TLS secret
+            # missing): the controller lists the node as failing in that policy's status
+            "policy_errors": [p for s in self.services for p in getattr(s, "policy_errors", ())],
             "missing": list(self.missing),
             "last_apply": self.last,
             "inputs": {"policies": str(self.cfg.policies), "endpoints": str(self.cfg.endpoints)},

@@ -216,7 +216,17 @@ class Controller:
         report = (
             None if agent is None else {k: v for k, v in agent.items() if k not in ("updated", "services")}
         )
-        if changes == self._done_changes and report == self._done_report and not self._status_due:
+        # referenced Secrets are not watched: read again every secret_refresh (a Secret created or
+        # rotated after the policy shows up then, even when nothing else in the cluster changed)
+        secrets_due = (
+            self._translated is not None and self.clock() - self._secrets_read_at > self.cfg.secret_refresh
+        )
+        if (
+            changes == self._done_changes
+            and report == self._done_report
+            and not self._status_due
+            and not secrets_due
+        ):
             return
         self.stats.passes += 1
         if changes != self._done_changes or self._translated is None:
@@ -225,6 +235,8 @@ class Controller:
             self._write_secrets(self._translated)
             self._write_endpoints()
             self.written.set()
+        elif secrets_due:
+            self._write_secrets(self._translated)
         self._done_changes, self._done_report = changes, report
         self._status_due = False
         self._write_statuses(self._translated, agent)
@@ -324,6 +336,9 @@ class Controller:
             rejected = proxy_rejection(agent)
             if rejected is not None and has_http_rules(t.text):
                 return NodeEnforcement(False, rejected)
+            refused = policy_problems(agent, t.key)
+            if refused:
+                return NodeEnforcement(False, "agent: " + "; ".join(refused))
             return NodeEnforcement(True)
         errors = [str(e) for e in agent.get("errors") or []]
         if errors and agent.get("seen_policies_hash") == self.policy_set.digest:
@@ -456,6 +471,16 @@ def proxy_rejection(agent: Mapping[str, Any]) -> str | None:
                 f"{rejected.get('error')}; it keeps enforcing the previous one"
             )
     return None
+
+
+def policy_problems(agent: Mapping[str, Any], key: str) -> list[str]:
+    """``path: message`` of each rule of the policy ``key`` the node's agent refuses although it applied
+    the policy (``policy_errors`` in its status: e.g. a TLS secret missing or malformed)."""
+    return [
+        f"{p.get('path')}: {p.get('message')}"
+        for p in agent.get("policy_errors") or []
+        if isinstance(p, Mapping) and p.get("policy") == key
+    ]
 
 
 @functools.lru_cache(maxsize=4096)

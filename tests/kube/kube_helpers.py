@@ -87,8 +87,9 @@ def running_controller(server: FakeAPIServer, cfg: ControllerConfig) -> Iterator
 
 
 @contextmanager
-def running_agent(cfg: ControllerConfig) -> Iterator[Agent]:
-    """The real agent loop (files mode on the controller's output) on a fake datapath, in a thread."""
+def running_agent(cfg: ControllerConfig, services: list[Any] | None = None) -> Iterator[Agent]:
+    """The real agent loop (files mode on the controller's output) on a fake datapath, in a thread
+    (with ``services``: those node services, else none)."""
     agent = Agent(
         AgentConfig(
             node=cfg.node,
@@ -100,7 +101,7 @@ def running_agent(cfg: ControllerConfig) -> Iterator[Agent]:
             poll_interval=0.05,
         ),
         open_datapath=lambda _name: FakeDatapath(),
-        services=[],
+        services=list(services or []),
     )
     stop = threading.Event()
     thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
