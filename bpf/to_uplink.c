@@ -4,7 +4,8 @@
  * l7g_endpoint_ids). Then:
  * 1. packets a tc ingress hook already judged (MARK_JUDGED: pods' traffic
  *    forwarded to the world) pass, and so does traffic whose source is not one
- *    of the node's own addresses (ipcache entry without the host endpoint id);
+ *    of the node's own addresses (ipcache: neither the host endpoint's id nor
+ *    identity host; a local address the ipcache does not know is not enforced);
  * 2. parse (malformed -> drop); non-IP and NDP/MLD pass; non-first fragments
  *    pass only when tied to an allowed first fragment;
  * 3. conntrack: replies (flows into the node, judged by from_uplink) pass;
@@ -50,7 +51,9 @@ int l7g_to_uplink(struct __sk_buff *skb)
     if (f.family == 0 || f.pass)
         return TC_ACT_OK;
     l7g_ipcache_get(f.family, f.saddr, &src);
-    if (src.endpoint_id != HOST_ENDPOINT_ID)
+    /* Any address the ipcache calls the node's (identity host), not only the host
+     * endpoint's own: a node process may bind a pod gateway address. */
+    if (src.endpoint_id != HOST_ENDPOINT_ID && src.identity != IDENTITY_HOST)
         return TC_ACT_OK;
     l7g_ipcache_get(f.family, f.daddr, &dst);
 
