@@ -57,6 +57,7 @@ from l7.resolve import (
     lookup_identity,
     policy_prefixes,
 )
+from l7.trace_tls import evaluate_tls, host_refusal
 
 
 class TraceError(L7GateError):
@@ -385,10 +386,10 @@ def _step(  # noqa: PLR0917
     direction: Direction,
     peer: _Peer,
     flow: tuple[int, str],
-    request: tuple[HTTPRequest | None, str | None],
+    request: tuple[HTTPRequest | None, str | None, str | None],
 ) -> Step:
     port, protocol = flow
-    http, dns = request
+    http, dns, sni = request
     decision = decide(resolved, endpoint.key, direction, peer.identity, protocol, port)
     policy_dir = resolved.endpoint(endpoint.key).direction(direction)
     detail = _describe(decision, endpoint.key, direction, policy_dir.selected_by)
@@ -425,9 +426,8 @@ def _step(  # noqa: PLR0917
         return make(verdict, "l3l4", str(decision.reason), policy, rule, detail)
     entries = [e for e in policy_dir.allows if e.l7 is not None and e.matches(peer.identity, protocol, port)]
     kinds = {e.l7.kind for e in entries if e.l7 is not None}
-    _check_request_kind(
-        kinds, http is not None, dns is not None, f"{endpoint.key} {direction} {port}/{protocol}", origin
-    )
+    flow_text = f"{endpoint.key} {direction} {port}/{protocol}"
+    _check_request_kind(kinds, http is not None, dns is not None, flow_text, origin, sni=sni is not None)
     if "dns" in kinds and dns is not None:
         result = evaluate_dns([e for e in entries if e.l7 is not None and e.l7.kind == "dns"], dns)
         if result.allowed:
@@ -435,8 +435,34 @@ def _step(  # noqa: PLR0917
             return make("allowed", "dns", "l7", result.policy, result.rule, detail)
         detail += f"; DNS query {dns} matches no DNS rule: REFUSED"
         return make("denied", "dns", "l7", policy, rule, detail)
+    http_entries = [e for e in entries if e.l7 is not None and e.l7.kind == "http"]
+    tls = evaluate_tls(http_entries, sni, http.host if http is not None else None) if http_entries else None
+    if tls is None and sni is not None and http_entries:
+        raise TraceError(
+            f"--sni: {flow_text} is redirected to Envoy for plaintext HTTP rules (by {origin}): "
+            "no serverNames or terminatingTLS applies, there is no TLS to look at"
+        )
+    if tls is not None:
+        if tls.refused is not None:
+            detail += f"; {tls.refused}"
+            return make("denied", "tls", "l7", tls.policy, tls.rule, detail, tls.notes)
+        detail += f"; {tls.detail}"
+        if not tls.intercepts or http is None:
+            hint = (
+                "pass --http METHOD PATH to evaluate the HTTP rules on the decrypted requests"
+                if tls.intercepts
+                else "the HTTP requests inside are not seen (no terminatingTLS): HTTP rules do not apply"
+            )
+            return make("allowed", "tls", "l7", tls.policy, tls.rule, detail, (*tls.notes, hint))
+        refused = host_refusal(tls, http.host)
+        if refused is not None:
+            detail += f"; {http.method} {http.path}: {refused}"
+            return make("denied", "http", "l7", tls.policy, tls.rule, detail, tls.notes)
     if "http" in kinds and http is not None:
-        result = evaluate_http([e for e in entries if e.l7 is not None and e.l7.kind == "http"], http)
+        result = evaluate_http(http_entries, http)
+        result = L7Result(
+            result.allowed, result.rule, result.policy, (*(tls.notes if tls else ()), *result.notes)
+        )
         text = f"{http.method} {http.path}"
         if result.allowed:
             detail += f"; {text} allowed by {result.policy} {result.rule}"
@@ -449,12 +475,14 @@ def _step(  # noqa: PLR0917
     return make("allowed", "l3l4", "l7", policy, rule, detail, (note,))
 
 
-def _check_request_kind(kinds: set[str], http: bool, dns: bool, flow: str, origin: object) -> None:
+def _check_request_kind(
+    kinds: set[str], http: bool, dns: bool, flow: str, origin: object, *, sni: bool = False
+) -> None:
     """A request of the wrong kind for the proxy the flow goes to is a usage error, not a verdict."""
-    if http and "http" not in kinds and "dns" in kinds:
+    if (http or sni) and "http" not in kinds and "dns" in kinds:
         raise TraceError(
-            f"--http: {flow} is redirected to the DNS proxy (by {origin}), not to Envoy: "
-            "an HTTP request is never evaluated there (use --dns NAME)"
+            f"--{'http' if http else 'sni'}: {flow} is redirected to the DNS proxy (by {origin}), "
+            "not to Envoy: an HTTP request is never evaluated there (use --dns NAME)"
         )
     if dns and "dns" not in kinds and "http" in kinds:
         raise TraceError(
@@ -485,6 +513,7 @@ def trace(  # noqa: PLR0917  (the CLI's arguments)
     *,
     http: HTTPRequest | None = None,
     dns: str | None = None,
+    sni: str | None = None,
     node: str | None = None,
     allocator: IdentityAllocator | None = None,
 ) -> TraceResult:
@@ -507,7 +536,7 @@ def trace(  # noqa: PLR0917  (the CLI's arguments)
     resolved = resolver.resolve(policies, topology, dict(peer.learned))
     if peer.endpoint is None and not peer.learned:
         peer = _Peer(peer.text, _ip_identity(resolved, topology, peer), None, ip=peer.ip, notes=peer.notes)
-    flow, request = (port, protocol), (http, dns)
+    flow, request = (port, protocol), (http, dns, sni)
     steps = [_step(resolved, src, Direction.EGRESS, peer, flow, request)]
     if peer.endpoint is not None and steps[0].verdict == "allowed":
         src_peer = _Peer(src.key, src.identity, src)

@@ -137,6 +137,9 @@ def render(statuses: list[dict[str, Any]], policies: dict[str, Any] | None, cons
     for st in statuses:
         for e in st.get("errors") or []:
             console.print(f"[red]{st.get('node')}: {escape(str(e))}[/red]", soft_wrap=True)
+        for p in st.get("policy_errors") or []:  # rules the node refuses (e.g. a TLS secret missing)
+            where = f"{p.get('policy')} {p.get('path')}: {p.get('message')}"
+            console.print(f"[red]{st.get('node')}: refused {escape(where)}[/red]", soft_wrap=True)
     if policies is not None:
         ok, bad = policies["accepted"], policies["rejected"]
         console.print(

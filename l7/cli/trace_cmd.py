@@ -53,6 +53,14 @@ def trace_command(  # noqa: PLR0917
     ] = None,
     host: Annotated[str | None, typer.Option("--host", help="Host header of the HTTP request.")] = None,
     dns: Annotated[str | None, typer.Option("--dns", help="Evaluate a DNS query for NAME.")] = None,
+    sni: Annotated[
+        str | None,
+        typer.Option(
+            "--sni",
+            help="The TLS server name the client sends (serverNames); on an intercepting port the "
+            "--http request's host is used when not given.",
+        ),
+    ] = None,
     node: Annotated[
         str | None, typer.Option("--node", help="The node whose view to take (default: the source's).")
     ] = None,
@@ -75,7 +83,16 @@ def trace_command(  # noqa: PLR0917
             raise typer.Exit(EXIT_FAILURE)
         topology = load_endpoints(endpoints)
         result = trace(
-            loaded.policies, topology, source, destination, number, protocol, http=request, dns=dns, node=node
+            loaded.policies,
+            topology,
+            source,
+            destination,
+            number,
+            protocol,
+            http=request,
+            dns=dns,
+            sni=sni,
+            node=node,
         )
     except (TraceError, EndpointsError, PolicySourceError) as exc:
         raise _fail(str(exc)) from exc

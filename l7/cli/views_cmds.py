@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from l7.cli import app, policy_app
@@ -280,7 +281,8 @@ def policy_get(
         usage_error("the policy set is not known: give --policies")
     path = source.policies
     result = load_paths([path]) if path.exists() else None
-    agents = {n: _status(source, n).get("policies_hash") for n in source.nodes()}
+    statuses = {n: _status(source, n) for n in source.nodes()}
+    agents = {n: st.get("policies_hash") for n, st in statuses.items()}
     file_hashes: dict[str, str] = {}
     items: list[dict[str, Any]] = []
     for policy in result.policies if result is not None else ():
@@ -293,6 +295,13 @@ def policy_get(
                 "document": policy.index,
                 "rules": len(policy.rules),
                 "file_sha256": file_hashes[policy.source],
+                # rules a node refuses although it applied the policy (e.g. a TLS secret missing)
+                "refused": [
+                    {"node": n, "path": p.get("path"), "message": p.get("message")}
+                    for n, st in statuses.items()
+                    for p in st.get("policy_errors") or []
+                    if isinstance(p, dict) and p.get("policy") == policy.key
+                ],
             }
         )
     errors = [str(e) for e in result.errors] if result is not None else []
@@ -319,6 +328,10 @@ def policy_get(
                 for i in items
             ],
         )
+        for i in items:
+            for r in i["refused"]:
+                line = f"{i['policy']} {r['path']}: {r['message']}"
+                console.print(f"[red]refused[/red] on {r['node']}: {escape(line)}", soft_wrap=True)
         for e in errors:
             console.print(f"[red]error[/red] {e}", soft_wrap=True, markup=True)
     if errors:
