@@ -7,11 +7,14 @@ Per query (UDP or TCP, IPv4 or IPv6):
 - an opcode other than QUERY or a class other than IN → REFUSED (verdict ``unsupported``);
 - overload → REFUSED (verdict ``overload``, counted in ``ProxyStats.overload_refusals``), nothing sent
   upstream: too many queries in flight (``max_in_flight``, which also bounds the in-flight table), or
-  a UDP query that waited in the listening socket longer than ``max_queue_delay`` (the kernel's arrival
-  time, ``SO_TIMESTAMPNS``), or while more than ``max_queue_bytes`` wait in it (``SO_MEMINFO``, checked
-  once per batch read: the arrival time is scrubbed when a packet crosses namespaces) — beyond
-  capacity the excess gets a fast answer instead of queueing until the kernel drops it, the queries
-  served keep a bounded delay, and there is nothing to recover from when the load drops;
+  while more than ``max_queue_bytes`` (1 MiB, ~1,300 queries) wait in the UDP listening socket
+  (``SO_MEMINFO``, checked once per batch read; the socket's receive buffer is raised to
+  ``receive_buffer`` so the check comes long before the kernel drops), or a UDP query that waited in
+  it longer than ``max_queue_delay`` (the kernel's arrival time, ``SO_TIMESTAMPNS``: only for clients
+  in the proxy's namespace, the stamp is scrubbed when a packet crosses namespaces) — below capacity
+  nothing is refused, beyond it the excess gets a fast answer instead of queueing until the kernel
+  drops it, the queries served keep a bounded delay, and there is nothing to recover from when the
+  load drops;
 - ``decide`` says :class:`~dnsproxy.policy.Refused` → REFUSED (or NXDOMAIN, configurable), the question
   echoed, ID and RD kept, and nothing is sent upstream;
 - allowed → forwarded over the same transport to the server and port the client asked, with a fresh ID
@@ -41,6 +44,7 @@ from .answers import answer_ips
 from .errors import MalformedMessage, UpstreamError, UpstreamTimeout
 from .metrics import ProxyStats
 from .policy import Allowed, Decide, OnAnswer, OnEvent, Protocol_, QueryEvent
+from .sendmmsg import SendThread
 from .sockets import (
     ANCILLARY_SIZE,
     Listeners,
@@ -48,6 +52,7 @@ from .sockets import (
     arrival,
     original_destination,
     queued_bytes,
+    receive_buffer,
     stamp_arrivals,
 )
 from .upstream import Pending, UdpUpstream, tcp_exchange
@@ -69,19 +74,28 @@ class ProxyConfig:
     """The rcode for queries the policy does not allow: REFUSED (default) or NXDOMAIN."""
     max_in_flight: int = 4096
     """Queries forwarded and not yet answered; beyond this, new queries get REFUSED."""
-    max_queue_delay: float | None = 0.1
+    max_queue_delay: float | None = 0.5
     """Seconds a UDP query may have waited in the listening socket; older ones get REFUSED (None: no
-    limit)."""
-    max_queue_bytes: int | None = 96 * 1024
+    limit). The kernel's arrival time (``SO_TIMESTAMPNS``) is only known for clients in the proxy's
+    own namespace: a packet crossing namespaces has it scrubbed (see ``max_queue_bytes``)."""
+    max_queue_bytes: int | None = 1024 * 1024
     """Backlog of a UDP listening socket (kernel memory, ~0.8 KiB per small query) above which a batch
-    of queries read gets REFUSED (None: no limit). Not in the first ``timeout`` seconds after start:
-    the backlog a restart left in kept sockets is served."""
+    of queries read gets REFUSED (None: no limit); at most half of the socket's receive buffer, so the
+    check (once per batch) comes well before the kernel drops. 1 MiB is ~1,300 queries: ~0.1-0.2 s
+    of work at capacity, never reached below capacity unless the proxy stalls that long. Not in the
+    first ``timeout`` seconds after start: the backlog a restart left in kept sockets is served."""
+    receive_buffer: int = 4 * 1024 * 1024
+    """``SO_RCVBUF`` asked for the UDP listeners (the kernel allows twice this in queued memory):
+    room for bursts and for the backlog check to act before datagrams are dropped."""
     upstream_sockets: int = 4
     """UDP sockets per family used to forward queries; each is replaced after ``uses_per_socket``."""
     uses_per_socket: int = 2048
     mark: int | None = None
     """SO_MARK for upstream sockets, so the datapath recognises the proxy's own queries."""
     tcp_idle_timeout: float = 10.0
+    send_thread: bool = True
+    """Replies batched under load are sent by a second thread (the kernel's work, GIL released, on
+    another core); a few at a time are sent by the event loop's thread."""
 
     def __post_init__(self) -> None:
         if self.refuse_rcode not in (wire.REFUSED, wire.NXDOMAIN):
@@ -123,11 +137,14 @@ class DNSProxy:
         self._on_event = on_event
         self._ports = {sock.getsockname()[1] for sock in listeners.udp + listeners.tcp}
         self._raw: dict[int, RawReplySocket] = {}
+        self._sender = SendThread() if self.config.send_thread else None
         self._upstream: dict[int, UdpUpstream] = {}
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started_at = 0.0  # unix time the proxy started reading (see start)
+        self._max_queue: dict[int, int] = {}  # listener fd → backlog bytes beyond which batches are shed
+        self._flush_scheduled = False
 
     async def __aenter__(self) -> DNSProxy:
         await self.start()
@@ -149,14 +166,21 @@ class DNSProxy:
             for sock in self.listeners.udp:
                 family = sock.family
                 if family not in self._raw:
-                    self._raw[family] = RawReplySocket(family)
+                    self._raw[family] = RawReplySocket(family, self._sender)
                     self._upstream[family] = UdpUpstream(
-                        family, self._udp_answered, self._udp_expired,
-                        pool_size=self.config.upstream_sockets, uses_per_socket=self.config.uses_per_socket,
+                        family,
+                        self._udp_answered,
+                        self._udp_expired,
+                        pool_size=self.config.upstream_sockets,
+                        uses_per_socket=self.config.uses_per_socket,
                         mark=self.config.mark,
+                        on_error=self._udp_unsent,
                     )
                 if self.config.max_queue_delay is not None:
                     stamp_arrivals(sock)
+                limit = receive_buffer(sock, self.config.receive_buffer) // 2
+                if self.config.max_queue_bytes is not None:
+                    self._max_queue[sock.fileno()] = min(self.config.max_queue_bytes, limit)
                 loop.add_reader(sock.fileno(), self._udp_readable, sock, int(family))
             for sock in self.listeners.tcp:
                 self._servers.append(await asyncio.start_server(self._tcp_connection, sock=sock))
@@ -198,6 +222,9 @@ class DNSProxy:
             await server.wait_closed()
         for upstream in self._upstream.values():
             upstream.close()
+        self._flush_replies()
+        if self._sender is not None:
+            self._sender.close()  # sends what it was handed, before the sockets close
         for raw in self._raw.values():
             raw.close()
         self._servers.clear()
@@ -214,18 +241,39 @@ class DNSProxy:
     # -- shared by UDP and TCP ----------------------------------------------------------------------
 
     def _finish(
-        self, query: wire.Query | None, protocol: Protocol_, client: tuple[Any, ...], server: tuple[str, int],
-        *, rcode: int, ips: tuple[tuple[str, int], ...], verdict: str,
+        self,
+        query: wire.Query | None,
+        protocol: Protocol_,
+        client: tuple[Any, ...],
+        server: tuple[str, int],
+        *,
+        rcode: int,
+        ips: tuple[tuple[str, int], ...],
+        verdict: str,
     ) -> None:
         self.stats.queries[(verdict, wire.rcode_name(rcode) if rcode >= 0 else "dropped")] += 1
         if self._on_event is not None:
-            self._on_event(QueryEvent(
-                client[0], client[1], server[0], server[1], protocol,
-                query.qname if query else "", query.qtype if query else 0, rcode, ips, verdict,
-            ))
+            self._on_event(
+                QueryEvent(
+                    client[0],
+                    client[1],
+                    server[0],
+                    server[1],
+                    protocol,
+                    query.qname if query else "",
+                    query.qtype if query else 0,
+                    rcode,
+                    ips,
+                    verdict,
+                )
+            )
 
     def _admit(
-        self, data: bytes, protocol: Protocol_, client: tuple[Any, ...], server: tuple[str, int],
+        self,
+        data: bytes,
+        protocol: Protocol_,
+        client: tuple[Any, ...],
+        server: tuple[str, int],
         late: bool = False,
     ) -> tuple[wire.Query, str] | _Immediate:
         """Parse and decide: the query to forward with the verdict it will be logged with (``allowed``
@@ -254,8 +302,14 @@ class DNSProxy:
         return query, "audit" if verdict.audit else "allowed"
 
     def _refuse(
-        self, query: wire.Query, protocol: Protocol_, client: tuple[Any, ...], server: tuple[str, int],
-        *, rcode: int, verdict: str,
+        self,
+        query: wire.Query,
+        protocol: Protocol_,
+        client: tuple[Any, ...],
+        server: tuple[str, int],
+        *,
+        rcode: int,
+        verdict: str,
     ) -> _Immediate:
         self._finish(query, protocol, client, server, rcode=rcode, ips=_NO_IPS, verdict=verdict)
         return _Immediate(wire.error_reply(query.id, query.flags, query.question, rcode))
@@ -270,7 +324,7 @@ class DNSProxy:
     def _udp_readable(self, sock: socket.socket, family: int) -> None:
         recvmsg = sock.recvmsg
         max_delay = self.config.max_queue_delay
-        max_bytes = self.config.max_queue_bytes
+        max_bytes = self._max_queue.get(sock.fileno())
         now = time.time()
         behind = (
             max_bytes is not None
@@ -307,7 +361,9 @@ class DNSProxy:
         assert self._loop is not None
         address = server if family == socket.AF_INET else (server[0], server[1], 0, 0)
         pending = Pending(
-            address, query.question, self._loop.time() + self.config.timeout,
+            address,
+            query.question,
+            self._loop.time() + self.config.timeout,
             (family, client, origin, query, server, allowed),
         )
         self.stats.in_flight += 1
@@ -320,10 +376,21 @@ class DNSProxy:
     def _udp_send(
         self, family: int, reply: bytes, origin: tuple[bytes, int], client: tuple[Any, ...]
     ) -> None:
+        """Queue a reply; the replies queued while the loop runs its ready callbacks leave together
+        (one ``sendmmsg`` per family, see :meth:`_flush_replies`)."""
         try:
-            self._raw[family].send(reply, origin, client)
+            self._raw[family].queue(reply, origin, client)
         except OSError as exc:
             log.warning("cannot send a reply to %s: %s", client[0], exc)
+            return
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_replies)
+
+    def _flush_replies(self) -> None:
+        self._flush_scheduled = False
+        for raw in self._raw.values():
+            raw.flush()
 
     def _udp_answered(self, pending: Pending, answer: bytes) -> None:
         assert self._loop is not None
@@ -369,6 +436,9 @@ class DNSProxy:
     def _udp_expired(self, pending: Pending) -> None:
         self._udp_fail(pending, "timeout")
 
+    def _udp_unsent(self, pending: Pending) -> None:
+        self._udp_fail(pending, "servfail")
+
     def _udp_fail(self, pending: Pending, verdict: str) -> None:
         family, client, origin, query, server, _ = pending.context
         self.stats.in_flight -= 1
@@ -405,7 +475,11 @@ class DNSProxy:
             writer.close()
 
     async def _tcp_query(
-        self, family: int, message: bytes, client: tuple[Any, ...], address: tuple[Any, ...],
+        self,
+        family: int,
+        message: bytes,
+        client: tuple[Any, ...],
+        address: tuple[Any, ...],
         writer: asyncio.StreamWriter,
     ) -> None:
         server = (str(address[0]), int(address[1]))

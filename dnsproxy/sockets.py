@@ -16,13 +16,18 @@ Python 3.11 only names ``IP_TRANSPARENT``; the other option numbers are spelled 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import logging
 import socket
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import SocketSetupError
+from .sendmmsg import Outbox, Refused, SendThread, available
+
+log = logging.getLogger(__name__)
 
 SOL_IP = 0
 SOL_IPV6 = 41
@@ -39,6 +44,7 @@ SO_ATTACH_FILTER = 26
 SO_MARK = 36
 SO_TIMESTAMPNS = 35  # also the control message's type (SCM_TIMESTAMPNS)
 SO_MEMINFO = 55
+SO_RCVBUFFORCE = 33
 
 ANCILLARY_SIZE = socket.CMSG_SPACE(28) + socket.CMSG_SPACE(16)
 """Room for the original-destination control message (a ``sockaddr_in6`` at most) and the receive time."""
@@ -46,6 +52,10 @@ _TIMESPEC = struct.Struct("@qq")
 
 _UDP_HEADER = struct.Struct("!HHHH")
 _NO_INDEX = b"\x00\x00\x00\x00"
+_SOCKADDR_IN = struct.Struct("@H2x4s8x")
+_SOCKADDR_IN6 = struct.Struct("@H2xI16sI")
+_CMSG_PKTINFO = struct.Struct("@Qii4x4s4s4x")  # cmsghdr + in_pktinfo, CMSG_SPACE(12) = 32 bytes
+_CMSG_PKTINFO6 = struct.Struct("@Qii16s4x4x")  # cmsghdr + in6_pktinfo, CMSG_SPACE(20) = 40 bytes
 
 
 def _transparent(sock: socket.socket, family: int) -> None:
@@ -127,6 +137,20 @@ def stamp_arrivals(sock: socket.socket) -> None:
         raise SocketSetupError(f"cannot ask for arrival times on the listener: {exc}") from exc
 
 
+def receive_buffer(sock: socket.socket, size: int) -> int:
+    """Let ``sock`` queue up to about ``size`` bytes of datagrams (``SO_RCVBUFFORCE``, past the
+    ``net.core.rmem_max`` cap, else ``SO_RCVBUF`` within it; never shrunk). Returns the kernel's
+    limit on queued memory (twice what was asked: it counts its own overhead)."""
+    current = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    if current < 2 * size:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+        except OSError:  # without CAP_NET_ADMIN: as much as rmem_max allows
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+
 def queued_bytes(sock: socket.socket) -> int:
     """Memory taken by the datagrams waiting in ``sock`` (``SO_MEMINFO`` RMEM_ALLOC; -1 if unknown).
 
@@ -173,7 +197,7 @@ def _drop_all(sock: socket.socket) -> None:
 class RawReplySocket:
     """Sends UDP datagrams from any (server) address: a raw socket per family."""
 
-    def __init__(self, family: int) -> None:
+    def __init__(self, family: int, sender: SendThread | None = None) -> None:
         self.family = family
         try:
             sock = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_UDP)
@@ -192,6 +216,9 @@ class RawReplySocket:
         self._sock = sock
         self._level = SOL_IP if family == socket.AF_INET else SOL_IPV6
         self._kind = IP_PKTINFO if family == socket.AF_INET else IPV6_PKTINFO
+        self._outbox = Outbox(sock, sender) if available() else None
+        self.failed = 0
+        """Queued replies the kernel refused (see :meth:`flush`)."""
 
     def send(self, payload: bytes, source: tuple[bytes, int], destination: tuple[Any, ...]) -> None:
         """Send ``payload`` from ``source`` (packed address, port) to ``destination`` (the client's
@@ -208,6 +235,41 @@ class RawReplySocket:
             info = address + _NO_INDEX
             target = (destination[0], 0, 0, destination[3])
             self._sock.sendmsg([header, payload], [(self._level, self._kind, info)], 0, target)
+
+    def queue(self, payload: bytes, source: tuple[bytes, int], destination: tuple[Any, ...]) -> None:
+        """Like :meth:`send`, but gathered: the datagram leaves with the others at the next
+        :meth:`flush` (one ``sendmmsg``), or at once when ``sendmmsg`` is not available. Raises
+        ``OSError`` (only when sent at once)."""
+        batch = self._outbox.batch if self._outbox is not None else None
+        size = 8 + len(payload)
+        if batch is not None and not batch.fits(size):
+            self.flush()
+            batch = self._outbox.batch if self._outbox is not None else None
+        if batch is None or not batch.fits(size):
+            self.send(payload, source, destination)
+            return
+        address, port = source
+        datagram = _UDP_HEADER.pack(port, destination[1], size, 0) + payload
+        if self.family == socket.AF_INET:
+            name = _SOCKADDR_IN.pack(socket.AF_INET, socket.inet_pton(socket.AF_INET, destination[0]))
+            control = _CMSG_PKTINFO.pack(28, self._level, self._kind, address, _NO_INDEX)
+        else:
+            name = _SOCKADDR_IN6.pack(
+                socket.AF_INET6, 0, socket.inet_pton(socket.AF_INET6, destination[0]), destination[3]
+            )
+            control = _CMSG_PKTINFO6.pack(36, self._level, self._kind, address)
+        batch.add(datagram, name, control)
+
+    def flush(self) -> None:
+        """Send the queued replies (one system call for up to a batch, maybe from the send thread);
+        those the kernel refuses are counted in ``failed``."""
+        if self._outbox is not None:
+            self._outbox.flush(self._refused)
+
+    def _refused(self, refused: Refused) -> None:
+        if refused:
+            self.failed += len(refused)
+            log.warning("%d replies refused by the kernel (errno %d)", len(refused), refused[-1][1])
 
     def close(self) -> None:
         self._sock.close()

@@ -100,6 +100,7 @@ class DnsService:
             timeout=settings.timeout,
             refuse_rcode=NXDOMAIN if settings.refuse_nxdomain else RCODE_REFUSED,
             mark=MARK_FROM_PROXY,
+            send_thread=settings.send_thread,
         )
         self.cache = FQDNCache(settings.cache)
         self._host: ServiceHost | None = None

@@ -68,15 +68,19 @@ class DnsSettings:
     refuse_nxdomain: bool = False
     """Answer names no rule allows with NXDOMAIN instead of REFUSED."""
     cache: CacheConfig = CacheConfig()
+    send_thread: bool = True
+    """Replies batched under load leave through a second thread (see ``dnsproxy.ProxyConfig``)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> DnsSettings:
-        """``L7GATE_DNS_TIMEOUT``, ``L7GATE_DNS_REFUSE`` (refused|nxdomain) and the cache's variables."""
+        """``L7GATE_DNS_TIMEOUT``, ``L7GATE_DNS_REFUSE`` (refused|nxdomain), ``L7GATE_DNS_SEND_THREAD``
+        (1|0) and the cache's variables."""
         env = dict(os.environ) if env is None else env
         return cls(
             timeout=float(env.get("L7GATE_DNS_TIMEOUT", "2.0")),
             refuse_nxdomain=env.get("L7GATE_DNS_REFUSE", "refused").lower() == "nxdomain",
             cache=CacheConfig.from_env(env),
+            send_thread=env.get("L7GATE_DNS_SEND_THREAD", "1") != "0",
         )
 
 

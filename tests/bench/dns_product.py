@@ -153,6 +153,22 @@ def _dns_status(lab: Any) -> dict[str, Any]:
     return dict(data.get("services", {}).get("dns", {}))
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _max_with_cpu(pid: int, netns: str, datafile: str, seconds: int, server: str) -> dict[str, Any]:
+    """``max_qps`` and the CPU time process ``pid`` spent per query meanwhile (µs): a measure of the
+    proxy's cost that holds on a loaded machine, where the qps figure depends on what else runs."""
+    before = _cpu_seconds(pid)
+    got: dict[str, Any] = dict(max_qps(netns, datafile, seconds, server=server))
+    spent = _cpu_seconds(pid) - before
+    got["cpu_us_per_query"] = round(1e6 * spent / max(1.0, got["qps"] * seconds), 1)
+    return got
+
+
 def _rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -229,10 +245,41 @@ def _profile(pid: int, netns: str, datafile: str, *, server: str, seconds: int, 
     return {"qps": got, "file": str(out)}
 
 
-def _overload(lab: Any, netns: str, datafile: str, *, server: str, rate: int, seconds: int) -> dict[str, Any]:
-    """The product path at ``rate`` qps for ``seconds``: rcodes the client got, latency, agent memory."""
+def _udp_drops(netns: str) -> dict[str, int]:
+    """The UDP error counters of a namespace (``/proc/net/snmp``): where datagrams were dropped."""
+    lines = [line.split() for line in sh("ip", "netns", "exec", netns, "cat", "/proc/net/snmp").splitlines()]
+    udp = [line[1:] for line in lines if line and line[0] == "Udp:"]
+    counters = dict(zip(udp[0], (int(v) for v in udp[1]), strict=True)) if len(udp) == 2 else {}
+    return {k: counters.get(k, 0) for k in ("InErrors", "RcvbufErrors", "SndbufErrors", "NoPorts")}
+
+
+def _softnet_drops() -> int:
+    """Packets the kernel dropped because a CPU's input backlog was full (``netdev_max_backlog``)."""
+    return sum(int(line.split()[1], 16) for line in Path("/proc/net/softnet_stat").read_text().splitlines())
+
+
+def _drops(namespaces: dict[str, str]) -> dict[str, Any]:
+    return {"softnet": _softnet_drops(), **{role: _udp_drops(ns) for role, ns in namespaces.items()}}
+
+
+def _drops_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"softnet": after["softnet"] - before["softnet"]}
+    for role, counters in after.items():
+        if role != "softnet":
+            changed = {k: v - before[role][k] for k, v in counters.items() if v != before[role][k]}
+            if changed:
+                out[role] = changed
+    return out
+
+
+def _overload(
+    lab: Any, netns: str, datafile: str, *, server: str, rate: int, seconds: int, watch: dict[str, str]
+) -> dict[str, Any]:
+    """The product path at ``rate`` qps for ``seconds``: rcodes the client got, latency, agent memory,
+    and where datagrams were dropped (UDP counters of the ``watch`` namespaces, softnet backlog)."""
     pid = _agent_pid(lab)
     before = _dns_status(lab)
+    drops = _drops(watch)
     rss = [_rss_kb(pid)]
     with tempfile.TemporaryFile("w+") as output:  # dnsperf prints a line per lost query: not a pipe
         proc = subprocess.Popen(
@@ -273,7 +320,9 @@ def _overload(lab: Any, netns: str, datafile: str, *, server: str, rate: int, se
         output.seek(0)
         out = output.read()
     after = _dns_status(lab)
-    codes = dict(re.findall(r"^\s+(\w+) (\d+) \([\d.]+%\)$", out, re.M))
+    dropped = _drops_between(drops, _drops(watch))
+    listed = re.search(r"Response codes:(.*(?:\n\s+\w+ \d+ \([\d.]+%\))*)", out)
+    codes = dict(re.findall(r"(\w+) (\d+) \([\d.]+%\)", listed.group(1))) if listed else {}
     sent = re.search(r"Queries sent:\s+(\d+)", out)
     done = re.search(r"Queries completed:\s+(\d+)", out)
     lost = re.search(r"Queries lost:\s+(\d+)", out)
@@ -289,6 +338,7 @@ def _overload(lab: Any, netns: str, datafile: str, *, server: str, rate: int, se
         "max_latency_ms": round(float(avg.group(2)) * 1000, 3) if avg else None,
         "agent_rss_kb": {"before": rss[0], "max": max(rss), "after": rss[-1]},
         "overload_refused": after.get("overload_refused", 0) - before.get("overload_refused", 0),
+        "dropped": dropped,
     }
 
 
@@ -329,9 +379,13 @@ def measure(
             # warm: every name once through the product (first answers write the ipcache)
             max_qps(client, data, 1, server=dns_ip)
             legs = {"direct": (peer, dns_ip), "dnsdist": (peer, node.router_v4), "product": (client, dns_ip)}
+            pids = {"dnsdist": dnsdist.pid, "product": _agent_pid(lab)}
             for leg, (netns, server) in legs.items():
                 _say(f"{leg}: max throughput")
-                result[leg] = {"max": max_qps(netns, data, seconds, server=server)}
+                if leg in pids:
+                    result[leg] = {"max": _max_with_cpu(pids[leg], netns, data, seconds, server)}
+                else:
+                    result[leg] = {"max": max_qps(netns, data, seconds, server=server)}
             for leg, (netns, server) in legs.items():
                 _say(f"{leg}: latency at {RATE} qps")
                 result[leg]["latency"] = latency(netns, data, lat_seconds, server=server)
@@ -339,8 +393,13 @@ def measure(
             result["dns_status"] = _dns_status(lab)
             _say("overload")
             capacity = int(result["product"]["max"]["qps"])
+            watch = {
+                "client": client,
+                "node": node.netns,
+                "kube-dns": lab.plan.pod(lab.topology.dns_pod().key).netns,
+            }
             result["overload"] = _overload(
-                lab, client, data, server=dns_ip, rate=2 * capacity, seconds=overload_seconds
+                lab, client, data, server=dns_ip, rate=2 * capacity, seconds=overload_seconds, watch=watch
             )
             result["recovery"] = latency(client, data, lat_seconds, server=dns_ip)
             if profile is not None:
@@ -352,6 +411,57 @@ def measure(
         finally:
             if dnsdist is not None:
                 dnsdist.stop()
+            down(name)
+
+
+def compare(var: str, values: list[str], rounds: int, seconds: int = 3) -> dict[str, Any]:
+    """The product path with the agent's ``var`` at each of ``values`` in turn, ``rounds`` times, in
+    one lab (the agent restarted gracefully between settings): same machine load for all, max qps and
+    p99 at 5,000 qps per setting and round."""
+    from l7.lab import Lab, down
+    from l7.lab import agents as agent_lab
+    from l7.lab.state import load_state
+    from l7.lab.topology import parse_topology
+
+    name = f"dpa{os.getpid() % 100000}"
+    result: dict[str, Any] = {value: [] for value in values}
+    saved = os.environ.get(var)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        try:
+            os.environ[var] = values[0]
+            lab = Lab.up(parse_topology(topology(), "<bench dns_product ab>"), name)
+            dns_ip = lab.plan.pod(lab.topology.dns_pod().key).ips[0]
+            client = lab.pod("client").netns
+            (tmp / "policies").mkdir()
+            (tmp / "policies" / "dns.yaml").write_text(yaml.safe_dump(policy()))
+            agent_lab.apply(name, tmp / "policies")
+            _wait_allowed(lab, "www0.example.test", dns_ip)
+            data = str(tmp / "names.txt")
+            Path(data).write_text("".join(f"www{i}.example.test A\n" for i in range(NAMES)))
+            current = values[0]
+            for _ in range(rounds):
+                for value in values:
+                    if value != current:
+                        os.environ[var] = value
+                        agent_lab.restart_agent(name, "n1", graceful=True)
+                        current = value
+                    _wait_allowed(lab, "www0.example.test", dns_ip)
+                    max_qps(client, data, 1, server=dns_ip)  # warm
+                    _say(f"{var}={value}")
+                    pid = agent_lab.agent_records(load_state(name))["n1"].pid
+                    result[value].append(
+                        {
+                            "max": _max_with_cpu(pid, client, data, seconds, dns_ip),
+                            "latency": latency(client, data, seconds, server=dns_ip),
+                        }
+                    )
+            return result
+        finally:
+            if saved is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = saved
             down(name)
 
 
@@ -414,8 +524,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--profile", type=Path, default=None)
     parser.add_argument("--overload-seconds", type=int, default=None)
+    parser.add_argument(
+        "--ab",
+        metavar="VAR=A,B",
+        default=None,
+        help="instead of the legs: the product path with the agent's environment variable VAR at A, then B, "
+        "alternated (graceful agent restarts in one lab), rounds of max qps and latency at 5,000 qps",
+    )
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))  # cleanup runs
+    if args.ab:
+        var, _, values = args.ab.partition("=")
+        print(json.dumps(compare(var, values.split(","), args.rounds), indent=2))
+        return
     print(json.dumps(measure(Options(quick=args.quick), args.profile, args.overload_seconds), indent=2))
 
 

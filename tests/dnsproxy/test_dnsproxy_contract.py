@@ -62,15 +62,22 @@ Body = Callable[[NameServer, DNSProxy, Recorder], Awaitable[Any]]
 
 
 def run(
-    body: Body, behaviour: Callable[[dnslib.DNSRecord], Awaitable[list[bytes]]] = a_record, *,
-    config: ProxyConfig | None = None, decide: Any = ALLOW, on_answer: Any = None,
+    body: Body,
+    behaviour: Callable[[dnslib.DNSRecord], Awaitable[list[bytes]]] = a_record,
+    *,
+    config: ProxyConfig | None = None,
+    decide: Any = ALLOW,
+    on_answer: Any = None,
 ) -> Any:
     async def main() -> Any:
         server = await NameServer(behaviour).start()
         recorder = Recorder()
         proxy = DNSProxy(
-            Listeners.create(PROXY_PORT, ipv6=False), decide, on_answer or recorder.on_answer,
-            config=config, on_event=recorder.events.append,
+            Listeners.create(PROXY_PORT, ipv6=False),
+            decide,
+            on_answer or recorder.on_answer,
+            config=config,
+            on_event=recorder.events.append,
         )
         try:
             async with proxy:
@@ -189,8 +196,9 @@ def test_answer_from_another_port_is_ignored() -> None:
 
         server.behaviour = spoofing
         reply = parsed(await udp_ask(query("y.allowed.test").pack(), ("127.0.0.1", server.port)))
+        # the spoofed answer never counts: the upstream socket is connected to the server, so the
+        # kernel drops datagrams from any other port (an unconnected socket's are ignored and counted)
         assert [str(rr.rdata) for rr in reply.rr] == ["10.215.1.1"]
-        assert proxy._upstream[2].ignored >= 1
 
     run(body)
 

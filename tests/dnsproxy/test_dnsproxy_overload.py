@@ -86,3 +86,42 @@ def test_in_flight_table_is_bounded_and_the_excess_refused() -> None:
         assert again.header.rcode == dnslib.RCODE.SERVFAIL
 
     run(body, nothing, config=ProxyConfig(max_in_flight=limit, timeout=0.5))
+
+
+async def _burst(count: int, target: tuple[str, int], prefix: str, hold: float) -> list[int]:
+    """``count`` queries sent while the proxy's loop (this test's loop) is held for ``hold`` seconds:
+    the proxy cannot read meanwhile, so they all wait in its listening socket. Their rcodes."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.2", 0))
+        sock.setblocking(False)
+        for i in range(count):
+            sock.sendto(query(f"{prefix}{i}.allowed.test", ident=i).pack(), target)
+        time.sleep(hold)  # the stall itself (a busy proxy), not synchronisation
+        rcodes = []
+        async with asyncio.timeout(5):
+            for _ in range(count):
+                rcodes.append(dnslib.DNSRecord.parse(await loop.sock_recv(sock, 4096)).header.rcode)
+        return rcodes
+
+
+def test_a_backlog_below_the_limit_is_served_and_above_it_refused() -> None:
+    """The backlog rule: while more than ``max_queue_bytes`` wait in the listening socket, the batch
+    read gets a fast REFUSED; a backlog below the limit is served in full (no refusal below
+    capacity). The listening socket's receive buffer is raised so the kernel keeps the backlog."""
+
+    async def body(server: NameServer, proxy: DNSProxy, rec: Recorder) -> None:
+        target = ("127.0.0.1", server.port)
+        sock = proxy.listeners.udp[0]
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 2 * ProxyConfig().receive_buffer
+        # held past ``timeout`` (0.2 s): the first seconds after start are exempt (a kept backlog)
+        assert await _burst(3, target, "below", 0.3) == [dnslib.RCODE.NOERROR] * 3
+        assert proxy.stats.overload_refusals == 0
+        assert await _burst(QUEUED, target, "above", 0.05) == [dnslib.RCODE.REFUSED] * QUEUED
+        assert proxy.stats.overload_refusals == QUEUED
+        assert not any(str(q.q.qname).startswith("above") for q in server.seen)  # nothing went upstream
+        after = parsed(await udp_ask(query("after.allowed.test").pack(), target))
+        assert after.header.rcode == dnslib.RCODE.NOERROR
+
+    config = ProxyConfig(max_queue_bytes=8 * 1024, max_queue_delay=None, timeout=0.2)  # ~10 queries
+    run(body, a_record, config=config)
