@@ -55,9 +55,16 @@ def authority(directory: Path, name: str) -> tuple[Path, Path]:
 
 
 def issue(
-    directory: Path, name: str, ca: tuple[Path, Path], dns_names: list[str], ips: tuple[str, ...] = ()
+    directory: Path,
+    name: str,
+    ca: tuple[Path, Path],
+    dns_names: list[str],
+    ips: tuple[str, ...] = (),
+    *,
+    usage: str = "serverAuth",
 ) -> tuple[Path, Path]:
-    """A server certificate for the names and addresses, signed by ``ca`` (see :func:`authority`)."""
+    """A certificate for the names and addresses, signed by ``ca`` (see :func:`authority`); ``usage``:
+    its extended key usage (``clientAuth`` for a client certificate: mutual TLS)."""
     directory.mkdir(parents=True, exist_ok=True)
     cert, key, csr = directory / f"{name}.crt", directory / f"{name}.key", directory / f"{name}.csr"
     _ec_key(key)
@@ -76,7 +83,7 @@ def issue(
     )
     sans = [f"DNS:{n}" for n in dns_names] + [f"IP:{ipaddress.ip_address(ip)}" for ip in ips]
     extensions = directory / f"{name}.ext"
-    extensions.write_text(f"subjectAltName={','.join(sans)}\nextendedKeyUsage=serverAuth\n")
+    extensions.write_text(f"subjectAltName={','.join(sans)}\nextendedKeyUsage={usage}\n")
     run([
         "openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
         "-CAcreateserial", "-days", "7", "-extfile", str(extensions), "-out", str(cert),

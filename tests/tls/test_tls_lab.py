@@ -9,6 +9,8 @@ xDS/SDS, the datapath redirect, and real ``curl`` / ``openssl s_client`` inside 
   ``intercept`` secret (a test CA's certificate, checked by ``curl --cacert``), applies HTTP rules (403
   ``Access denied`` over TLS) and re-originates TLS verified against the ``upstream-ca`` secret's
   ``ca.crt`` (the server's certificate; another CA makes the upstream fail: 503);
+- mutual TLS upstream: an ``originatingTLS`` secret with ``tls.crt``/``tls.key`` makes Envoy present that
+  client certificate to a server that requires one (as Cilium does); without it the server refuses (503);
 - rotation: new files → a new connection sees the new certificate, an open keep-alive connection
   goes on; a missing secret → connections refused and the error in the agent's status with the path.
 
@@ -34,6 +36,7 @@ import yaml
 
 from l7.lab import Lab, certs, down
 from l7.lab import agents as agent_lab
+from l7.lab.servers import SERVE
 from l7.lab.topology import parse_topology
 from tests.agent.agent_helpers import wait_for
 
@@ -371,3 +374,62 @@ def test_missing_secret_fails_closed_with_field_path(tls: TLSLab) -> None:
         tls.apply(policies())
     code, status, _ = tls.curl("inspector", "https://api.example.com/", "--cacert", str(tls.ca[0]))
     assert (code, status) == (0, "200")
+
+
+MTLS_PORT = 8443
+
+
+def _mtls_policies(originating: str) -> list[dict[str, Any]]:
+    """``policies()`` with the inspector also intercepting port 8443, re-originating with ``originating``."""
+    docs = policies()
+    docs[2]["spec"]["egress"].append(
+        {
+            "toFQDNs": [{"matchName": "api.example.com"}],
+            "toPorts": [
+                {
+                    "ports": [{"port": str(MTLS_PORT), "protocol": "TCP"}],
+                    "terminatingTLS": {"secret": {"name": "intercept"}},
+                    "originatingTLS": {"secret": {"name": originating}},
+                    "rules": {"http": [{"method": "GET", "path": "/"}]},
+                }
+            ],
+        }
+    )
+    return docs
+
+
+def test_upstream_client_certificate(tls: TLSLab) -> None:
+    """originatingTLS with tls.crt/tls.key: Envoy presents the client certificate to a server that
+    requires one signed by the test CA (the server echoes its subject); a secret with ca.crt only gets
+    the handshake refused by the server: 503, never plaintext."""
+    client = certs.issue(tls.work / "mtls", "client", tls.ca, ["l7gate-client"], usage="clientAuth")
+    tls.write_secret("upstream-mtls", {"ca.crt": tls.server_cert, "tls.crt": client[0], "tls.key": client[1]})
+    tls.write_secret("upstream-ca-only", {"ca.crt": tls.server_cert})
+    cdn = next(w for w in tls.lab.state.plan().worlds if w.name == "cdn")
+    spec = {"kind": "whoami", "port": MTLS_PORT, "tls": True}
+    argv = [sys.executable, "-I", str(SERVE), "--hostname", "cdn-mtls", "--cert", str(tls.server_cert)]
+    argv += ["--key", str(tls.server_cert.with_suffix(".key")), "--client-ca", str(tls.ca[0])]
+    argv += ["--serve", json.dumps(spec)]
+    server = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{cdn.netns}", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url, ca = f"https://api.example.com:{MTLS_PORT}/", str(tls.ca[0])
+    try:
+        assert server.stdout is not None
+        assert "(tls)" in server.stdout.readline()  # listening
+        tls.apply(_mtls_policies("upstream-mtls"))
+        code, status, body = tls.curl("inspector", url, "--cacert", ca)
+        assert (code, status) == (0, "200"), body
+        assert "ClientCert: CN=l7gate-client" in body and "Hostname: cdn-mtls" in body
+        code, status, body = tls.curl("inspector", f"{url}private", "--cacert", ca)
+        assert (code, status, body) == (0, "403", DENIED)
+        tls.apply(_mtls_policies("upstream-ca-only"))
+        code, status, body = tls.curl("inspector", url, "--cacert", ca)
+        assert (code, status) == (0, "503"), body
+    finally:
+        server.terminate()
+        server.communicate(timeout=10)
+        tls.apply(policies())

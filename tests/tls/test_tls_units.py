@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from l7.agent.secrets import load_secrets, load_tls_secrets
 from l7.k8s import output
@@ -108,7 +109,9 @@ INTERCEPT = tl.PortTLS((), tl.TLSRef("default", "srv"), tl.TLSRef("default", "ca
 
 
 def test_translation_references_secrets_over_sds(pem: dict[str, str]) -> None:
-    settings = ProxySettings(tls_secrets={("default", "srv"): pem, ("default", "ca"): pem})
+    settings = ProxySettings(
+        tls_secrets={("default", "srv"): pem, ("default", "ca"): {"ca.crt": pem["ca.crt"]}}
+    )
     snap = snapshot_of(
         {15001: (), 15002: ()}, settings, tls={15001: INTERCEPT, 15002: tl.PortTLS(("a.example",))}
     )
@@ -160,6 +163,30 @@ def test_missing_or_malformed_secret_fails_closed(secrets: dict[tuple[str, str],
     never = listener.filter_chain_matcher.matcher_list.matchers[0].predicate.single_predicate
     assert never.value_match.exact == "0"  # destination port 0: no connection matches
     assert tl.secret_problems(tl.TLSRef("default", "srv"), secrets, terminating=True)
+
+
+def test_originating_secret_with_a_client_certificate_is_mtls(pem: dict[str, str]) -> None:
+    """tls.crt/tls.key in the originatingTLS secret: the TLS cluster presents them (Cilium's mTLS
+    upstream); ca.crt alone: no client certificate; one of the two: the port fails closed."""
+    ca_only = {"ca.crt": pem["ca.crt"]}
+    for items, mtls in ((pem, True), (ca_only, False)):
+        translator = Translator()
+        snap = translator.snapshot(
+            {15001: ()},
+            ProxySettings(tls_secrets={("default", "srv"): pem, ("default", "ca"): items}),
+            tls={15001: INTERCEPT},
+        )
+        assert snap.problems() == []
+        cluster = next(c.message for n, c in snap.resources(rt.CLUSTER).items() if "-tls-" in n)
+        context = tls_pb2.UpstreamTlsContext()
+        cluster.transport_socket.typed_config.Unpack(context)
+        certs = [c.name for c in context.common_tls_context.tls_certificate_sds_secret_configs]
+        assert certs == (["l7gate-tls-cert/default/ca/tls.crt,tls.key"] if mtls else [])
+        assert ("l7gate-tls-cert/default/ca/tls.crt,tls.key" in snap.resources(rt.SECRET)) is mtls
+    half = {"ca.crt": pem["ca.crt"], "tls.crt": pem["tls.crt"]}
+    assert tl.secret_problems(tl.TLSRef("default", "ca"), {("default", "ca"): half}, terminating=False) == [
+        ("tls.key", "secret default/ca: item 'tls.key' missing")
+    ]
 
 
 def test_merge_of_members() -> None:

@@ -158,6 +158,8 @@ def secret_problems(ref: TLSRef, secrets: TLSSecrets, *, terminating: bool) -> l
         if terminating
         else [(ref.trusted_ca, CERT_KINDS)]
     )
+    if not terminating and client_cert(ref, secrets, partial=True):  # mTLS upstream: both or neither
+        needed += [(ref.certificate, CERT_KINDS), (ref.private_key, KEY_KINDS)]
     out = []
     for item, kinds in needed:
         text = items.get(item)
@@ -165,6 +167,14 @@ def secret_problems(ref: TLSRef, secrets: TLSSecrets, *, terminating: bool) -> l
         if problem:
             out.append((item, f"secret {ref.where}: {problem}"))
     return out
+
+
+def client_cert(ref: TLSRef, secrets: TLSSecrets, *, partial: bool = False) -> bool:
+    """Whether an originatingTLS secret holds a client certificate and key (as Cilium, Envoy then presents
+    them to the server: mTLS upstream); ``partial``: either item."""
+    items = secrets.get((ref.namespace, ref.name)) or {}
+    present = [item in items for item in (ref.certificate, ref.private_key)]
+    return any(present) if partial else all(present)
 
 
 def usable(tls: PortTLS, secrets: TLSSecrets) -> bool:
@@ -207,6 +217,8 @@ def secret_resources(ports: Iterable[PortTLS], secrets: TLSSecrets) -> list[secr
             out[tls.terminating.cert_secret] = cert_secret(tls.terminating, secrets)
         if tls.originating is not None:
             out[tls.originating.ca_secret] = ca_secret(tls.originating, secrets)
+            if client_cert(tls.originating, secrets):
+                out[tls.originating.cert_secret] = cert_secret(tls.originating, secrets)
     return [out[name] for name in sorted(out)]
 
 
@@ -243,10 +255,13 @@ def downstream_socket(ref: TLSRef) -> base_pb2.TransportSocket:
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=_pack(context))
 
 
-def upstream_socket(ref: TLSRef) -> base_pb2.TransportSocket:
-    context = tls_pb2.UpstreamTlsContext(
-        common_tls_context=tls_pb2.CommonTlsContext(validation_context_sds_secret_config=_sds(ref.ca_secret))
-    )
+def upstream_socket(ref: TLSRef, with_client_cert: bool = False) -> base_pb2.TransportSocket:
+    """Verify the server with the secret's CA; ``with_client_cert`` (:func:`client_cert`): present the
+    secret's certificate and key to it (mTLS)."""
+    common = tls_pb2.CommonTlsContext(validation_context_sds_secret_config=_sds(ref.ca_secret))
+    if with_client_cert:
+        common.tls_certificate_sds_secret_configs.append(_sds(ref.cert_secret))
+    context = tls_pb2.UpstreamTlsContext(common_tls_context=common)
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=_pack(context))
 
 

@@ -524,7 +524,8 @@ def build_cluster(settings: ProxySettings, originating: tl.TLSRef | None = None)
         cluster = build_cluster(
             replace(settings, cluster_name=tl.tls_cluster_name(settings.cluster_name, originating))
         )
-        cluster.transport_socket.CopyFrom(tl.upstream_socket(originating))
+        mtls = tl.client_cert(originating, settings.tls_secrets)
+        cluster.transport_socket.CopyFrom(tl.upstream_socket(originating, mtls))
         cluster.typed_extension_protocol_options[tl.HTTP_OPTIONS].CopyFrom(tl.upstream_http_options())
         return cluster
     seconds = int(settings.connect_timeout_s)
@@ -648,7 +649,11 @@ class Translator:
         tls = tls or {}
         out = [encoder.encode(rt.CLUSTER, ("cluster", common), lambda: build_cluster(settings))]
         out += [
-            encoder.encode(rt.CLUSTER, ("cluster", common, ref), lambda r=ref: build_cluster(settings, r))  # type: ignore[misc]
+            encoder.encode(
+                rt.CLUSTER,
+                ("cluster", common, ref, tl.client_cert(ref, settings.tls_secrets)),  # mTLS or not
+                lambda r=ref: build_cluster(settings, r),  # type: ignore[misc]
+            )
             for ref in _originating(tls, ports, settings.tls_secrets)
         ]
         keys: dict[RuleSet, str] = {}

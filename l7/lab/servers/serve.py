@@ -1,7 +1,9 @@
 """The lab's servers in one process per namespace (self-contained: run by path, imports only the stdlib).
 
-``python serve.py --hostname H [--ip IP]... [--cert C --key K] --serve JSON [--serve JSON]...``
+``python serve.py --hostname H [--ip IP]... [--cert C --key K [--client-ca CA]] --serve JSON...``
 where each JSON is ``{"kind": "http"|"whoami"|"tcp-echo", "port": N, "tls": bool, "paths": {...}|null}``.
+With ``--client-ca`` the TLS servers require a client certificate signed by that CA (mutual TLS); ``whoami``
+then shows the certificate's subject (``ClientCert: CN=...``).
 
 - ``http``: fixed paths → bodies; unknown path → 404; without paths every path → ``Hello from HOST``.
 - ``whoami``: the request echoed like traefik/whoami (Hostname, IP, RemoteAddr, request line, headers).
@@ -96,6 +98,10 @@ class HTTPHandler(http.server.BaseHTTPRequestHandler):
         if srv.kind == "whoami":
             lines = [f"Hostname: {srv.hostname}", *(f"IP: {ip}" for ip in srv.ips)]
             lines += [f"RemoteAddr: {host_port(self.client_address)}", self.requestline]
+            peer = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
+            if peer:
+                subject = ",".join("=".join(map(str, a)) for rdn in peer.get("subject", ()) for a in rdn)
+                lines.append(f"ClientCert: {subject.replace('commonName', 'CN')}")
             lines += [f"{k}: {v}" for k, v in self.headers.items()]
             self._reply(200, ("\n".join(lines) + "\n\n").encode(), text, head)
         elif srv.paths is None:
@@ -130,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ip", action="append", default=[])
     parser.add_argument("--cert")
     parser.add_argument("--key")
+    parser.add_argument("--client-ca", help="require client certificates signed by this CA (mTLS)")
     parser.add_argument("--serve", action="append", default=[], type=json.loads, required=True)
     args = parser.parse_args(argv)
 
@@ -138,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(args.cert, args.key)
         tls.set_alpn_protocols(["http/1.1"])
+        if args.client_ca:
+            tls.verify_mode = ssl.CERT_REQUIRED
+            tls.load_verify_locations(args.client_ca)
     servers: list[socketserver.BaseServer] = []
     for spec in args.serve:
         ctx = tls if spec.get("tls") else None
