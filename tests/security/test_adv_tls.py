@@ -385,9 +385,12 @@ def test_repeated_header_over_tls(lab: TLSLab) -> None:
 
 
 def test_h2_offered_over_tls_gets_http1(lab: TLSLab) -> None:
-    """The interception listener offers only http/1.1: a client that offers h2 speaks HTTP/1.1 and gets
-    the same rules."""
-    out = lab.tls(API, get("/private"), get("/public/x"), port=8443, alpn=["h2", "http/1.1"])
+    """The interception listener offers h2 and http/1.1: a client that offers h2 gets h2 (the same rules
+    over HTTP/2: tests/tls/test_tls_lab.py, curl --http2); one that offers only http/1.1 speaks HTTP/1.1
+    and gets the same rules."""
+    out = lab.tls(API, port=8443, alpn=["h2", "http/1.1"])
+    assert out["handshake"] and out["alpn"] == "h2", out
+    out = lab.tls(API, get("/private"), get("/public/x"), port=8443, alpn=["http/1.1"])
     assert out["alpn"] == "http/1.1", out
     assert out["responses"][0] == DENIED and out["responses"][1][0] == 200, out
 

@@ -433,3 +433,20 @@ def test_upstream_client_certificate(tls: TLSLab) -> None:
         server.terminate()
         server.communicate(timeout=10)
         tls.apply(policies())
+
+
+def test_h2_to_the_pod_on_an_intercepted_port(tls: TLSLab) -> None:
+    """Envoy offers h2 on an intercepting port: curl --http2 speaks HTTP/2 to it and gets the same
+    verdicts (200 with the server's body, 403 Access denied); the upstream stays HTTP/1.1."""
+    ca = str(tls.ca[0])
+    for path, status, body in (("/", "200", None), ("/private", "403", DENIED)):
+        argv = ["curl", "-s", "-m", "5", "--http2", "--cacert", ca, "-w", "\n%{http_code} %{http_version}"]
+        out = subprocess.run(
+            tls.lab.exec_argv("inspector", [*argv, f"https://api.example.com{path}"]),
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        text, _, trailer = out.stdout.decode().rpartition("\n")
+        assert (out.returncode, trailer) == (0, f"{status} 2"), (out, trailer)
+        assert text == body if body is not None else "cdn" in text

@@ -3,10 +3,12 @@
 ::
 
     PortTLS ──► listener: tls_inspector, filter_chain_matcher on the SNI (RE2, whole value), the chain
-                │         TLS-terminating (DownstreamTlsContext → SDS "l7gate-tls-cert/NS/NAME/CRT,KEY")
+                │         TLS-terminating (DownstreamTlsContext → SDS "l7gate-tls-cert/NS/NAME/CRT,KEY",
+                │         ALPN h2 and http/1.1)
                 │         or passing the bytes through (tcp_proxy to the original destination)
                 └──► cluster "l7gate-original-dst-tls-<hash>": ORIGINAL_DST, UpstreamTlsContext
-                          (validation context → SDS "l7gate-tls-ca/NS/NAME/CA"), SNI = the request's host
+                          (validation context → SDS "l7gate-tls-ca/NS/NAME/CA"; with tls.crt/tls.key
+                          in that secret, a client certificate: mTLS), SNI = the request's host
     TLSSecrets ─► Secret resources (their content changes alone on rotation: no listener drain)
 
 Fail closed: a port whose secrets are missing or malformed gets a listener whose only chain matches
@@ -246,10 +248,15 @@ TLS_INSPECTOR = listener_components_pb2.ListenerFilter(
 )
 
 
+#: ALPN offered to the pod on an intercepting port: h2 first (the connection manager's codec is AUTO, so
+#: an h2 client gets HTTP/2 and the same routes); the upstream stays HTTP/1.1 (:func:`upstream_http_options`).
+DOWNSTREAM_ALPN = ("h2", "http/1.1")
+
+
 def downstream_socket(ref: TLSRef) -> base_pb2.TransportSocket:
     context = tls_pb2.DownstreamTlsContext(
         common_tls_context=tls_pb2.CommonTlsContext(
-            tls_certificate_sds_secret_configs=[_sds(ref.cert_secret)], alpn_protocols=["http/1.1"]
+            tls_certificate_sds_secret_configs=[_sds(ref.cert_secret)], alpn_protocols=list(DOWNSTREAM_ALPN)
         )
     )
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=_pack(context))
