@@ -304,6 +304,8 @@ def test_two_nodes_each_report_enforcement(server: FakeAPIServer, tmp_path: Path
         obj = wait_for("both nodes enforcing", both)
         assert "nodes" not in obj["status"] and obj["status"]["failingNodes"] == 0
         assert condition(obj, "Enforced")["message"] == "2 nodes enforce generation 1"  # type: ignore[index]
+        # the status is patched first, then the node writes down what it counted
+        wait_for("the counted file", c1.counted_file.exists)
         assert json.loads(c1.counted_file.read_text()) == {
             "l7networkpolicies.l7gate.io/L7NetworkPolicy/shop/both": {
                 "uid": obj["metadata"]["uid"],
