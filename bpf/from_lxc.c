@@ -1,6 +1,7 @@
 /* from_lxc.c — tc ingress of a workload's host-side veth: the pod's egress.
  *
- * 1. parse (malformed -> drop); non-IP and NDP/MLD pass;
+ * 1. parse (malformed -> drop); non-IP passes, and so do NDP/MLD that stay on
+ *    their link (lib/local.h; others are judged like any ICMPv6);
  * 2. the endpoint by ifindex (none -> drop DROP_UNKNOWN_ENDPOINT);
  * 3. source-address check: the source's ipcache entry must carry this
  *    endpoint's id (else DROP_SOURCE_SPOOFED);
@@ -14,7 +15,8 @@
  *    identity (ipcache; miss = world) and, when the destination is a local
  *    endpoint, that endpoint's ingress policy from this endpoint's identity —
  *    the node's own addresses are the host endpoint (HOST_ENDPOINT_ID): a pod
- *    to the node meets the host's ingress policy (host policies);
+ *    to the node meets the host's ingress policy (host policies) — also on a
+ *    node address the ipcache does not know (the node's FIB: lib/local.h);
  * 9. allowed -> conntrack entry, then redirect to the proxy or pass.
  */
 #include "lib/common.h"
@@ -25,6 +27,7 @@
 #include "lib/events.h"
 #include "lib/datapath.h"
 #include "lib/proxyport.h"
+#include "lib/local.h"
 
 int l7g_from_lxc(struct __sk_buff *skb)
 {
@@ -41,7 +44,7 @@ int l7g_from_lxc(struct __sk_buff *skb)
     epp = l7g_endpoints.lookup(&ifindex);
     if (l7g_parse(skb, &f, &reason) < 0)
         return l7g_drop(HOOK_FROM_LXC, ifindex, &f, reason, epp ? epp->endpoint_id : 0, 0, 0);
-    if (f.family == 0 || f.pass)
+    if (f.family == 0 || (f.pass && l7g_stays_on_link(skb, &f)))
         return TC_ACT_OK;
     if (!epp)
         return l7g_drop(HOOK_FROM_LXC, ifindex, &f, DROP_UNKNOWN_ENDPOINT, 0, 0, 0);
@@ -78,6 +81,10 @@ int l7g_from_lxc(struct __sk_buff *skb)
             l7g_ct_delete(&f);  /* decided again below under the current policy */
     }
 
+    /* A node address the ipcache does not know (a link-local address, one on
+     * another interface) is the node all the same: the host's ingress policy. */
+    if (!dst.endpoint_id && l7g_host_unlisted(skb, &f))
+        dst.endpoint_id = HOST_ENDPOINT_ID;
     l7g_policy_decide(&ep, DIR_EGRESS, dst.identity, &f, &de);
     di.verdict = VERDICT_ALLOW;
     if (dst.endpoint_id &&

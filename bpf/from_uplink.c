@@ -2,8 +2,12 @@
  *
  * Only packets whose destination is a local endpoint (ipcache value with an
  * endpoint id: a pod, or the node itself — the host endpoint, HOST_ENDPOINT_ID,
- * whose ingress policy is the host policies') are judged; everything else is
- * not ours and passes. TCP/UDP straight to a node address on a proxy port is
+ * whose ingress policy is the host policies'; while it exists, also a node
+ * address the ipcache does not know, by the node's FIB: lib/local.h) are
+ * judged; everything else is not ours and passes. NDP/MLD pass only while they
+ * stay on their link. A source that is one of the node's addresses or a local
+ * pod's cannot come from the uplink: DROP_SOURCE_SPOOFED (looped-back packets
+ * of the node's own, pkt_type loopback, excepted). TCP/UDP straight to a node address on a proxy port is
  * dropped first (DROP_PROXY_PORT_DIRECT, lib/proxyport.h): only redirected
  * traffic may reach the node's proxies, whatever a host policy allows.
  * Replies of pod-originated flows pass via conntrack; established flows keep
@@ -19,6 +23,7 @@
 #include "lib/events.h"
 #include "lib/datapath.h"
 #include "lib/proxyport.h"
+#include "lib/local.h"
 
 int l7g_from_uplink(struct __sk_buff *skb)
 {
@@ -33,10 +38,19 @@ int l7g_from_uplink(struct __sk_buff *skb)
 
     if (l7g_parse(skb, &f, &reason) < 0)
         return l7g_drop(HOOK_FROM_UPLINK, ifindex, &f, reason, 0, 0, 0);
-    if (f.family == 0 || f.pass)
+    if (f.family == 0 || (f.pass && l7g_stays_on_link(skb, &f)))
         return TC_ACT_OK;
     l7g_ipcache_get(f.family, f.daddr, &dst);
     l7g_ipcache_get(f.family, f.saddr, &src);
+    /* A node address the ipcache does not know is the node all the same. */
+    if (!dst.endpoint_id && l7g_host_unlisted(skb, &f))
+        dst.endpoint_id = HOST_ENDPOINT_ID;
+    /* The node's own addresses and local pods' never come from the uplink:
+     * such a source would get the node's or that pod's rights. */
+    if (dst.endpoint_id && skb->pkt_type != L7G_PACKET_LOOPBACK &&
+        (src.endpoint_id || src.identity == IDENTITY_HOST))
+        return l7g_drop(HOOK_FROM_UPLINK, ifindex, &f, DROP_SOURCE_SPOOFED, dst.endpoint_id,
+                        src.identity, dst.identity);
     if (!dst.endpoint_id || dst.endpoint_id == HOST_ENDPOINT_ID) {
         if (l7g_proxy_port_direct(skb, &f, dst.identity))
             return l7g_drop(HOOK_FROM_UPLINK, ifindex, &f, DROP_PROXY_PORT_DIRECT, 0,

@@ -106,6 +106,10 @@
 #define TCP_FLAG_RST 0x04
 #define TCP_FLAG_ACK 0x10
 
+/* l7g_flow.ct_ok: 0 = not tracked. */
+#define CT_OK_TRACK 1
+#define CT_OK_MATCH 2   /* ICMP echo replies: a reply never starts a flow */
+
 /* What the parser extracts. Addresses are in network byte order; an IPv4
  * address occupies the first 4 bytes of the 16 (the rest zero). */
 struct l7g_flow {
@@ -116,7 +120,7 @@ struct l7g_flow {
     __be16 sport;      /* TCP/UDP ports; ICMP echo: the echo id in both */
     __be16 dport;
     __be16 pol_port;   /* port used for policy: dport, or the ICMP type */
-    __u8  ct_ok;       /* 1 when the packet may create/match conntrack */
+    __u8  ct_ok;       /* CT_OK_TRACK: may create and match conntrack; CT_OK_MATCH: match only */
     __u8  pass;        /* 1 for traffic passed without policy (NDP, MLD) */
     __u32 frag_id;
     __u32 len;

@@ -17,7 +17,8 @@
  * CFG_CT_TCP_SYN_NS (60 s), established CFG_CT_TCP_EST_NS (6 h), after FIN or
  * RST CFG_CT_TCP_FIN_NS (10 s); UDP CFG_CT_UDP_NS (60 s); ICMP echo and other
  * protocols CFG_CT_OTHER_NS (60 s).
- * Only packets with f->ct_ok (TCP, UDP, SCTP, ICMP echo) are tracked.
+ * Only packets with f->ct_ok (TCP, UDP, SCTP, ICMP echo) are tracked; an ICMP
+ * echo reply (CT_OK_MATCH) is looked up but never creates an entry.
  */
 #ifndef L7G_CONNTRACK_H
 #define L7G_CONNTRACK_H
@@ -112,6 +113,8 @@ static __always_inline void l7g_ct_create(struct l7g_flow *f, __u8 verdict, __u1
     struct l7g_ct_entry e = {};
     __u64 now = bpf_ktime_get_ns();
 
+    if (f->ct_ok != CT_OK_TRACK)  /* an echo reply only matches an existing flow */
+        return;
     l7g_ct_forward_key(f, &k);
     if (f->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
         flags |= CT_F_CLOSING;

@@ -13,8 +13,10 @@
  *   - Fragments: f->frag = FRAG_FIRST (L4 header parsed) or FRAG_NONFIRST (no
  *     L4 header; ports 0; the caller ties it to a first fragment or drops it).
  *   - TCP/UDP/SCTP: ports; TCP also flags (doff >= 5 checked).
- *   - ICMP/ICMPv6: f->pol_port = type; echo request/reply use the echo id as
- *     both ports and may create conntrack; ICMPv6 NDP/MLD set f->pass.
+ *   - ICMP/ICMPv6: f->pol_port = type; the echo id is an echo request's
+ *     source port (it may create conntrack) and an echo reply's destination
+ *     port (it only matches conntrack); ICMPv6 NDP/MLD set f->pass (the hooks
+ *     pass them only while they stay on their link, lib/local.h).
  *   - Other protocols: ports 0, no conntrack ports, policy port 0.
  * All reads use bpf_skb_load_bytes, so truncation shows as a failed load.
  */
@@ -85,10 +87,18 @@ static __always_inline int l7g_parse_l4(struct __sk_buff *skb, struct l7g_flow *
         if (bpf_skb_load_bytes(skb, off, b, 8) < 0)
             goto bad;
         f->pol_port = L7G_HTONS(b[0]);
-        if (b[0] == echo_req || b[0] == echo_rep) {
+        /* The echo id is the request's source "port" and the reply's destination
+         * "port", so a request is never the reverse of a request: a peer that was
+         * pinged cannot ping back as if it were answering. A reply only matches
+         * (CT_OK_MATCH): it never starts a flow. */
+        if (b[0] == echo_req) {
             __builtin_memcpy(&f->sport, &b[4], 2);
+            f->dport = 0;
+            f->ct_ok = CT_OK_TRACK;
+        } else if (b[0] == echo_rep) {
+            f->sport = 0;
             __builtin_memcpy(&f->dport, &b[4], 2);
-            f->ct_ok = 1;
+            f->ct_ok = CT_OK_MATCH;
         } else {
             f->dport = f->pol_port;
             f->ct_ok = 0;

@@ -33,31 +33,7 @@
 
 #include "common.h"
 #include "maps.h"
-
-#define L7G_FIB_NOT_FWDED    4   /* BPF_FIB_LKUP_RET_NOT_FWDED */
-#define L7G_FIB_FWD_DISABLED 6   /* BPF_FIB_LKUP_RET_FWD_DISABLED */
-
-static __always_inline int l7g_node_delivers_locally(struct __sk_buff *skb, struct l7g_flow *f)
-{
-    struct bpf_fib_lookup p = {};
-    long rc;
-
-    p.ifindex = skb->ifindex;
-    p.l4_protocol = f->proto;
-    p.sport = f->sport;
-    p.dport = f->dport;
-    if (f->family == L7G_AF_INET) {
-        p.family = L7G_AF_INET;
-        __builtin_memcpy(&p.ipv4_src, f->saddr, 4);
-        __builtin_memcpy(&p.ipv4_dst, f->daddr, 4);
-    } else {
-        p.family = L7G_AF_INET6;
-        __builtin_memcpy(p.ipv6_src, f->saddr, 16);
-        __builtin_memcpy(p.ipv6_dst, f->daddr, 16);
-    }
-    rc = bpf_fib_lookup(skb, &p, sizeof(p), 0);
-    return rc < 0 || rc == L7G_FIB_NOT_FWDED || rc == L7G_FIB_FWD_DISABLED;
-}
+#include "local.h"
 
 /* 1 when the node has a connection (not a listener, not an unconnected UDP
  * socket) for the packet's tuple: a reply or a continuation of a flow the
@@ -104,7 +80,7 @@ static __always_inline int l7g_proxy_port_direct(struct __sk_buff *skb, struct l
         return 0;
     if (!l7g_is_proxy_port(f))
         return 0;
-    if (dst_identity != IDENTITY_HOST && !l7g_node_delivers_locally(skb, f))
+    if (dst_identity != IDENTITY_HOST && l7g_fib_local(skb, f) == 0)  /* a failed lookup: fail closed */
         return 0;
     return !l7g_node_has_connection(skb, f);
 }

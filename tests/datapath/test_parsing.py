@@ -153,17 +153,22 @@ def mac(netns: str, dev: str) -> bytes:
     return bytes.fromhex(json.loads(out.stdout)[0]["address"].replace(":", ""))
 
 
-def send_frame(lab: Lab, pod: str, ethertype: int, packet: bytes) -> None:
-    """Write one Ethernet frame on ``pod``'s eth0, addressed to its host-side veth."""
-    p = lab.pod(pod)
-    frame = mac(lab.topo.node, p.host_if) + mac(p.name, "eth0") + struct.pack("!H", ethertype) + packet
-    with netlab.in_netns(p.name):
+def write_frame(netns: str, dev: str, dst_mac: bytes, ethertype: int, packet: bytes) -> None:
+    """Write one Ethernet frame carrying ``packet`` (any addresses) on ``dev`` of ``netns`` to ``dst_mac``."""
+    frame = dst_mac + mac(netns, dev) + struct.pack("!H", ethertype) + packet
+    with netlab.in_netns(netns):
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
-            s.bind(("eth0", 0))
+            s.bind((dev, 0))
             s.send(frame)
         finally:
             s.close()
+
+
+def send_frame(lab: Lab, pod: str, ethertype: int, packet: bytes) -> None:
+    """Write one Ethernet frame on ``pod``'s eth0, addressed to its host-side veth."""
+    p = lab.pod(pod)
+    write_frame(p.name, "eth0", mac(lab.topo.node, p.host_if), ethertype, packet)
 
 
 def send4(lab: Lab, packet: bytes, pod: str = "a") -> None:
