@@ -93,9 +93,11 @@ class ProxyConfig:
     mark: int | None = None
     """SO_MARK for upstream sockets, so the datapath recognises the proxy's own queries."""
     tcp_idle_timeout: float = 10.0
-    send_thread: bool = True
-    """Replies batched under load are sent by a second thread (the kernel's work, GIL released, on
-    another core); a few at a time are sent by the event loop's thread."""
+    send_thread: bool = False
+    """Replies and upstream queries batched under load are sent by a second thread (the kernel's work,
+    GIL released, may overlap the loop's on another core); a few at a time are sent by the event
+    loop's thread. Off by default: on the 2-core bench machine it cost more CPU per query (GIL
+    hand-offs) than it saved, for the same throughput (docs/dnsproxy.md)."""
 
     def __post_init__(self) -> None:
         if self.refuse_rcode not in (wire.REFUSED, wire.NXDOMAIN):
@@ -175,6 +177,7 @@ class DNSProxy:
                         uses_per_socket=self.config.uses_per_socket,
                         mark=self.config.mark,
                         on_error=self._udp_unsent,
+                        sender=self._sender,
                     )
                 if self.config.max_queue_delay is not None:
                     stamp_arrivals(sock)
@@ -221,10 +224,12 @@ class DNSProxy:
         for server in self._servers:
             await server.wait_closed()
         for upstream in self._upstream.values():
-            upstream.close()
+            upstream.flush()
         self._flush_replies()
         if self._sender is not None:
             self._sender.close()  # sends what it was handed, before the sockets close
+        for upstream in self._upstream.values():
+            upstream.close()
         for raw in self._raw.values():
             raw.close()
         self._servers.clear()

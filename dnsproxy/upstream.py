@@ -7,7 +7,8 @@ socket is retired after a number of queries and replaced by a new one (new port)
 changing without a socket per query. Every query gets a random ID unused on its socket. A datagram is
 accepted only from the server asked, with the pending ID and the same question; anything else is
 ignored (and counted). The queries sent while the event loop runs its ready callbacks leave together:
-one ``sendmmsg`` per socket (:mod:`.sendmmsg`); a query the kernel refuses is reported to ``on_error``.
+one ``sendmmsg`` per socket (:mod:`.sendmmsg`; large batches from the send thread); a query the
+kernel refuses is reported to ``on_error``.
 Queries are registered in deadline order (the timeout is the same for all), so expiry is a deque and a
 single timer; an expired query is reported at most :data:`SWEEP_INTERVAL` late.
 
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import UpstreamError, UpstreamTimeout
-from .sendmmsg import MessageBatch, available
+from .sendmmsg import Outbox, Refused, SendThread, available
 from .sockets import SO_MARK
 from .wire import reply_matches
 
@@ -69,18 +70,18 @@ class Pending:
 
 
 class _Slot:
-    __slots__ = ("batch", "pending", "pool", "queued", "retired", "sock", "uses")
+    __slots__ = ("outbox", "pending", "pool", "queued", "retired", "sock", "uses")
 
-    def __init__(self, sock: socket.socket, pool: tuple[Any, ...] | None) -> None:
+    def __init__(self, sock: socket.socket, pool: tuple[Any, ...] | None, sender: SendThread | None) -> None:
         self.sock = sock
         self.pool = pool
         """The server this socket is connected to; None: unconnected (shared pool)."""
         self.pending: dict[int, Pending] = {}
         self.uses = 0
         self.retired = False
-        self.batch = MessageBatch() if available() else None
+        self.outbox = Outbox(sock, sender) if available() else None
         self.queued: list[Pending] = []
-        """Queries in ``batch``, in order."""
+        """Queries in the outbox's batch, in order."""
 
 
 OnReply = Callable[[Pending, bytes], None]
@@ -100,8 +101,10 @@ class UdpUpstream:
         uses_per_socket: int = 2048,
         mark: int | None = None,
         on_error: OnTimeout | None = None,
+        sender: SendThread | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
+        self._sender = sender
         self._family = family
         self._on_reply = on_reply
         self._on_timeout = on_timeout
@@ -132,7 +135,7 @@ class UdpUpstream:
         except OSError as exc:
             sock.close()
             raise UpstreamError(f"cannot open an upstream socket: {exc}") from exc
-        slot = _Slot(sock, server)
+        slot = _Slot(sock, server, self._sender)
         self._loop.add_reader(sock.fileno(), self._readable, slot)
         return slot
 
@@ -169,9 +172,10 @@ class UdpUpstream:
         while ident in slot.pending:
             ident = rand.u16()
         datagram = ident.to_bytes(2, "big") + message[2:]
-        batch = slot.batch
+        batch = slot.outbox.batch if slot.outbox is not None else None
         if batch is not None and not batch.fits(len(datagram)):
             self._flush_slot(slot)
+            batch = slot.outbox.batch if slot.outbox is not None else None
         if batch is not None and batch.fits(len(datagram)):
             batch.add(datagram, b"" if slot.pool is not None else self._name(pending.server))
             slot.queued.append(pending)
@@ -222,12 +226,23 @@ class UdpUpstream:
 
     def _flush_slot(self, slot: _Slot) -> None:
         queued, slot.queued = slot.queued, []
-        if slot.batch is None or not queued or slot.sock.fileno() < 0:
+        if slot.outbox is None or not queued or slot.sock.fileno() < 0:
             return
-        for index, _error in slot.batch.send(slot.sock.fileno()):
+        loop = self._loop
+
+        def sent(refused: Refused) -> None:  # maybe in the send thread
+            if refused:
+                loop.call_soon_threadsafe(self._refused, slot, queued, refused)
+
+        slot.outbox.flush(sent)
+        if slot.retired:
+            self._release(slot)
+
+    def _refused(self, slot: _Slot, queued: list[Pending], refused: Refused) -> None:
+        for index, _error in refused:
             pending = queued[index]
             if slot.pending.pop(pending.upstream_id, None) is None:
-                continue
+                continue  # answered or expired meanwhile
             pending._slot = None
             self._on_error(pending)
         if slot.retired:

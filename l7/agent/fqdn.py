@@ -19,6 +19,7 @@ the agent's apply reads, the expiry sweep removes.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -68,8 +69,9 @@ class DnsSettings:
     refuse_nxdomain: bool = False
     """Answer names no rule allows with NXDOMAIN instead of REFUSED."""
     cache: CacheConfig = CacheConfig()
-    send_thread: bool = True
-    """Replies batched under load leave through a second thread (see ``dnsproxy.ProxyConfig``)."""
+    send_thread: bool = False
+    """Batches of replies and upstream queries leave through a second thread (see
+    ``dnsproxy.ProxyConfig.send_thread``)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> DnsSettings:
@@ -80,7 +82,7 @@ class DnsSettings:
             timeout=float(env.get("L7GATE_DNS_TIMEOUT", "2.0")),
             refuse_nxdomain=env.get("L7GATE_DNS_REFUSE", "refused").lower() == "nxdomain",
             cache=CacheConfig.from_env(env),
-            send_thread=env.get("L7GATE_DNS_SEND_THREAD", "1") != "0",
+            send_thread=env.get("L7GATE_DNS_SEND_THREAD", "0") == "1",
         )
 
 
@@ -92,9 +94,10 @@ class CachedIP:
     expires: float  # learned + ttl
 
 
+@functools.lru_cache(maxsize=4096)
 def usable(ip: str) -> bool:
     """Whether an answered address may be credited at all (never loopback, link-local, multicast,
-    unspecified)."""
+    unspecified). Memoised: the same addresses are answered again and again."""
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:

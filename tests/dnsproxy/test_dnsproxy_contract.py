@@ -203,6 +203,26 @@ def test_answer_from_another_port_is_ignored() -> None:
     run(body)
 
 
+def test_with_the_send_thread_a_burst_is_answered_in_full() -> None:
+    """Batches of queries and replies handed to the send thread: every query of a burst gets its own
+    answer (ID and name), the upstream saw each once."""
+    count = 40
+
+    async def body(server: NameServer, proxy: DNSProxy, rec: Recorder) -> None:
+        target = ("127.0.0.1", server.port)
+        names = [f"burst{i}.allowed.test" for i in range(count)]
+        replies = await asyncio.gather(
+            *(udp_ask(query(n, ident=i).pack(), target) for i, n in enumerate(names))
+        )
+        for i, (name, reply) in enumerate(zip(names, replies, strict=True)):
+            got = parsed(reply)
+            assert got.header.id == i and str(got.q.qname) == name + "."
+            assert got.header.rcode == dnslib.RCODE.NOERROR and len(got.rr) == 1
+        assert sorted(str(q.q.qname) for q in server.seen) == sorted(n + "." for n in names)
+
+    run(body, config=ProxyConfig(send_thread=True))
+
+
 def test_overload_is_refused_and_counted() -> None:
     async def body(server: NameServer, proxy: DNSProxy, rec: Recorder) -> None:
         target = ("127.0.0.1", server.port)
