@@ -25,8 +25,9 @@ from typing import Any
 
 MAX_MESSAGES = 64
 """Messages per batch (a full batch is sent before the next one is gathered)."""
-_AREA = 256 * 1024
-"""Bytes for the messages' iovecs, names, control messages and payloads."""
+AREA = 256 * 1024
+"""Bytes for a batch's iovecs, names, control messages and payloads (by default; a datagram too large
+for an empty batch is the caller's to send alone)."""
 
 _MMSGHDR = struct.Struct("@PI4xPQPQi4xI4x")  # msghdr (56 bytes) + msg_len (+ padding): 64 bytes
 _IOVEC = struct.Struct("@PQ")
@@ -66,9 +67,9 @@ def _round8(value: int) -> int:
 class MessageBatch:
     """Datagrams waiting to be sent through one socket with one ``sendmmsg`` call."""
 
-    def __init__(self) -> None:
+    def __init__(self, area: int = AREA) -> None:
         self._sendmmsg = _load()
-        self._buffer = ctypes.create_string_buffer(MAX_MESSAGES * _HEADER_SIZE + _AREA)
+        self._buffer = ctypes.create_string_buffer(MAX_MESSAGES * _HEADER_SIZE + area)
         self._base = ctypes.addressof(self._buffer)
         self._view = memoryview(self._buffer).cast("B")
         self._count = 0
@@ -194,9 +195,10 @@ class Outbox:
     few inline and hands larger batches to a :class:`SendThread` (a fresh batch takes the place of one
     in flight)."""
 
-    def __init__(self, sock: socket.socket, sender: SendThread | None) -> None:
+    def __init__(self, sock: socket.socket, sender: SendThread | None, area: int = AREA) -> None:
         self.sock = sock
-        self.batch = MessageBatch()
+        self._area = area
+        self.batch = MessageBatch(area)
         self._sender = sender
         self._spare: list[MessageBatch] = []
 
@@ -215,6 +217,6 @@ class Outbox:
                 done(refused)
 
             if sender.submit(batch, self.sock, sent):
-                self.batch = spare.pop() if spare else MessageBatch()
+                self.batch = spare.pop() if spare else MessageBatch(self._area)
                 return
         done(batch.send(self.sock.fileno()))

@@ -32,8 +32,12 @@ from .sockets import SO_MARK
 from .wire import reply_matches
 
 SWEEP_INTERVAL = 0.01
-MAX_SERVERS = 64
+MAX_SERVERS = 16
 """Servers that get their own connected sockets (per address family); the rest share unconnected ones."""
+BATCH_AREA = 32 * 1024
+"""Bytes of queries a socket's batch holds (64 queries of ~500 bytes; a query is at most 4 KiB, and one
+that does not fit an empty batch is sent alone): with :data:`MAX_SERVERS` and the pool size this bounds
+the batches' memory (~2.5 MB at the most, per family)."""
 _LENGTH = struct.Struct("!H")
 _FAMILY = struct.Struct("@H")
 
@@ -79,7 +83,7 @@ class _Slot:
         self.pending: dict[int, Pending] = {}
         self.uses = 0
         self.retired = False
-        self.outbox = Outbox(sock, sender) if available() else None
+        self.outbox = Outbox(sock, sender, BATCH_AREA) if available() else None
         self.queued: list[Pending] = []
         """Queries in the outbox's batch, in order."""
 
