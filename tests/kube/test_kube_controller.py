@@ -8,7 +8,6 @@ import base64
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from fakeapi import FakeAPIServer
 from kube_helpers import (
     condition,
     controller_config,
-    crd_validators,
     endpoints,
     l7np,
     pod,
@@ -47,15 +45,6 @@ INVALID = {
         {"toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}], "rules": {"http": [{"path": "("}]}}]},
     ],
 }
-
-
-@pytest.fixture
-def server() -> Iterator[FakeAPIServer]:
-    srv = FakeAPIServer(bookmark_interval=0.2, watch_cap=3, validators=crd_validators()).start()
-    try:
-        yield srv
-    finally:
-        srv.close()
 
 
 def seed_cluster(server: FakeAPIServer) -> None:

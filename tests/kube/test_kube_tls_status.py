@@ -6,15 +6,13 @@ the agent's xDS service runs without an Envoy (nothing to ACK: publish does not 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pytest
 from fakeapi import FakeAPIServer
 from kube_helpers import (
     controller_config,
-    crd_validators,
     l7np,
     pod,
     running_agent,
@@ -46,15 +44,6 @@ class EnvoyAbsent(XdsOnlyService):
 
     def publish(self, *_args: Any, **_kwargs: Any) -> bool:
         return True
-
-
-@pytest.fixture
-def server() -> Iterator[FakeAPIServer]:
-    srv = FakeAPIServer(bookmark_interval=0.2, watch_cap=3, validators=crd_validators()).start()
-    try:
-        yield srv
-    finally:
-        srv.close()
 
 
 def _cluster(server: FakeAPIServer) -> None:
