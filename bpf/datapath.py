@@ -8,9 +8,12 @@ Data flow::
     tc programs ──► ring buffer ──► Datapath.poll_events() ──► Event
 
 Lifecycle: :meth:`Datapath.open` adopts what a previous agent left (pinned maps and the devices it
-attached, recorded in the pinned ``devices`` map) and swaps in freshly loaded programs with
-``tc filter replace``, so enforcement never stops. :meth:`close` leaves everything in place (the
-kernel keeps enforcing while the agent is down); :meth:`destroy` removes filters, routing and pins.
+attached, recorded in the pinned ``devices`` map). When the programs pinned beside the maps were
+built from the same source and defines (:mod:`bpf.adopt`: the build id), it takes them as they are:
+no compile, no bcc, the same programs stay attached. Otherwise it compiles and swaps in the new
+programs with ``tc filter replace``, so enforcement never stops either way. :meth:`close` leaves
+everything in place (the kernel keeps enforcing while the agent is down); :meth:`destroy` removes
+filters, routing and pins.
 
 Run the agent in the node's netns (``nsenter --net=/run/netns/NODE``) or anywhere that sees the
 node's bpffs and pass ``netns=`` (a path such as /run/netns/NODE): netlink operations then run in
@@ -23,12 +26,13 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import ipaddress
+import logging
 import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from bpf import loader
+from bpf import adopt, loader
 from bpf.attach import Netlink
 from bpf.errors import DatapathError
 from bpf.maps import (
@@ -63,6 +67,8 @@ from bpf.maps import (
 )
 from bpf.policy_entries import PolicyDecision, PolicyEntryKey, PolicyEntryValue, policy_entries
 
+log = logging.getLogger(__name__)
+
 PIN_ROOT = Path("/sys/fs/bpf/l7gate")
 BPFFS = Path("/sys/fs/bpf")
 
@@ -88,7 +94,9 @@ def _decode_policy_key(raw: bytes) -> tuple[int, PolicyEntryKey]:
 class Datapath:
     """One node's datapath. Create with :meth:`open`."""
 
-    def __init__(self, node: str, pin_dir: Path, progs: loader.LoadedPrograms, nl: Netlink) -> None:
+    def __init__(
+        self, node: str, pin_dir: Path, progs: loader.LoadedPrograms | adopt.PinnedPrograms, nl: Netlink
+    ) -> None:
         self.node = node
         self.pin_dir = pin_dir
         self._progs = progs
@@ -96,6 +104,7 @@ class Datapath:
         self.sizes = MapSizes()  # the maps' maximum entries (set by open)
         self._events: list[Event] = []
         self._policy: dict[int, dict[PolicyEntryKey, PolicyEntryValue]] | None = None
+        self.adopted = isinstance(progs, adopt.PinnedPrograms)  # no compile: a previous agent's programs
         self._progs.open_events(lambda data: self._events.append(Event.from_bytes(data)))
 
     # lifecycle -------------------------------------------------------------------------------
@@ -108,12 +117,18 @@ class Datapath:
         ct_max: int | None = None,
         sizes: MapSizes | None = None,
         proxy_ports: Iterable[tuple[int, int]] = (),
+        defines: tuple[str, ...] = (),
     ) -> Datapath:
         """Load the programs for ``node``, adopting pinned maps and re-attaching recorded devices.
         ``sizes``: the maps' maximum entries (``ct_max`` overrides the conntrack size).
         ``proxy_ports``: (port, protocol) pairs the node's proxies may already listen on, written to
         ``l7g_proxy_ports`` before the new programs replace the old ones (an upgrade from a datapath
-        without the map, or pins removed while proxies run, never leaves a proxy port open)."""
+        without the map, or pins removed while proxies run, never leaves a proxy port open).
+        ``defines``: more ``NAME=VALUE`` definitions for the compile (part of the build id).
+
+        The programs pinned by the previous open are adopted when their build id is this one's;
+        otherwise (first start, source or defines changed, pins missing or not the programs' maps)
+        the programs are compiled, attached, and then pinned with their build id."""
         sizes = sizes or MapSizes()
         if ct_max is not None:
             sizes = dataclasses.replace(sizes, ct=ct_max)
@@ -122,7 +137,14 @@ class Datapath:
         if not os.path.ismount(BPFFS):
             raise DatapathError(f"{BPFFS} is not a mounted bpffs (mount -t bpf bpf {BPFFS})")
         pin_dir = PIN_ROOT / node
-        progs = loader.load(pin_dir, sizes)
+        build = loader.build_id(pin_dir, sizes, defines)
+        progs: loader.LoadedPrograms | adopt.PinnedPrograms
+        try:
+            progs = adopt.adopt(pin_dir, sizes, build)
+        except adopt.NotAdoptable as exc:
+            log.info("datapath %s: compiling (%s)", node, exc)
+            adopt.forget(pin_dir)
+            progs = loader.load(pin_dir, sizes, defines)
         try:
             nl = Netlink(netns)
         except DatapathError:
@@ -135,6 +157,8 @@ class Datapath:
                 dp.set_proxy_port(port, proto)
             nl.ensure_proxy_routing(PROXY_ROUTE_TABLE, PROXY_RULE_PRIORITY, MARK_TO_PROXY, MARK_MASK)
             dp._reattach()
+            if not dp.adopted:
+                adopt.record(pin_dir, progs.fds, build)
         except DatapathError:
             dp.close()
             raise

@@ -7,6 +7,11 @@ text, so :func:`assemble_source` inlines the project's own ``#include "..."`` fi
 the three entry files become one compilation unit: one compile (~2 s) for all hooks, and the maps
 are shared. Maps are pinned by ``BPF_TABLE_PINNED`` under ``pin_dir``; bcc reuses an existing pin
 without checking its shape, so :func:`check_pins` does that first.
+
+:func:`build_id` names what a compile would produce (the assembled source, the defines and this
+loader's format): :mod:`bpf.adopt` keeps it beside the pins once the programs are attached, and the
+next :meth:`~bpf.datapath.Datapath.open` with the same id adopts them without compiling (nor
+importing bcc, whose LLVM is most of a compile's cost).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import hashlib
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -25,7 +31,16 @@ from typing import Any
 from bpf.errors import CompileError, DatapathError, IncompatibleMapError, MapWriteError
 from bpf.maps import MAP_SPECS, PROXY_PORTS_MAX, MapSizes, MapSpec
 
-__all__ = ["IncompatibleMapError", "LoadedPrograms", "MapHandle", "check_pins", "load", "unpin"]
+__all__ = [
+    "IncompatibleMapError",
+    "LoadedPrograms",
+    "MapHandle",
+    "build_id",
+    "check_pins",
+    "load",
+    "stats",
+    "unpin",
+]
 
 SRC_DIR = Path(__file__).resolve().parent
 ENTRY_FILES = ("from_lxc.c", "to_lxc.c", "from_uplink.c", "to_uplink.c")
@@ -35,6 +50,24 @@ PROG_FROM_UPLINK = "l7g_from_uplink"
 PROG_TO_UPLINK = "l7g_to_uplink"
 PROGRAMS = (PROG_FROM_LXC, PROG_TO_LXC, PROG_FROM_UPLINK, PROG_TO_UPLINK)
 EVENTS_MAP = "l7g_events"
+
+LOADER_FORMAT = 1  # bump when what a build id covers changes (program or pin naming, defines)
+BUILD_PIN = "build"  # pinned map holding the build id of the pinned programs (bpf.adopt)
+PROG_PIN_PREFIX = "prog_"  # the programs are pinned as <pin_dir>/prog_<program name>
+
+
+def program_pin(pin_dir: Path, name: str) -> Path:
+    return pin_dir / f"{PROG_PIN_PREFIX}{name}"
+
+
+@dataclass
+class LoaderStats:
+    """What this process's loader did (the adopt tests check that nothing was compiled)."""
+
+    compiles: int = 0
+
+
+stats = LoaderStats()
 
 _INCLUDE = re.compile(r'^#include "([^"]+)"[ \t]*$', re.MULTILINE)
 _MAP_TYPES = {"hash": 1, "array": 2, "lru_hash": 9, "lpm_trie": 11}
@@ -73,7 +106,8 @@ class _MapInfo(ctypes.Structure):
         ("value_size", ctypes.c_uint32),
         ("max_entries", ctypes.c_uint32),
         ("map_flags", ctypes.c_uint32),
-        ("rest", ctypes.c_uint8 * 128),
+        ("name", ctypes.c_char * 16),
+        ("rest", ctypes.c_uint8 * 112),
     )
 
 
@@ -189,6 +223,7 @@ class LoadedPrograms:
 
     bpf: Any
     fds: dict[str, int]
+    build: bytes = b""  # build_id of this compile
 
     def map(self, name: str) -> MapHandle:
         return MapHandle(self.bpf[name.encode()])
@@ -220,25 +255,45 @@ class LoadedPrograms:
         self.bpf.cleanup()
 
 
-def load(pin_dir: Path, sizes: MapSizes | None = None) -> LoadedPrograms:
-    """Compile the tc programs with maps pinned in ``pin_dir`` (created) and load them."""
-    from bcc import BPF  # the only bcc import of the project
-
-    sizes = sizes or MapSizes()
-    pin_dir.mkdir(parents=True, exist_ok=True)
-    check_pins(pin_dir, sizes)
-    cflags = [
+def cflags(pin_dir: Path, sizes: MapSizes, defines: tuple[str, ...] = ()) -> list[str]:
+    """The compiler flags of a build: pin directory, map sizes, then ``defines`` (``NAME=VALUE``)."""
+    return [
         f'-DL7G_PIN_DIR="{pin_dir}"',
         f"-DL7G_CT_MAX={sizes.ct}",
         f"-DL7G_IPCACHE_MAX={sizes.ipcache}",
         f"-DL7G_POLICY_MAX={sizes.policy}",
         f"-DL7G_PROXY_PORTS_MAX={PROXY_PORTS_MAX}",
+        *(f"-D{d}" for d in defines),
         "-Wno-unused-function",
     ]
+
+
+def build_id(
+    pin_dir: Path, sizes: MapSizes, defines: tuple[str, ...] = (), source: str | None = None
+) -> bytes:
+    """SHA-256 of what a compile depends on: this loader's format, the program names, the flags and
+    the assembled source (``source``: as :func:`assemble_source` gives it)."""
+    h = hashlib.sha256(f"l7gate-loader {LOADER_FORMAT}\0".encode())
+    for part in (*PROGRAMS, *cflags(pin_dir, sizes, defines)):
+        h.update(part.encode() + b"\0")
+    h.update((assemble_source() if source is None else source).encode())
+    return h.digest()
+
+
+def load(pin_dir: Path, sizes: MapSizes | None = None, defines: tuple[str, ...] = ()) -> LoadedPrograms:
+    """Compile the tc programs with maps pinned in ``pin_dir`` (created) and load them. ``defines``:
+    more ``NAME=VALUE`` preprocessor definitions (part of the build id)."""
+    from bcc import BPF  # the only bcc import of the project
+
+    sizes = sizes or MapSizes()
+    pin_dir.mkdir(parents=True, exist_ok=True)
+    check_pins(pin_dir, sizes)
+    source = assemble_source()
     try:
-        bpf = BPF(text=assemble_source().encode(), cflags=cflags)
+        bpf = BPF(text=source.encode(), cflags=cflags(pin_dir, sizes, defines))
     except Exception as exc:  # bcc raises bare Exception
         raise CompileError(f"compiling the tc programs failed: {str(exc)[:2000]}") from exc
+    stats.compiles += 1
     fds: dict[str, int] = {}
     try:
         for name in PROGRAMS:
@@ -246,15 +301,16 @@ def load(pin_dir: Path, sizes: MapSizes | None = None) -> LoadedPrograms:
     except Exception as exc:  # bcc raises bare Exception
         bpf.cleanup()
         raise CompileError(f"loading {name} failed: {exc}") from exc
-    return LoadedPrograms(bpf=bpf, fds=fds)
+    return LoadedPrograms(bpf=bpf, fds=fds, build=build_id(pin_dir, sizes, defines, source))
 
 
 def unpin(pin_dir: Path) -> None:
-    """Remove the pinned maps of ``pin_dir``, the directory, and its parent (the l7gate pin root) once
-    no other node's directory is left in it."""
-    for spec in MAP_SPECS:
+    """Remove the pinned maps, programs and build id of ``pin_dir``, the directory, and its parent
+    (the l7gate pin root) once no other node's directory is left in it."""
+    pins = [pin_dir / BUILD_PIN, *(program_pin(pin_dir, p) for p in PROGRAMS)]
+    for path in [*pins, *(pin_dir / spec.pin_name for spec in MAP_SPECS)]:
         with contextlib.suppress(FileNotFoundError):
-            (pin_dir / spec.pin_name).unlink()
+            path.unlink()
     for directory in (pin_dir, pin_dir.parent):
         try:
             directory.rmdir()
