@@ -306,8 +306,12 @@ def ipcache_key(prefix: IPNetwork | IPAddress) -> IpcacheKey:
 
 def ipcache_prefix(key: IpcacheKey) -> IPNetwork:
     """Inverse of :func:`ipcache_key`."""
-    addr = _unaddr(key.family, bytes(key.addr))
-    return ipaddress.ip_network(f"{addr}/{key.prefixlen - 32}")
+    length = key.prefixlen - 32
+    if key.family == AF_INET:
+        raw = bytes(key.addr)[:4]
+        return ipaddress.IPv4Network(raw if length == 32 else (int.from_bytes(raw, "big"), length))
+    raw = bytes(key.addr)
+    return ipaddress.IPv6Network(raw if length == 128 else (int.from_bytes(raw, "big"), length))
 
 
 def ipcache_value(identity: int, endpoint_id: int = 0, flags: int = 0) -> IpcacheValue:

@@ -252,8 +252,25 @@ class Agent:
 
     # ------------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
+        """Open the datapath (adopting a previous agent's programs, or compiling: bcc releases the GIL)
+        while the policy files are parsed into :class:`PolicyFiles`' cache, then start the services."""
         self.write_status("starting")
-        self.dp = self._open(self.cfg.datapath_name)
+        opened: list[DatapathLike | BaseException] = []
+
+        def open_datapath() -> None:
+            try:
+                opened.append(self._open(self.cfg.datapath_name))
+            except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+                opened.append(exc)
+
+        opener = threading.Thread(target=open_datapath, name="datapath-open", daemon=True)
+        opener.start()
+        with contextlib.suppress(PolicySourceError):  # the first step reports it
+            self._files.load(self.cfg.policies)  # the first step finds these files parsed
+        opener.join()
+        if isinstance(opened[0], BaseException):
+            raise opened[0]
+        self.dp = opened[0]
         since = time.monotonic() - self.started
         log.info("datapath %s open (%.2fs since start)", self.cfg.datapath_name, since)
         for service in self.services:
@@ -561,7 +578,6 @@ class Agent:
             return  # a newer agent of this node took over (a graceful restart): its status stands
         watch.write_status(self.cfg.status_file, st)
         self._last_status = key
-
 
     def _replaced(self) -> bool:
         current = watch.read_status(self.cfg.status_file)
