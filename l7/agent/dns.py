@@ -300,6 +300,11 @@ class DnsService:
         if not ips:
             return None
         assert self._host is not None
+        if self.cache.refresh(qname, ips, time.time()):
+            # every address is credited to the name and already in the ipcache: nothing to write, so
+            # no wait for the agent's lock (which its main loop holds while it applies or writes status)
+            self._done(started, "fast")
+            return None
         if self._host.lock.acquire(blocking=False):
             try:
                 self._learn(qname, ips, started)
@@ -322,11 +327,14 @@ class DnsService:
         ips = tuple((ip, ttl) for ip, ttl in ips if not engine.is_managed(ip))
         if not ips:
             return
-        changed = self.cache.add(qname, ips, time.time()) + self.cache.take_evicted()
+        new = self.cache.add(qname, ips, time.time())
+        unwritten = [ip for ip in self.cache.unwritten(qname) if ip not in new]  # an earlier write failed
+        changed = new + unwritten + self.cache.take_evicted()
         if not changed:  # every address was already credited to the name: nothing to write
             self._done(started, "fast")
             return
         touched = self._host.learn({ip: self.cache.names_of(ip) for ip in changed}, f"DNS answer for {qname}")
+        self.cache.written(qname, new + unwritten)  # from now on, answers with them skip the lock
         self._done(started, "slow" if touched else "fast")
 
     def _done(self, started: float, path: str) -> None:

@@ -113,34 +113,64 @@ class FQDNCache:
         self._total = 0  # entries in all
         self._ips: dict[str, set[str]] = {}  # ip → names
         self._evicted: list[str] = []  # IPs dropped by the per-name cap, until taken
+        self._unwritten: set[tuple[str, str]] = set()  # (name, ip) credited, not yet in the ipcache
         self.version = 0  # bumped on every change (for saving)
 
     # -- changes --------------------------------------------------------------------------------
     def add(self, name: str, ips_with_ttl: Iterable[tuple[str, int]], now: float) -> list[str]:
-        """Credit ``ips_with_ttl`` to ``name``; returns the IPs that are new for the name."""
-        new: list[str] = []
+        """Credit ``ips_with_ttl`` to ``name``; returns the IPs that are new for the name (they count as
+        not yet written until :meth:`written`)."""
         with self._lock:
-            entries = self._names.pop(name, None)  # re-inserted: the latest answered name is the newest
-            if entries is None:
-                entries = {}
-            self._names[name] = entries
-            for ip, answered in ips_with_ttl:
-                ttl = max(int(answered), self.config.min_ttl)
-                known = entries.pop(ip, None)  # re-inserted: the latest answer is the newest entry
-                if known is None:
-                    new.append(ip)
-                    self._ips.setdefault(ip, set()).add(name)
-                    self._total += 1
-                entries[ip] = CachedIP(ip, ttl, now, max(now + ttl, known.expires if known else 0.0))
-            while len(entries) > self.config.max_ips:
-                oldest = next(iter(entries))
-                del entries[oldest]
-                self._unindex(oldest, name)
-                self._evicted.append(oldest)
-                self._total -= 1
-            while self._total > self.config.max_total:
-                self._evict_oldest_name(keep=name)
-            self.version += 1
+            return self._credit(name, ips_with_ttl, now)
+
+    def refresh(self, name: str, ips_with_ttl: tuple[tuple[str, int], ...], now: float) -> bool:
+        """When every IP is already credited to ``name`` *and written* (:meth:`written`), credit the
+        answer again (TTLs, order) and return True: nothing is new, nothing to write, no lock but the
+        cache's. Otherwise change nothing and return False (the caller takes the full path)."""
+        with self._lock:
+            entries = self._names.get(name)
+            unwritten = self._unwritten
+            if entries is None or any(ip not in entries or (name, ip) in unwritten for ip, _ in ips_with_ttl):
+                return False
+            self._credit(name, ips_with_ttl, now)
+            return True
+
+    def written(self, name: str, ips: Iterable[str]) -> None:
+        """``ips`` of ``name`` are in the ipcache now (see :meth:`refresh`)."""
+        with self._lock:
+            for ip in ips:
+                self._unwritten.discard((name, ip))
+
+    def unwritten(self, name: str) -> list[str]:
+        """The IPs credited to ``name`` and not yet written (a write that failed is retried)."""
+        with self._lock:
+            return [ip for ip in self._names.get(name, ()) if (name, ip) in self._unwritten]
+
+    def _credit(self, name: str, ips_with_ttl: Iterable[tuple[str, int]], now: float) -> list[str]:
+        """:meth:`add`'s work; the caller holds ``self._lock``."""
+        new: list[str] = []
+        entries = self._names.pop(name, None)  # re-inserted: the latest answered name is the newest
+        if entries is None:
+            entries = {}
+        self._names[name] = entries
+        for ip, answered in ips_with_ttl:
+            ttl = max(int(answered), self.config.min_ttl)
+            known = entries.pop(ip, None)  # re-inserted: the latest answer is the newest entry
+            if known is None:
+                new.append(ip)
+                self._ips.setdefault(ip, set()).add(name)
+                self._unwritten.add((name, ip))
+                self._total += 1
+            entries[ip] = CachedIP(ip, ttl, now, max(now + ttl, known.expires if known else 0.0))
+        while len(entries) > self.config.max_ips:
+            oldest = next(iter(entries))
+            del entries[oldest]
+            self._unindex(oldest, name)
+            self._evicted.append(oldest)
+            self._total -= 1
+        while self._total > self.config.max_total:
+            self._evict_oldest_name(keep=name)
+        self.version += 1
         return new
 
     def expire(self, now: float, in_use: Callable[[str], bool]) -> list[tuple[str, str]]:
@@ -182,6 +212,7 @@ class FQDNCache:
             del self._names[oldest]
 
     def _unindex(self, ip: str, name: str) -> None:
+        self._unwritten.discard((name, ip))
         names = self._ips.get(ip)
         if names is not None:
             names.discard(name)

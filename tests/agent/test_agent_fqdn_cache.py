@@ -82,3 +82,26 @@ def test_a_flood_of_fresh_names_keeps_the_cache_bounded() -> None:
     assert cache.names_of("10.3.249.2") == ("r999.flood.test",)
     assert len(evicted) == 2001 - 99 and all(cache.names_of(ip) is None for ip in evicted)
     assert len(cache.learned()) == 99
+
+
+def test_refresh_only_when_every_address_is_credited_and_written() -> None:
+    """The answer hook's lock-free path: an answer whose addresses are all credited to the name *and*
+    written to the ipcache only refreshes them; anything new, unwritten or expired takes the full path."""
+    cache = FQDNCache(CacheConfig(grace=0))
+    one, two = ("192.0.2.1", 60), ("192.0.2.2", 60)
+    assert not cache.refresh("a.test", (one,), now=0.0)  # unknown name: nothing changed
+    assert cache.entries() == {}
+    assert cache.add("a.test", [one], now=0.0) == ["192.0.2.1"]
+    assert cache.unwritten("a.test") == ["192.0.2.1"]
+    assert not cache.refresh("a.test", (one,), now=1.0)  # credited, not written yet
+    cache.written("a.test", ["192.0.2.1"])
+    assert cache.unwritten("a.test") == []
+    assert cache.refresh("a.test", (one,), now=10.0)
+    assert [(e.ip, e.learned, e.expires) for e in cache.entries()["a.test"]] == [("192.0.2.1", 10.0, 70.0)]
+    assert not cache.refresh("a.test", (one, two), now=11.0)  # a new address: the full path
+    assert [e.ip for e in cache.entries()["a.test"]] == ["192.0.2.1"]
+    assert not cache.refresh("b.test", (one,), now=11.0)  # written for another name only
+    assert cache.expire(71.0, lambda _ip: False) == [("a.test", "192.0.2.1")]
+    assert not cache.refresh("a.test", (one,), now=72.0)  # expired: learned (and written) again
+    assert cache.add("a.test", [one], now=72.0) == ["192.0.2.1"]
+    assert cache.unwritten("a.test") == ["192.0.2.1"]
