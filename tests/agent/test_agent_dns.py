@@ -355,7 +355,7 @@ def test_audit_mode_forwards_names_no_rule_allows(lab: Lab, tmp_path: Path) -> N
         rc, out = dig(lab, "demo/demo-app", "+short", "github.com")
         assert rc == 0 and answers(out) == [world(lab, "github")], out
         mine: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 5  # the DNS flow records are written in batches (every 50 ms)
+        deadline = time.monotonic() + 5  # the DNS flow records are written in batches (every 10 ms)
         while not mine and time.monotonic() < deadline:
             log = flows.read_text().splitlines()[seen:] if flows.exists() else []
             mine = [json.loads(x) for x in log if '"github.com"' in x and "demo/demo-app" in x]
