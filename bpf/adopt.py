@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bpf import loader
+from bpf import batch, loader
 from bpf.errors import DatapathError, IncompatibleMapError, MapWriteError
 from bpf.maps import MAP_SPECS, MapSizes, MapSpec
 
@@ -135,11 +135,8 @@ class FdMap:
         return out
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
-        value = ctypes.create_string_buffer(self._vsize)
-        lookup = self._c.bpf_map_lookup_elem
-        for key in self._keys():
-            if lookup(self.fd, key, value) == 0:  # deleted in between: skip it
-                yield key, value.raw
+        """Every entry, read in batches where the kernel can (:mod:`bpf.batch`)."""
+        return iter(batch.items(self.fd, self._ksize, self._vsize))
 
     def clear(self) -> None:
         for key in self._keys():

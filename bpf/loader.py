@@ -196,12 +196,11 @@ class MapHandle:
         return True
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
-        for key in list(self._t.keys()):
-            try:
-                value = self._t[key]
-            except KeyError:
-                continue
-            yield bytes(key), bytes(value)
+        """Every entry, read in batches where the kernel can (:mod:`bpf.batch`)."""
+        from bpf import batch  # imports this module
+
+        size = ctypes.sizeof
+        return iter(batch.items(self._t.map_fd, size(self._t.Key), size(self._t.Leaf)))
 
     def clear(self) -> None:
         for key in list(self._t.keys()):

@@ -4,7 +4,7 @@ attaching anything (``l7gate bpf policy get``).
 ::
 
     /sys/fs/bpf/l7gate/<datapath>/{endpoint_ids,ipcache,policy}
-        ──► bpf_obj_get (BPF_F_RDONLY) ──► get_next_key / lookup ──► maps.py layouts ──► PinnedState
+        ──► bpf_obj_get (BPF_F_RDONLY) ──► batched lookup (bpf.batch) ──► maps.py layouts ──► PinnedState
 
 Each map is opened with a read-only file descriptor, and its key and value sizes are checked against
 :mod:`bpf.maps` before anything is decoded. A map written while it is read may show a mix of old and
@@ -17,10 +17,10 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bpf import batch
 from bpf.datapath import PIN_ROOT, _decode_policy_key
 from bpf.errors import DatapathError
 from bpf.loader import _libbpf, pinned_map_info
@@ -94,20 +94,12 @@ def _open(path: Path, spec: MapSpec) -> int:
     return fd
 
 
-def _items(path: Path, spec: MapSpec) -> Iterator[tuple[bytes, bytes]]:
-    """Every (key, value) of a pinned map, read through a read-only descriptor."""
-    lib = _libbpf()
+def _items(path: Path, spec: MapSpec) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of a pinned map, read through a read-only descriptor (in batches where the
+    kernel can)."""
     fd = _open(path, spec)
     try:
-        key = ctypes.create_string_buffer(ctypes.sizeof(spec.key))
-        following = ctypes.create_string_buffer(ctypes.sizeof(spec.key))
-        value = ctypes.create_string_buffer(ctypes.sizeof(spec.value))
-        previous: ctypes.Array[ctypes.c_char] | None = None
-        while lib.bpf_map_get_next_key(fd, previous, following) == 0:
-            ctypes.memmove(key, following, ctypes.sizeof(key))
-            previous = key
-            if lib.bpf_map_lookup_elem(fd, key, value) == 0:  # deleted in between: skip it
-                yield key.raw, value.raw
+        return batch.items(fd, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value))
     finally:
         os.close(fd)
 

@@ -106,8 +106,6 @@ def agent_cmd(  # noqa: PLR0917  (typer options)
     from l7.agent.fqdn import DnsSettings
     from l7.agent.metrics import MetricsAddressError, parse_addr
     from l7.agent.node import METRICS_ADDRESS, AgentConfig, AgentError, route_interfaces, run_agent
-    from l7.lab import LabError
-    from l7.lab.agents import lab_config
 
     try:
         configure_logs(f"agent[{node}]", verbose=verbose, fmt=log_format)
@@ -132,6 +130,9 @@ def agent_cmd(  # noqa: PLR0917  (typer options)
         typer.echo(f"error: --metrics-address: {exc}", err=True)
         raise typer.Exit(2) from None
     if lab is not None:
+        from l7.lab import LabError  # the lab modules only for a lab agent (~0.2 s of imports)
+        from l7.lab.agents import lab_config
+
         try:
             cfg = lab_config(lab, node, state_dir)
         except (LabError, AgentError) as exc:  # no such lab or node: missing input

@@ -41,7 +41,7 @@ One change is in flight at a time, so "applied" is the first status whose ``poli
 hashes its inputs. After the run, the final hashes are compared with ``l7.agent.watch.content_hash`` of
 the files (reported, not required).
 
-    .venv/bin/python -m tests.bench.scale_agent [--quick] [--learned] [--keep]
+    .venv/bin/python -m tests.bench.scale_agent [--quick] [--learned] [--keep] [--profile-restart FILE]
 """
 
 from __future__ import annotations
@@ -178,6 +178,8 @@ class Run:
     endpoints_data: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    profile: Path | None = None
+    """Run the next start under ``py-spy record`` (raw collapsed stacks written here at ready)."""
 
     @property
     def status_file(self) -> Path:
@@ -210,6 +212,9 @@ class Run:
             "--services",
             "dns" if self.settings.learned else "",
         ]
+        if self.profile is not None:  # py-spy runs the agent as its child, inside the namespace
+            spy = [str(REPO / ".venv" / "bin" / "py-spy"), "record", "-r", "250", "-f", "raw"]
+            argv[2:2] = [*spy, "-o", str(self.profile), "--"]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
@@ -229,7 +234,7 @@ class Run:
             if (
                 st.get("ready")
                 and st.get("state") == "running"
-                and (self.proc is None or st.get("pid") == self.proc.pid)
+                and (self.proc is None or st.get("pid") == self.agent_pid())
                 and st.get("policies_hash") not in (None, policies_not)
                 and st.get("endpoints_hash") not in (None, endpoints_not)
             ):
@@ -241,6 +246,24 @@ class Run:
             if time.monotonic() > deadline:
                 return None
             time.sleep(POLL)
+
+    def agent_pid(self) -> int | None:
+        """The agent's PID: the process started, or its child when py-spy runs it."""
+        if self.proc is None or self.profile is None:
+            return None if self.proc is None else self.proc.pid
+        with contextlib.suppress(OSError, ValueError):
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+            return int(children[0]) if children else None
+        return None
+
+    def stop_profile(self) -> None:
+        """Stop py-spy (SIGINT: it writes the profile and ends the agent it runs)."""
+        if self.proc is None or self.profile is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(30)
+        self.profile = None
 
     def log_tail(self, lines: int = 15) -> str:
         if self.log is None or not self.log.exists():
@@ -286,14 +309,17 @@ def _ms(samples: list[float]) -> dict[str, Any]:
     }
 
 
-def restart(run: Run, settings: Settings) -> dict[str, Any]:
+def restart(run: Run, settings: Settings, profile: Path | None = None) -> dict[str, Any]:
     """Stop the agent (SIGTERM) and start another on the same state: seconds until it applied (what
-    the agent leaves running on purpose, the DNS socket keeper, stays for the next one)."""
+    the agent leaves running on purpose, the DNS socket keeper, stays for the next one). ``profile``:
+    the new agent runs under py-spy until it applied (slower: for where the time goes, not how much)."""
     stop(run.proc, timeout=10)
+    run.profile = profile
     started = time.monotonic()
     run.start()
     waited = run.wait(settings.start_timeout)
     st = run.status()
+    run.stop_profile()
     return {
         "seconds": None if waited is None else round(time.monotonic() - started, 3),
         "timeout": settings.start_timeout,
@@ -304,7 +330,7 @@ def restart(run: Run, settings: Settings) -> dict[str, Any]:
     }
 
 
-def measure(settings: Settings, keep: bool = False) -> dict[str, Any]:
+def measure(settings: Settings, keep: bool = False, profile: Path | None = None) -> dict[str, Any]:
     if os.geteuid() != 0:
         raise RuntimeError("needs root (network namespace, BPF)")
     p = settings.params
@@ -414,6 +440,8 @@ def measure(settings: Settings, keep: bool = False) -> dict[str, Any]:
         out["hashes_match_files"] = hashes_match(run, paths)
         out["dns"] = (st.get("services") or {}).get("dns")
         out["restart"] = restart(run, settings)
+        if profile is not None:
+            out["restart_profiled"] = restart(run, settings, profile)
         return out
     finally:
         out["log_tail"] = run.log_tail(5)
@@ -539,11 +567,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (log, state)")
     parser.add_argument("--learned", action="store_true", help="with the learned IPs (dns service)")
+    parser.add_argument(
+        "--profile-restart",
+        type=Path,
+        metavar="FILE",
+        help="then restart once more under py-spy record until applied (raw collapsed stacks to FILE)",
+    )
     args = parser.parse_args()
     settings = (
         (QUICK_LEARNED if args.learned else QUICK) if args.quick else FULL_LEARNED if args.learned else FULL
     )
-    print(json.dumps(measure(settings, keep=args.keep), indent=2))
+    print(json.dumps(measure(settings, keep=args.keep, profile=args.profile_restart), indent=2))
 
 
 if __name__ == "__main__":
