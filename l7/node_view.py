@@ -13,13 +13,13 @@ datapath) uses, and the resolver is deterministic, so the result is the agent's 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from l7.endpoints import EndpointsFile, Topology, build_topology, load_endpoints
 from l7.errors import L7GateError
+from l7.fqdn_state import read_state, snapshot_path
 from l7.identity import IdentityAllocator
 from l7.policy.documents import Policy, load_paths
 from l7.resolve import ResolvedNode, Resolver
@@ -73,9 +73,8 @@ def node_view(agent_dir: Path, inputs: Inputs, node: str, *, all_endpoints: bool
 
 def learned_ips(agent_dir: Path, node: str) -> dict[str, list[str]]:
     """IP → DNS names, from the node's saved FQDN cache (``fqdn-cache-<node>.json``)."""
-    try:
-        data = json.loads((agent_dir / f"fqdn-cache-{node}.json").read_text())
-    except (OSError, ValueError):
+    data = read_state(snapshot_path(agent_dir, node))  # the snapshot with its journals
+    if data is None:
         return {}
     out: dict[str, list[str]] = {}
     for name, entries in (data.get("names") or {}).items():

@@ -54,6 +54,7 @@ from l7.agent.histogram import ALLOW_BUCKETS, Histogram
 from l7.agent.services import AppliedView, ServiceHost
 from l7.agent.socket_keeper import KeeperClient, KeeperError, ensure_keeper
 from l7.flows import FlowLog, flow_path
+from l7.fqdn_state import Record, StateStore
 from l7.policy.fqdn import NameMatcher
 
 if TYPE_CHECKING:
@@ -67,6 +68,12 @@ FLOW_FLUSH_INTERVAL = 0.01
 records are encoded: every 10 ms at 5,000 qps is ~50 records; every 50 ms doubled the p99, see
 docs/dnsproxy.md)."""
 MAX_QUEUED_EVENTS = 100_000
+PERSIST_SLICE = 128
+"""Names per slice of FQDN-cache persistence and expiry (journal, compaction, sweep): ~0.3 ms of work
+at most, measured by tests/bench/dns_fqdn_persist.py."""
+PERSIST_PAUSE = 0.001
+"""Seconds slept between slices: the proxy's thread gets the GIL back (see l7.fqdn_state)."""
+MAX_SELECTOR_MEMO = 200_000
 Signature = tuple[frozenset[str], str | None, int]
 
 
@@ -114,8 +121,9 @@ class DnsService:
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="dns-sweep", daemon=True)
         self._flows: FlowLog | None = None
-        self._state_file: Path | None = None
-        self._saved = -1
+        self._store: StateStore | None = None
+        self._selectors_view: tuple[AppliedView | None, dict[str, Any]] = (None, {})  # view → its selectors
+        self._selector_memo: dict[str, list[str]] = {}  # name → selector texts (for that view)
         self.counters = {"fast": 0, "slow": 0, "expired": 0, "refused_source": 0, "flow_records_dropped": 0}
         self._events: list[tuple[float, str | None, QueryEvent]] = []  # flow records to write (proxy loop)
         self.lookup_to_allowed: list[float] = []  # seconds, answer arrived → IPs allowed (last 4096)
@@ -126,11 +134,11 @@ class DnsService:
     # -- NodeService ----------------------------------------------------------------------------
     def start(self, host: ServiceHost) -> None:
         self._host = host
-        self._state_file = state_path(host.state_dir, host.node)
-        restored = self.cache.load(self._state_file, time.time())
+        self._store = StateStore(state_path(host.state_dir, host.node), PERSIST_SLICE, PERSIST_PAUSE)
+        state = self._store.load()
+        restored = self.cache.restore(state, time.time()) if state is not None else 0
         if restored:
-            log.info("FQDN cache: %d IPs restored from %s", restored, self._state_file)
-        self._saved = self.cache.version
+            log.info("FQDN cache: %d IPs restored from %s (+ journals)", restored, self._store.snapshot)
         self._flows = FlowLog(flow_path(host.state_dir, host.node, "dns"))
         path = keeper_path(host.state_dir, host.node)
         try:
@@ -201,7 +209,7 @@ class DnsService:
             self._sweeper.join(5)
         if not self._loop.is_running():
             self._loop.close()
-        self._save(force=True)
+        self._persist(final=True)
         self._flush_events()
         if self._flows is not None:
             self._flows.close()
@@ -378,29 +386,57 @@ class DnsService:
         due = self.cache.next_expiry()
         removed: list[tuple[str, str]] = []
         if due is not None and due <= now and self._host is not None:
-            removed = self.cache.expire(now, self._in_use())
+            removed = self.cache.expire(now, self._in_use(), PERSIST_SLICE, PERSIST_PAUSE)
             if removed:
                 self.counters["expired"] += len(removed)
                 log.info("FQDN cache: %d expired: %s", len(removed), removed[:5])
                 ips = {ip for _, ip in removed}
                 self._host.learn({ip: self.cache.names_of(ip) for ip in ips}, "FQDN cache expiry")
-        self._save()
+        self._persist()
         return removed
 
-    def _save(self, force: bool = False) -> None:
-        if self._state_file is None or (not force and self.cache.version == self._saved):
+    def _persist(self, final: bool = False) -> None:
+        """Journal the names that changed since the last call, in slices; compact the journals into a
+        new snapshot when they outgrow it (see :mod:`l7.fqdn_state`). Never the whole cache at once:
+        the proxy's thread waits for the GIL at most one slice."""
+        store = self._store
+        if store is None:
             return
-        version = self.cache.version
+        if final:
+            store.pause = 0.0
         try:
-            view = self._host.last_view() if self._host is not None else None
-            selectors = view.fqdn_selectors().values() if view is not None else ()
-            names = {
-                name: [s.text for s in selectors if s.matches_name(name)] for name in self.cache.entries()
-            }
-            self.cache.save(self._state_file, {"selectors": names, "saved": time.time()})
-            self._saved = version
+            store.flush(self._take_changed)
+            if store.needs_compaction() and not final:
+                store.compact(self.cache.names(), self._records_of)
+                log.info("FQDN cache state compacted (%d bytes)", store.snapshot_bytes)
         except OSError as exc:
             log.warning("FQDN cache state: %s", exc)
+
+    def _take_changed(self, limit: int) -> list[Record]:
+        return self._with_selectors(self.cache.take_changed(limit))
+
+    def _records_of(self, names: list[str]) -> list[Record]:
+        return self._with_selectors(self.cache.rows_of(names))
+
+    def _with_selectors(self, rows: list[tuple[str, list[list[Any]]]]) -> list[Record]:
+        """The names' journal records with the toFQDNs selectors each feeds (``l7gate fqdn cache``),
+        computed once per name and applied view."""
+        view = self._host.last_view() if self._host is not None else None
+        known, selectors = self._selectors_view
+        if view is not known:
+            selectors = dict(view.fqdn_selectors()) if view is not None else {}
+            self._selectors_view = (view, selectors)
+            self._selector_memo = {}
+        memo = self._selector_memo
+        out: list[Record] = []
+        for name, entries in rows:
+            texts = memo.get(name)
+            if texts is None:
+                texts = memo[name] = [s.text for s in selectors.values() if s.matches_name(name)]
+                if len(memo) > MAX_SELECTOR_MEMO:
+                    memo.clear()
+            out.append((name, entries, texts))
+        return out
 
 
 def flow_record(when: float, endpoint: str | None, event: QueryEvent) -> dict[str, Any]:

@@ -24,10 +24,13 @@ import ipaddress
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from l7.fqdn_state import read_state, snapshot_path
 
 DEFAULT_MIN_TTL = 0
 DEFAULT_MAX_IPS = 50
@@ -114,7 +117,9 @@ class FQDNCache:
         self._ips: dict[str, set[str]] = {}  # ip → names
         self._evicted: list[str] = []  # IPs dropped by the per-name cap, until taken
         self._unwritten: set[tuple[str, str]] = set()  # (name, ip) credited, not yet in the ipcache
-        self.version = 0  # bumped on every change (for saving)
+        self._changed: dict[str, None] = {}  # names changed since taken (for the journal), in order
+        self._earliest = float("inf")  # no entry expires before (lower bound; see next_expiry)
+        self.version = 0  # bumped on every change
 
     # -- changes --------------------------------------------------------------------------------
     def add(self, name: str, ips_with_ttl: Iterable[tuple[str, int]], now: float) -> list[str]:
@@ -153,6 +158,7 @@ class FQDNCache:
         if entries is None:
             entries = {}
         self._names[name] = entries
+        self._changed[name] = None
         for ip, answered in ips_with_ttl:
             ttl = max(int(answered), self.config.min_ttl)
             known = entries.pop(ip, None)  # re-inserted: the latest answer is the newest entry
@@ -161,7 +167,8 @@ class FQDNCache:
                 self._ips.setdefault(ip, set()).add(name)
                 self._unwritten.add((name, ip))
                 self._total += 1
-            entries[ip] = CachedIP(ip, ttl, now, max(now + ttl, known.expires if known else 0.0))
+            entry = entries[ip] = CachedIP(ip, ttl, now, max(now + ttl, known.expires if known else 0.0))
+            self._earliest = min(self._earliest, entry.expires)
         while len(entries) > self.config.max_ips:
             oldest = next(iter(entries))
             del entries[oldest]
@@ -173,23 +180,40 @@ class FQDNCache:
         self.version += 1
         return new
 
-    def expire(self, now: float, in_use: Callable[[str], bool]) -> list[tuple[str, str]]:
+    def expire(
+        self, now: float, in_use: Callable[[str], bool], slice_names: int = 0, pause: float = 0.0
+    ) -> list[tuple[str, str]]:
         """Remove the entries whose TTL passed and that no connection uses (``in_use(ip)``), or whose
-        TTL + grace passed. Returns the removed (name, ip)."""
-        removed: list[tuple[str, str]] = []
+        TTL + grace passed. Returns the removed (name, ip). ``slice_names``: go through the names that
+        many at a time, taking the lock per slice and sleeping ``pause`` between slices (a large cache
+        is swept without holding the lock, or the GIL, for long)."""
         with self._lock:
-            for name, entries in list(self._names.items()):
-                for ip, entry in list(entries.items()):
-                    if entry.expires > now:
+            names = list(self._names)
+            self._earliest = float("inf")  # recomputed by this pass (credits meanwhile lower it)
+        step = slice_names or max(1, len(names))
+        removed: list[tuple[str, str]] = []
+        earliest = float("inf")
+        for start in range(0, len(names), step):
+            if start and pause:
+                time.sleep(pause)
+            with self._lock:
+                for name in names[start : start + step]:
+                    entries = self._names.get(name)
+                    if entries is None:
                         continue
-                    if entry.expires + self.config.grace > now and in_use(ip):
-                        continue
-                    del entries[ip]
-                    self._unindex(ip, name)
-                    self._total -= 1
-                    removed.append((name, ip))
-                if not entries:
-                    del self._names[name]
+                    for ip, entry in list(entries.items()):
+                        if entry.expires > now or (entry.expires + self.config.grace > now and in_use(ip)):
+                            earliest = min(earliest, entry.expires)
+                            continue
+                        del entries[ip]
+                        self._unindex(ip, name)
+                        self._total -= 1
+                        removed.append((name, ip))
+                        self._changed[name] = None
+                    if not entries:
+                        del self._names[name]
+        with self._lock:
+            self._earliest = min(self._earliest, earliest)
             if removed:
                 self.version += 1
         return removed
@@ -203,6 +227,7 @@ class FQDNCache:
             oldest = next(iter(self._names))
             entries = self._names[oldest]
         victims = list(entries) if oldest != keep else [next(iter(entries))]
+        self._changed[oldest] = None
         for ip in victims:
             del entries[ip]
             self._unindex(ip, oldest)
@@ -232,9 +257,10 @@ class FQDNCache:
             return out
 
     def next_expiry(self) -> float | None:
+        """When the next entry expires at the earliest (a lower bound, made exact by :meth:`expire`;
+        kept on every change, so no pass over the cache)."""
         with self._lock:
-            times = [e.expires for entries in self._names.values() for e in entries.values()]
-        return min(times) if times else None
+            return self._earliest if self._names else None
 
     # -- views ----------------------------------------------------------------------------------
     def learned(self) -> dict[str, list[str]]:
@@ -257,6 +283,34 @@ class FQDNCache:
         return len(self._names)
 
     # -- state file -----------------------------------------------------------------------------
+    def take_changed(self, limit: int) -> list[tuple[str, list[list[Any]]]]:
+        """Up to ``limit`` names changed since they were last taken, each with its rows now
+        (``[[ip, ttl, learned, expires], ...]``; none: the name is gone) — the journal's input. Work
+        proportional to ``limit``, under the cache's lock."""
+        with self._lock:
+            changed = self._changed
+            out: list[tuple[str, list[list[Any]]]] = []
+            for name in changed:
+                out.append((name, self._rows(name)))
+                if len(out) >= limit:
+                    break
+            for name, _ in out:
+                del changed[name]
+            return out
+
+    def names(self) -> list[str]:
+        """Every name, oldest answered first (a compaction's list; read in slices with :meth:`rows_of`)."""
+        with self._lock:
+            return list(self._names)
+
+    def rows_of(self, names: Iterable[str]) -> list[tuple[str, list[list[Any]]]]:
+        """The rows of those of ``names`` still cached."""
+        with self._lock:
+            return [(name, self._rows(name)) for name in names if name in self._names]
+
+    def _rows(self, name: str) -> list[list[Any]]:
+        return [[e.ip, e.ttl, e.learned, e.expires] for e in self._names.get(name, {}).values()]
+
     def dumps(self) -> dict[str, Any]:
         with self._lock:
             return {
@@ -268,14 +322,18 @@ class FQDNCache:
             }
 
     def restore(self, data: dict[str, Any], now: float) -> int:
-        """Load a :meth:`dumps` (entries whose TTL + grace passed are dropped). Returns entries kept."""
+        """Load a :meth:`dumps` (entries whose TTL + grace passed are dropped). Returns entries kept.
+        Names are ordered by their latest answer (the largest ``learned``: eviction takes the oldest)."""
         kept = 0
+        saved = dict(data.get("names", {}))
+        order = sorted(saved, key=lambda n: max((float(row[2]) for row in saved[n]), default=0.0))
         with self._lock:
-            for name, rows in dict(data.get("names", {})).items():
+            for name, rows in ((n, saved[n]) for n in order):
                 entries: dict[str, CachedIP] = {}
                 for ip, ttl, learned, expires in rows:
                     if float(expires) + self.config.grace > now and usable(str(ip)):
                         entries[str(ip)] = CachedIP(str(ip), int(ttl), float(learned), float(expires))
+                        self._earliest = min(self._earliest, float(expires))
                 if entries:
                     self._names[str(name)] = entries
                     for ip in entries:
@@ -286,17 +344,17 @@ class FQDNCache:
         return kept
 
     def save(self, path: Path, extra: dict[str, Any] | None = None) -> None:
+        """The whole cache as one snapshot, encoded in one go (tests and tools; the agent writes
+        journals through :class:`l7.fqdn_state.StateStore`, proportional to the change)."""
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(json.dumps({**self.dumps(), **(extra or {})}, sort_keys=True))
         tmp.replace(path)
 
     def load(self, path: Path, now: float) -> int:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return 0
-        return self.restore(data, now) if isinstance(data, dict) else 0
+        """Restore the snapshot at ``path`` with its journals replayed (:func:`l7.fqdn_state.read_state`)."""
+        data = read_state(path)
+        return self.restore(data, now) if data is not None else 0
 
 
 def state_path(state_dir: Path, node: str) -> Path:
-    return state_dir / f"fqdn-cache-{node}.json"
+    return snapshot_path(state_dir, node)

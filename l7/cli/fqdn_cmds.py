@@ -1,11 +1,11 @@
 """``l7gate fqdn cache``: what the node agents' DNS proxies learned (name, IPs, TTL, expiry, selectors).
 
-Reads each agent's ``fqdn-cache-<node>.json`` (saved by the DNS service about once a second).
+Reads each agent's ``fqdn-cache-<node>.json`` with its journals (``l7.fqdn_state.read_state``; the DNS
+service journals the changed names about once a second).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +16,7 @@ from rich.table import Table
 
 from l7.cli import app
 from l7.cli.common import LabOpt, Output, OutputOpt, StateDirOpt, emit, node_source
+from l7.fqdn_state import read_state
 
 fqdn_app = typer.Typer(no_args_is_help=True, help="toFQDNs: the names and IPs learned from DNS.")
 app.add_typer(fqdn_app, name="fqdn")
@@ -39,9 +40,8 @@ def cache_rows(directory: Path, node: str | None = None) -> list[dict[str, Any]]
         this = path.stem.removeprefix("fqdn-cache-")
         if node is not None and this != node:
             continue
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
+        data = read_state(path)
+        if data is None:
             continue  # being rewritten, or not ours: the next read sees it
         selectors = data.get("selectors", {})
         for name, entries in sorted(data.get("names", {}).items()):

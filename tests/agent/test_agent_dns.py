@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+from l7.fqdn_state import read_state
 from l7.lab import Lab, down
 from l7.lab.topology import parse_topology
 from tests.agent.fqdn_helpers import (
@@ -87,11 +88,12 @@ def run_all(checks: dict[Any, Callable[[], Any]]) -> dict[Any, Any]:
 
 
 def saved_cache(lab: Lab, name: str, timeout: float = 5.0) -> dict[str, Any]:
-    """The agent's FQDN cache state file once it holds ``name`` (saved about once a second)."""
+    """The agent's saved FQDN cache (snapshot + journals) once it holds ``name`` (journaled about once
+    a second)."""
     path = lab.state.directory / "agent" / f"fqdn-cache-{NODE}.json"
     deadline = time.monotonic() + timeout
     while True:
-        data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        data: dict[str, Any] = read_state(path) or {}
         if name in data.get("names", {}) or time.monotonic() > deadline:
             return data
         time.sleep(0.2)

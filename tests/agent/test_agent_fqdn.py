@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from l7.fqdn_state import read_state
 from l7.lab import Lab, down, procs
 from l7.lab import agents as agent_lab
 from l7.lab.topology import parse_topology
@@ -171,9 +172,9 @@ def test_learned_addresses_survive_an_agent_restart(lab: Lab, tmp_path: Path) ->
     _rc, out = dig(lab, "client-prod", "+short", "h7.fresh.test")
     assert out.split() == [ip], out
     cache_file = agent_lab.agent_dir(lab.state) / f"fqdn-cache-{CLIENT_NODE}.json"
-    wait_for(  # the state file is saved about once a second
+    wait_for(  # the changed names are journaled about once a second
         "h7.fresh.test in the saved FQDN cache",
-        lambda: cache_file.exists() and "h7.fresh.test" in json.loads(cache_file.read_text())["names"],
+        lambda: "h7.fresh.test" in (read_state(cache_file) or {}).get("names", {}),
     )
     record = agent_lab.agent_records(lab.state)[CLIENT_NODE]
     os.kill(record.pid, signal.SIGTERM)

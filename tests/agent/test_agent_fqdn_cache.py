@@ -3,9 +3,12 @@ file. Pure: no root, no lab."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from l7.agent.fqdn import CacheConfig, FQDNCache, usable
+from l7.fqdn_state import Record, StateStore, journal_path, journals, read_state
 
 
 def test_ttl_minimum_and_learned() -> None:
@@ -105,3 +108,92 @@ def test_refresh_only_when_every_address_is_credited_and_written() -> None:
     assert not cache.refresh("a.test", (one,), now=72.0)  # expired: learned (and written) again
     assert cache.add("a.test", [one], now=72.0) == ["192.0.2.1"]
     assert cache.unwritten("a.test") == ["192.0.2.1"]
+
+
+# -- the state on disk: snapshot + journals (l7.fqdn_state) ----------------------------------------------
+def _no_selectors(rows: list[tuple[str, list[list[Any]]]]) -> list[Record]:
+    return [(name, entries, []) for name, entries in rows]
+
+
+def _flush(cache: FQDNCache, store: StateStore) -> int:
+    return store.flush(lambda limit: _no_selectors(cache.take_changed(limit)))
+
+
+def _restored(snapshot: Path, now: float) -> FQDNCache:
+    restored = FQDNCache(CacheConfig(grace=5, max_ips=3))
+    assert restored.load(snapshot, now) > 0
+    return restored
+
+
+def _busy_cache() -> FQDNCache:
+    cache = FQDNCache(CacheConfig(grace=5, max_ips=3))
+    for i in range(300):
+        cache.add(f"h{i}.test", [(f"192.0.2.{i % 250 + 1}", 60), (f"2001:db8::{i:x}", 600)], now=1000.0 + i)
+    return cache
+
+
+def test_journal_and_snapshot_restore_the_cache(tmp_path: Path) -> None:
+    """Changes journaled in slices (answers, refreshed TTLs, the per-name cap, expiry), a compaction
+    between them: the snapshot with its journals replayed is the cache."""
+    snapshot = tmp_path / "fqdn-cache-n1.json"
+    store = StateStore(snapshot, slice_names=64, pause=0.0)
+    assert store.load() is None
+    cache = _busy_cache()
+    assert _flush(cache, store) == 300  # 300 changed names, 5 slices
+    assert _flush(cache, store) == 0  # nothing changed since
+    store.compact(cache.names(), lambda names: _no_selectors(cache.rows_of(names)))
+    cache.add("h1.test", [("198.51.100.1", 30), ("198.51.100.2", 30)], now=1400.0)  # cap: oldest out
+    cache.add("h2.test", [("192.0.2.3", 900)], now=1401.0)  # refreshed: later expiry, newest name
+    assert cache.expire(1500.0, lambda _ip: False)  # the v4 addresses of the first names expire
+    assert _flush(cache, store) > 0
+    restored = _restored(snapshot, now=1500.0)
+    assert restored.entries() == cache.entries()
+    assert restored.learned() == cache.learned()
+    # ordered by each name's latest answer still cached (eviction takes the oldest first)
+    assert restored.names()[0] == "h0.test" and restored.names()[-1] == "h2.test"
+
+
+def test_a_torn_last_line_is_ignored_and_never_appended_to(tmp_path: Path) -> None:
+    snapshot = tmp_path / "fqdn-cache-n1.json"
+    store = StateStore(snapshot, pause=0.0)
+    store.load()
+    cache = FQDNCache(CacheConfig(grace=5, max_ips=3))
+    cache.add("a.test", [("192.0.2.1", 60)], now=1000.0)
+    _flush(cache, store)
+    with journal_path(snapshot, store.seq).open("a") as fh:  # a crash in the middle of a write
+        fh.write('["b.test",[["192.0.2.2",60,1000.0,10')
+    state = read_state(snapshot)
+    assert state is not None and list(state["names"]) == ["a.test"]
+    restarted = StateStore(snapshot, pause=0.0)
+    assert restarted.load() == state
+    assert restarted.seq == store.seq + 1  # a new journal: nothing glued to the torn line
+    cache.add("c.test", [("192.0.2.3", 60)], now=1001.0)
+    _flush(cache, restarted)
+    assert _restored(snapshot, now=1002.0).entries() == cache.entries()
+
+
+def test_compaction_keeps_the_content_and_drops_the_journals_it_covers(tmp_path: Path) -> None:
+    """Answers keep arriving while the snapshot is written slice by slice: they land in the new
+    journal, and the snapshot with it is the cache; the journals before it are deleted."""
+    snapshot = tmp_path / "fqdn-cache-n1.json"
+    store = StateStore(snapshot, slice_names=50, pause=0.0)
+    store.load()
+    cache = _busy_cache()
+    _flush(cache, store)
+    old = journals(snapshot)
+    assert len(old) == 1
+
+    def rows_of(names: list[str]) -> list[Record]:  # the proxy answers between two slices
+        cache.add(f"late-{names[0]}", [("203.0.113.7", 60)], now=1500.0)
+        cache.add(names[-1], [("203.0.113.8", 60)], now=1500.0)
+        return _no_selectors(cache.rows_of(names))
+
+    store.compact(cache.names(), rows_of)
+    assert [seq for seq, _ in journals(snapshot)] == [] and old[0][1].exists() is False
+    _flush(cache, store)
+    assert [seq for seq, _ in journals(snapshot)] == [store.seq]
+    data = json.loads(snapshot.read_text())
+    assert data["journal"] == store.seq and len(data["names"]) == 300
+    assert set(data["selectors"]) == set(data["names"])
+    assert _restored(snapshot, now=1000.0).entries() == cache.entries()  # (nothing past TTL + grace)
+    assert store.needs_compaction() is False  # small journals: the snapshot is not rewritten
