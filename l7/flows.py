@@ -515,7 +515,11 @@ class FlowLog:
 
     def write_many(self, records: Iterable[dict[str, Any]]) -> None:
         """Append ``records`` with one write and one flush (busy writers batch their records)."""
-        text = "".join(json.dumps(record, separators=(",", ":")) + "\n" for record in records)
+        self.write_lines("".join(json.dumps(record, separators=(",", ":")) + "\n" for record in records))
+
+    def write_lines(self, text: str) -> None:
+        """Append ``text``: JSON lines the caller encoded, each ending in a newline (one write, one
+        flush; rotated like the rest)."""
         if not text:
             return
         if self._fh is None:

@@ -145,6 +145,8 @@ class StateStore:
             self.snapshot_bytes = 0
         first = int(state.get("journal", 0)) if state else 0
         self.journal_bytes = sum(_size(path) for seq, path in found if seq >= first)
+        if not self.snapshot.exists():  # readers find a node's state by its snapshot file
+            self.snapshot.write_text('{"version":1,"journal":0,"names":{},"selectors":{}}')
         return state
 
     def append(self, records: list[Record]) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 import threading
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("l7gate.agent.dns")
 
 SWEEP_INTERVAL = 1.0
+_json_str = json.encoder.encode_basestring_ascii  # a str as a JSON string (C; what json.dumps uses)
 FLOW_FLUSH_INTERVAL = 0.01
 """Seconds between writes of the queued DNS flow records (each write holds the proxy's loop while its
 records are encoded: every 10 ms at 5,000 qps is ~50 records; every 50 ms doubled the p99, see
@@ -297,7 +299,10 @@ class DnsService:
         if self._flows is None or not queued:
             return
         try:
-            self._flows.write_many(flow_record(*item) for item in queued)
+            if self.cfg.dns.flow_json:
+                self._flows.write_many(flow_record(*item) for item in queued)
+            else:
+                self._flows.write_lines("".join([flow_line(*item) for item in queued]))
         except OSError as exc:
             log.warning("DNS flow log: %s", exc)
 
@@ -439,8 +444,22 @@ class DnsService:
         return out
 
 
+def flow_line(when: float, endpoint: str | None, event: QueryEvent) -> str:
+    """One query's flow-log record as a JSON line: :func:`flow_record` through a preformatted template
+    (~1.5 µs against ~4.5 µs for ``json.dumps``; the proxy's loop writes every record). Only the name
+    and the endpoint can hold characters JSON escapes; the addresses come from the kernel
+    (``inet_ntop``), the numbers are ints, protocol and verdict are fixed words."""
+    ips = ",".join([f'["{ip}",{ttl}]' for ip, ttl in event.ips])
+    return (
+        f'{{"time":{when!r},"source_ip":"{event.source_ip}","source_port":{event.source_port},'
+        f'"server_ip":"{event.server_ip}","server_port":{event.server_port},"protocol":"{event.protocol}",'
+        f'"qname":{_json_str(event.qname)},"qtype":{event.qtype},"rcode":{event.rcode},"ips":[{ips}],'
+        f'"verdict":"{event.verdict}","endpoint":{"null" if endpoint is None else _json_str(endpoint)}}}\n'
+    )
+
+
 def flow_record(when: float, endpoint: str | None, event: QueryEvent) -> dict[str, Any]:
-    """One query's flow-log record."""
+    """One query's flow-log record (the reference for :func:`flow_line`)."""
     return {
         "time": when,
         "source_ip": event.source_ip,

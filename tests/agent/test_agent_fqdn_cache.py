@@ -138,6 +138,7 @@ def test_journal_and_snapshot_restore_the_cache(tmp_path: Path) -> None:
     snapshot = tmp_path / "fqdn-cache-n1.json"
     store = StateStore(snapshot, slice_names=64, pause=0.0)
     assert store.load() is None
+    assert json.loads(snapshot.read_text())["names"] == {}  # readers find the node by its snapshot
     cache = _busy_cache()
     assert _flush(cache, store) == 300  # 300 changed names, 5 slices
     assert _flush(cache, store) == 0  # nothing changed since
