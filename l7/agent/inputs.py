@@ -5,6 +5,8 @@
     policy dir (or a symlink the lab / Kubernetes output swaps) ─► files ─► stat signature per file
         ─► unchanged signature: the digest from last time; else read + sha256
         ─► (relative path, digest) seen before: the same Policy objects; else parse that file
+           (the YAML step from the state directory's cache when it has that digest: a restart
+           validates the documents without parsing them again, see :mod:`l7.agent.policy_cache`)
         ─► all policies (duplicate keys across files refused), errors, content hash
 
 Reused policies are the very objects of the last load, so the engine sees them unchanged by identity
@@ -20,8 +22,17 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from l7.agent.policy_cache import PolicyCache
 from l7.agent.watch import digest_hash, scan_policy_files
-from l7.policy.documents import LoadResult, Policy, PolicyError, PolicySourceError, load_text
+from l7.policy.documents import (
+    LoadResult,
+    Policy,
+    PolicyError,
+    PolicySourceError,
+    load_documents,
+    load_text,
+    parse_documents,
+)
 
 
 @dataclass(frozen=True)
@@ -35,9 +46,25 @@ class Loaded:
 class PolicyFiles:
     """See the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache: Path | None = None) -> None:
+        """``cache``: the file keeping the parsed YAML across restarts (None: none)."""
         self._stats: dict[str, tuple[tuple[int, int, int], str]] = {}  # file → (signature, digest)
         self._parsed: dict[tuple[str, str], LoadResult] = {}  # (relative path, digest) → result
+        self.cache = PolicyCache(cache)
+
+    def save_cache(self) -> bool:
+        """Write the parsed YAML of the current files to the cache file when it changed."""
+        return self.cache.save()
+
+    def _parse(self, rel: str, digest: str, text: str, source: str) -> LoadResult:
+        documents = self.cache.get(rel, digest)
+        if documents is not None:
+            return load_documents(documents, source)
+        documents = parse_documents(text)
+        if documents is None:  # a syntax error: load_text reports it document by document
+            return load_text(text, source)
+        self.cache.put(rel, digest, documents)
+        return load_documents(documents, source)
 
     def load(self, root: Path) -> Loaded:
         """Load the policy files under ``root`` (a file or a directory, possibly a symlink)."""
@@ -76,10 +103,11 @@ class PolicyFiles:
                 if text is None:
                     with open(path, encoding="utf-8") as f:
                         text = f.read()
-                result = load_text(text, source)
+                result = self._parse(rel, digest, text, source)
                 parsed += 1
             results[(rel, digest)] = result
         self._stats, self._parsed = stats, results
+        self.cache.keep_only(set(results))
         policies: list[Policy] = []
         seen: dict[str, Policy] = {}
         for result in results.values():

@@ -197,7 +197,8 @@ class Agent:
         self._last_ifindexes: dict[str, int] = {}
         self._saved_identities = len(self.allocator)
         self._identities_saved_at = 0.0
-        self._files = PolicyFiles()
+        self._files = PolicyFiles(cfg.state_dir / f"policy-cache-{cfg.node}.bin")  # parsed YAML kept
+        self._policy_cache_saved_at = 0.0
         self._audited_of: tuple[EndpointsFile, frozenset[str]] | None = None
         self._last_loaded: tuple[Loaded | PolicySourceError, str] | None = None
         self._topology = TopologyBuilder(self.allocator)
@@ -293,6 +294,10 @@ class Agent:
         writes is coalesced for :data:`COALESCE` s); without inotify, or every :data:`SAFETY_POLL` s
         with it, the inputs are looked at anyway."""
         watcher: InputWatcher | None = None
+        # Until the first step is done the heap only grows (policies, the engine, the ipcache, learned
+        # addresses): collections would scan it again and again for nothing (~25% of a start's parse).
+        # The first sync freezes what it built (gc.freeze); the collector runs again after that step.
+        gc.disable()
         try:
             self.start()
             try:
@@ -308,10 +313,12 @@ class Agent:
                     last_look = time.monotonic()
                     with self._lock:
                         self.step(inputs=None if due or look is None else frozenset(look))
+                    gc.enable()
                 with self._lock:
                     if self.ready:
                         self.save_identities(every=IDENTITY_SAVE_INTERVAL)
                         self.write_status("running")  # services' status changes on its own
+                        self.save_policy_cache(every=IDENTITY_SAVE_INTERVAL)
                 if watcher is None:
                     stop.wait(self.cfg.poll_interval)
                     continue
@@ -322,10 +329,12 @@ class Agent:
                     changed = None if changed is None or more is None else changed | more
                 look = None if changed is None else self._inputs_of(changed)
         finally:
+            gc.enable()
             if watcher is not None:
                 watcher.close()
             if self.ready:
                 self.save_identities()
+                self.save_policy_cache()
             self.close()
             self.write_status("stopped")
 
@@ -542,6 +551,15 @@ class Agent:
         if len(self.allocator) != self._saved_identities:
             self.allocator.save(self._ids_path)
             self._saved_identities = len(self.allocator)
+
+    def save_policy_cache(self, every: float = 0.0) -> None:
+        """Write the parsed policy YAML (:mod:`l7.agent.policy_cache`) when files were parsed since the
+        last write, at most once per ``every`` seconds (by the loop, after the status: a restart then
+        validates the files' documents without parsing them)."""
+        if time.monotonic() - self._policy_cache_saved_at < every:
+            return
+        self._policy_cache_saved_at = time.monotonic()
+        self._files.save_cache()
 
     # ---------------------------------------------------------------------------------------- status
     def status(self, state: str) -> dict[str, Any]:

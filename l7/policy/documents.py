@@ -204,6 +204,23 @@ def load_text(text: str, source: str = "<memory>") -> LoadResult:
     return loader.result()
 
 
+def parse_documents(text: str) -> list[object] | None:
+    """The YAML documents of ``text`` as :func:`load_text` parses them; None on a syntax error (then
+    only :func:`load_text` reports it, document by document)."""
+    try:
+        return list(yaml.load_all(text, Loader=_StrictSafeLoader))
+    except yaml.YAMLError:
+        return None
+
+
+def load_documents(documents: Sequence[object], source: str = "<memory>") -> LoadResult:
+    """Validate documents :func:`parse_documents` gave: ``load_text(text, source)`` without the parse."""
+    loader = _Loader()
+    loader.sources.append(source)
+    loader.add_documents(documents, source)
+    return loader.result()
+
+
 def _files(path: Path) -> Iterator[Path]:
     if path.is_dir():
         yield from sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
@@ -288,6 +305,9 @@ class _Loader:
         except yaml.YAMLError:
             self._add_chunks(text, source)
             return
+        self.add_documents(documents, source)
+
+    def add_documents(self, documents: Sequence[object], source: str) -> None:
         for position, document in enumerate(documents):
             if document is not None:
                 self._add_document(document, source, position)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from bpf import batch
-from bpf.adopt import FdMap
+from bpf.adopt import FdMap, _libbpf
 from bpf.maps import MAP_SPECS, EndpointValue, IpcacheValue, ipcache_key, ipcache_prefix
 from tests.datapath.conftest import require_root
 
@@ -38,17 +38,11 @@ class _CreateOpts(ctypes.Structure):
 @contextlib.contextmanager
 def _map(kind: int, key_size: int, value_size: int, max_entries: int, flags: int = 0) -> Iterator[int]:
     require_root()
-    lib = ctypes.CDLL("libbcc_bpf.so.0", use_errno=True)
-    lib.bpf_map_create.argtypes = [
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_uint32,
-        ctypes.c_uint32,
-        ctypes.c_uint32,
-        ctypes.POINTER(_CreateOpts),
-    ]
+    lib = _libbpf().c
     opts = _CreateOpts(sz=ctypes.sizeof(_CreateOpts), map_flags=flags)
-    fd = int(lib.bpf_map_create(kind, b"l7g_test_batch", key_size, value_size, max_entries, opts))
+    fd = int(
+        lib.bpf_map_create(kind, b"l7g_test_batch", key_size, value_size, max_entries, ctypes.addressof(opts))
+    )
     assert fd >= 0, os.strerror(ctypes.get_errno())
     try:
         yield fd
@@ -57,9 +51,7 @@ def _map(kind: int, key_size: int, value_size: int, max_entries: int, flags: int
 
 
 def _put(fd: int, key: bytes, value: bytes) -> None:
-    lib = ctypes.CDLL("libbcc_bpf.so.0", use_errno=True)
-    lib.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
-    assert lib.bpf_map_update_elem(fd, key, value, 0) == 0, os.strerror(ctypes.get_errno())
+    assert _libbpf().c.bpf_map_update_elem(fd, key, value, 0) == 0, os.strerror(ctypes.get_errno())
 
 
 @pytest.mark.parametrize("size", [0, 1, 5000])
