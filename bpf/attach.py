@@ -67,24 +67,35 @@ class Netlink:
                 raise NetlinkOpError(f"adding clsact to ifindex {ifindex}: {exc}") from exc
 
     def attach(self, ifindex: int, hook: Hook, fd: int, name: str) -> None:
-        """Attach (or atomically replace) the bpf filter of ``hook`` on ``ifindex``."""
+        """Attach (or atomically replace) the bpf filter of ``hook`` on ``ifindex``. The replace is
+        tried first (a restart re-attaching 100 devices: one request each); the clsact qdisc is added
+        only when it finds none."""
+        try:
+            self._replace_filter(ifindex, hook, fd, name)
+            return
+        except NetlinkError as exc:
+            if exc.code not in (errno.EINVAL, errno.ENOENT):  # no clsact qdisc: EINVAL
+                raise NetlinkOpError(f"attaching {name} to {hook} of ifindex {ifindex}: {exc}") from exc
         self.ensure_clsact(ifindex)
         try:
-            self._ipr.tc(
-                "replace-filter",
-                "bpf",
-                ifindex,
-                handle=FILTER_HANDLE,
-                fd=fd,
-                name=name,
-                parent=_parent(hook),
-                prio=FILTER_PRIO,
-                protocol=ETH_P_ALL,
-                classid=1,
-                direct_action=True,
-            )
+            self._replace_filter(ifindex, hook, fd, name)
         except NetlinkError as exc:
             raise NetlinkOpError(f"attaching {name} to {hook} of ifindex {ifindex}: {exc}") from exc
+
+    def _replace_filter(self, ifindex: int, hook: Hook, fd: int, name: str) -> None:
+        self._ipr.tc(
+            "replace-filter",
+            "bpf",
+            ifindex,
+            handle=FILTER_HANDLE,
+            fd=fd,
+            name=name,
+            parent=_parent(hook),
+            prio=FILTER_PRIO,
+            protocol=ETH_P_ALL,
+            classid=1,
+            direct_action=True,
+        )
 
     def detach(self, ifindex: int, hook: Hook) -> None:
         """Remove our filter; a missing device, qdisc or filter is fine."""

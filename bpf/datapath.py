@@ -34,7 +34,7 @@ from pathlib import Path
 
 from bpf import adopt, loader
 from bpf.attach import Netlink
-from bpf.errors import DatapathError
+from bpf.errors import DatapathError, NetlinkOpError
 from bpf.maps import (
     CONFIG_SIZE,
     MARK_MASK,
@@ -50,7 +50,6 @@ from bpf.maps import (
     EndpointValue,
     Event,
     IPAddress,
-    IpcacheKey,
     IpcacheValue,
     IPNetwork,
     MapSizes,
@@ -191,14 +190,18 @@ class Datapath:
         return out
 
     def _reattach(self) -> None:
+        """Attach this open's programs to every recorded device; forget the devices that are gone
+        (looked up only when an attach fails: a restart is two requests per device)."""
         for ifindex, kind in self.devices().items():
-            if not self._nl.link_exists(ifindex):
+            try:
+                if kind == DeviceKind.ENDPOINT:
+                    self.attach_endpoint(ifindex)
+                else:
+                    self.attach_uplink(ifindex)
+            except NetlinkOpError:
+                if self._nl.link_exists(ifindex):
+                    raise
                 self._progs.map("l7g_devices").delete(_u32(ifindex))
-                continue
-            if kind == DeviceKind.ENDPOINT:
-                self.attach_endpoint(ifindex)
-            else:
-                self.attach_uplink(ifindex)
 
     def attach_endpoint(self, ifindex: int) -> None:
         """Attach the pod hooks to a workload's host-side veth (tc ingress and egress)."""
@@ -288,7 +291,7 @@ class Datapath:
 
     def ipcache(self) -> dict[IPNetwork, IpcacheValue]:
         return {
-            ipcache_prefix(IpcacheKey.from_buffer_copy(k)): IpcacheValue.from_buffer_copy(v)
+            ipcache_prefix(k): IpcacheValue.from_buffer_copy(v)
             for k, v in self._progs.map("l7g_ipcache").items()
         }
 

@@ -304,14 +304,16 @@ def ipcache_key(prefix: IPNetwork | IPAddress) -> IpcacheKey:
     return key
 
 
-def ipcache_prefix(key: IpcacheKey) -> IPNetwork:
-    """Inverse of :func:`ipcache_key`."""
-    length = key.prefixlen - 32
-    if key.family == AF_INET:
-        raw = bytes(key.addr)[:4]
-        return ipaddress.IPv4Network(raw if length == 32 else (int.from_bytes(raw, "big"), length))
-    raw = bytes(key.addr)
-    return ipaddress.IPv6Network(raw if length == 128 else (int.from_bytes(raw, "big"), length))
+def ipcache_prefix(key: IpcacheKey | bytes) -> IPNetwork:
+    """Inverse of :func:`ipcache_key`, from the key or its bytes as a map read gives them (decoded
+    from the bytes: 55,000 keys read back at a restart)."""
+    raw = bytes(key)
+    length = int.from_bytes(raw[0:4], "little") - 32
+    if raw[4] == AF_INET:
+        addr = raw[8:12]
+        return ipaddress.IPv4Network(addr if length == 32 else (int.from_bytes(addr, "big"), length))
+    addr = raw[8:24]
+    return ipaddress.IPv6Network(addr if length == 128 else (int.from_bytes(addr, "big"), length))
 
 
 def ipcache_value(identity: int, endpoint_id: int = 0, flags: int = 0) -> IpcacheValue:

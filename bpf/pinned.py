@@ -28,7 +28,6 @@ from bpf.maps import (
     MAP_SPECS,
     Action,
     EndpointValue,
-    IpcacheKey,
     IpcacheValue,
     IPNetwork,
     MapSpec,
@@ -119,7 +118,7 @@ def read_state(datapath: str) -> PinnedState:
         for k, v in _items(root / endpoints_spec.pin_name, endpoints_spec)
     }
     ipcache = {
-        ipcache_prefix(IpcacheKey.from_buffer_copy(k)): IpcacheValue.from_buffer_copy(v)
+        ipcache_prefix(k): IpcacheValue.from_buffer_copy(v)
         for k, v in _items(root / ipcache_spec.pin_name, ipcache_spec)
     }
     policy: dict[int, dict[PolicyEntryKey, PolicyEntryValue]] = {}

@@ -95,7 +95,9 @@ def test_lpm_trie_batches_equal_iteration() -> None:
             out = {}
             for k, v in items:
                 value = IpcacheValue.from_buffer_copy(v)
-                out[ipcache_prefix(spec.key.from_buffer_copy(k))] = (value.identity, value.endpoint_id)
+                net = ipcache_prefix(k)  # from the bytes, as the datapath decodes them
+                assert net == ipcache_prefix(spec.key.from_buffer_copy(k))
+                out[net] = (value.identity, value.endpoint_id)
             return out
 
         batched = batch.lookup_batch(fd, ksize, vsize, 1000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import subprocess
 import sys
@@ -130,3 +131,46 @@ def test_reopen_with_the_same_build_adopts_without_compiling(lab: Lab) -> None:
     dp = Datapath.open(lab.topo.node, netns=lab.node_netns_path, ct_max=16384)
     lab.dp = dp
     assert not dp.adopted and loader.stats.compiles == compiles + 2
+
+
+def _tc_filters(lab: Lab, device: str) -> list[str]:
+    """What ``tc filter show`` lists on the device's ingress and egress (empty: none)."""
+    shown = (
+        subprocess.run(
+            ["tc", "-n", lab.topo.node, "filter", "show", "dev", device, hook],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        for hook in ("ingress", "egress")
+    )
+    return [text for text in shown if text]
+
+
+def test_reopen_reattaches_a_device_that_lost_its_qdisc_and_forgets_a_gone_one(lab: Lab) -> None:
+    """A restart re-attaches with one replace per hook; a device whose clsact qdisc went (and with it
+    our filters) gets the qdisc and the filters again; a recorded device that no longer exists is
+    forgotten."""
+    a, b = lab.pod("a"), lab.pod("b")
+    old = lab.dp
+    assert isinstance(old, Datapath)
+    gone = 0x7FFFFFF0  # no such ifindex
+    old.attach_endpoint(b.ifindex)
+    old._progs.map("l7g_devices").put(ctypes.c_uint32(gone), ctypes.c_uint32(1))
+    old.set_endpoint(b.ifindex, b.index, IDENTITY["b"], ingress_enforced=True)
+    old.sync_policy(b.index, [PolicyDecision(Direction.INGRESS, IDENTITY["a"], 6, 80, 80, Action.ALLOW)])
+    old.close()
+    subprocess.run(["tc", "-n", lab.topo.node, "qdisc", "del", "dev", b.host_if, "clsact"], check=True)
+    assert not _tc_filters(lab, b.host_if), "the qdisc went with our filters"
+
+    dp = Datapath.open(lab.topo.node, netns=lab.node_netns_path, ct_max=16384)
+    lab.dp = dp
+    assert gone not in dp.devices() and b.ifindex in dp.devices()
+    assert dp.attached_programs(b.ifindex) == {
+        "ingress": [loader.PROG_FROM_LXC],
+        "egress": [loader.PROG_TO_LXC],
+    }
+    assert netlab.tcp_echo(a.name, b.ip4, 80)
+    assert not netlab.tcp_echo(a.name, b.ip4, 443)
+    dp.sync_policy(b.index, [])
+    dp.set_endpoint(b.ifindex, b.index, IDENTITY["b"])
