@@ -28,6 +28,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -102,6 +103,9 @@ class Datapath:
         self._nl = nl
         self.sizes = MapSizes()  # the maps' maximum entries (set by open)
         self._events: list[Event] = []
+        # held while polling the ring buffer: close() must not free it under a polling thread
+        self._events_lock = threading.Lock()
+        self._closed = False
         self._policy: dict[int, dict[PolicyEntryKey, PolicyEntryValue]] | None = None
         self.adopted = isinstance(progs, adopt.PinnedPrograms)  # no compile: a previous agent's programs
         self._progs.open_events(lambda data: self._events.append(Event.from_bytes(data)))
@@ -164,9 +168,13 @@ class Datapath:
         return dp
 
     def close(self) -> None:
-        """Release this process's handles; filters, routing and pinned maps stay (enforcement goes on)."""
-        self._nl.close()
-        self._progs.close()
+        """Release this process's handles; filters, routing and pinned maps stay (enforcement goes on).
+        Waits for a poll in progress on another thread (at most its timeout): freeing the ring buffer
+        under ``ring_buffer__poll`` would crash the process."""
+        with self._events_lock:
+            self._closed = True
+            self._nl.close()
+            self._progs.close()
 
     def destroy(self) -> None:
         """Detach every recorded device, remove the proxy routing and the pinned maps, then close."""
@@ -403,7 +411,10 @@ class Datapath:
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            self._progs.poll_events(max(0, int(remaining * 1000)))
+            with self._events_lock:
+                if self._closed:
+                    break
+                self._progs.poll_events(max(0, int(remaining * 1000)))
             if self._events or remaining <= 0:
                 break
         out, self._events = self._events, []
