@@ -160,11 +160,12 @@ def test_reopen_reattaches_a_device_that_lost_its_qdisc_and_forgets_a_gone_one(l
     old.set_endpoint(b.ifindex, b.index, IDENTITY["b"], ingress_enforced=True)
     old.sync_policy(b.index, [PolicyDecision(Direction.INGRESS, IDENTITY["a"], 6, 80, 80, Action.ALLOW)])
     old.close()
-    subprocess.run(["tc", "-n", lab.topo.node, "qdisc", "del", "dev", b.host_if, "clsact"], check=True)
-    assert not _tc_filters(lab, b.host_if), "the qdisc went with our filters"
-
-    dp = Datapath.open(lab.topo.node, netns=lab.node_netns_path, ct_max=16384)
-    lab.dp = dp
+    try:
+        subprocess.run(["tc", "-n", lab.topo.node, "qdisc", "del", "dev", b.host_if, "clsact"], check=True)
+        assert not _tc_filters(lab, b.host_if), "the qdisc went with our filters"
+    finally:  # the session's lab always holds an open datapath (its teardown destroys it)
+        dp = Datapath.open(lab.topo.node, netns=lab.node_netns_path, ct_max=16384)
+        lab.dp = dp
     assert gone not in dp.devices() and b.ifindex in dp.devices()
     assert dp.attached_programs(b.ifindex) == {
         "ingress": [loader.PROG_FROM_LXC],
