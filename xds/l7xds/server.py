@@ -44,6 +44,19 @@ _CHANGED = object()
 _END = object()
 
 
+class _CancelledAtShutdown(logging.Filter):
+    """grpc.aio logs every stream handler it cancels at ``server.stop`` as an unhandled
+    ``CancelledError`` with a traceback; at shutdown that is the expected end of a stream, not an error.
+    (Ending the handlers ourselves before ``stop`` leaves grpc events for a loop that is about to close.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, asyncio.CancelledError)
+
+
+logging.getLogger("grpc._cython.cygrpc").addFilter(_CancelledAtShutdown())
+
+
 class XdsServer:
     """An ADS server (SotW and Delta) serving the snapshots of ``cache``."""
 
@@ -53,7 +66,6 @@ class XdsServer:
         self.address = ""
         self.streams = 0
         self._server: Any = None
-        self._queues: set[asyncio.Queue[object]] = set()  # one per open stream
 
     async def start(self, listen: str) -> str:
         """Start serving on ``listen`` (``unix:/path`` or ``host:port``); return the bound address."""
@@ -89,13 +101,8 @@ class XdsServer:
         return self.address
 
     async def stop(self, grace: float | None = 0.5) -> None:
-        """End every open stream (each handler returns: the RPC ends with OK and Envoy reconnects, to
-        the next agent), then the server. A handler still running when grpc's grace ends is cancelled,
-        which grpc logs as an unhandled CancelledError."""
         if self._server is not None:
             server, self._server = self._server, None
-            for queue in self._queues:
-                queue.put_nowait(_END)
             await server.stop(grace)
 
     # grpc.aio needs async generator functions as stream handlers.
@@ -111,7 +118,6 @@ class XdsServer:
         queue: asyncio.Queue[object] = asyncio.Queue()
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(self._read(requests, queue))]
         self.streams += 1
-        self._queues.add(queue)
         generation = -1
         try:
             while True:
@@ -133,7 +139,6 @@ class XdsServer:
                     yield response
         finally:
             self.streams -= 1
-            self._queues.discard(queue)
             for task in tasks:
                 task.cancel()
             for task in tasks:
