@@ -2,6 +2,7 @@
 
     .venv/bin/python -m tests.bench.run [--output bench/results.json] [--doc docs/benchmarks.md]
                                          [--only xds_encode,datapath,dns_proxy] [--quick] [--dns-workers 1,2]
+                                         [--merge]   (with --only: keep the other benchmarks' last results)
 
 Each benchmark is one module with ``NAME`` and ``run(opts) -> list[Figure]``. A benchmark that fails
 is recorded as an error in the results (with the traceback's tail) and the others still run. Exit
@@ -113,7 +114,9 @@ def table(results: dict[str, Any]) -> str:
         "| benchmark | figure | value | baseline (same run) | ratio | target | met |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, bench in results["benchmarks"].items():
+    for key, bench in results["benchmarks"].items():
+        earlier = bench.get("from_run")
+        name = f"{key} (run of {earlier['date']}, `{earlier['commit']}`)" if earlier else key
         if bench["status"] != "ok":
             error = bench["error"].splitlines()[0][:200].replace("|", "\\|")
             lines.append(f"| {name} | **failed to run**: {error} | | | | | ✗ |")
@@ -148,6 +151,20 @@ def write_doc(path: Path, results: dict[str, Any]) -> None:
     )
 
 
+def merged(previous: dict[str, Any], ran: dict[str, Any]) -> dict[str, Any]:
+    """The benchmarks of ``previous`` (a results file) with those just ``ran`` in their place; the kept
+    ones say which run they come from. Order: ``MODULES``."""
+    origin = {"date": previous.get("date", "?"), "commit": previous.get("machine", {}).get("commit", "?")}
+    out = {}
+    for name in MODULES:
+        if name in ran:
+            out[name] = ran[name]
+        elif name in previous.get("benchmarks", {}):
+            old = previous["benchmarks"][name]
+            out[name] = old if "from_run" in old else {**old, "from_run": origin}
+    return out
+
+
 def _terminate(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through the benchmarks' cleanup (finally blocks)
 
@@ -159,6 +176,11 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(MODULES))
     parser.add_argument("--quick", action="store_true", help="short loops, for trying the runner out")
     parser.add_argument("--dns-workers", default="1,2")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other benchmarks of --output (each marked with the run it comes from)",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _terminate)
     opts = Options(quick=args.quick, dns_workers=tuple(int(w) for w in args.dns_workers.split(",")))
@@ -179,6 +201,8 @@ def main() -> int:
     results["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     results["duration_s"] = round(time.monotonic() - started, 1)
     output = Path(args.output)
+    if args.merge and output.exists():
+        results["benchmarks"] = merged(json.loads(output.read_text()), results["benchmarks"])
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
     if args.doc:
