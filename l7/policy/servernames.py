@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+from l7.policy.regex import re2_error
+
 MAX_LENGTH = 255
 _PATTERN = re.compile(r"^([-a-zA-Z0-9_*]+[.]?)+$")  # Cilium's CRD pattern for serverNames items
 _LABEL = "[-a-z0-9_]"
@@ -26,6 +28,11 @@ def validate(pattern: str) -> str | None:
         return f"longer than {MAX_LENGTH} characters"
     if not _PATTERN.match(pattern):
         return "may only hold letters, digits, '-', '_', '*' and dots between labels"
+    # Envoy matches the SNI (and, when intercepting, the Host) with RE2 under a program-size limit; a
+    # regex over it is a NACK that would hold back every later change of the node's Envoy
+    problem = re2_error(authority_regex(pattern))
+    if problem:
+        return f"too long for Envoy's regex limit ({problem.split(':')[0]})"
     return None
 
 
@@ -40,3 +47,8 @@ def regex(pattern: str) -> str:
     parts = re.split(r"(\*+)", text)
     body = "".join(f"{_LABEL}*" if part.startswith("*") else re.escape(part) for part in parts if part)
     return f"(?i){prefix}{body}\\.?"
+
+
+def authority_regex(pattern: str) -> str:
+    """The regex a request's ``:authority`` must match on an intercepting port: the name, a port."""
+    return f"{regex(pattern)}(?::[0-9]+)?"

@@ -17,6 +17,7 @@ from l7.agent.secrets import load_secrets, load_tls_secrets
 from l7.k8s import output
 from l7.k8s import secrets as k8s_secrets
 from l7.policy.documents import load_text
+from l7.policy.regex import re2_error
 from l7.policy.servernames import regex
 from l7xds import resources as rt
 from l7xds import tls as tl
@@ -106,6 +107,22 @@ def pem(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 INTERCEPT = tl.PortTLS((), tl.TLSRef("default", "srv"), tl.TLSRef("default", "ca"))
+
+
+def test_server_names_stay_under_envoys_regex_limit() -> None:
+    """Each name is its own matcher (a joined regex passes the RE2 limit with a few names), and a name
+    whose own regex would pass it is a validation error, never a NACK."""
+    names = tuple(f"{'*.' if i % 2 else '**.'}service-{i:02d}.some-long-zone.example.com" for i in range(30))
+    snap = snapshot_of({15002: ()}, ProxySettings(), tls={15002: tl.PortTLS(names)})
+    matchers = snap.resources(rt.LISTENER)["l7gate-proxy-15002"].message.filter_chain_matcher.matcher_list
+    regexes = [m.predicate.single_predicate.value_match.safe_regex.regex for m in matchers.matchers]
+    assert regexes == [regex(n) for n in names]
+    assert all(re2_error(r) is None for r in regexes)
+    errors = _errors(
+        {"ports": [{"port": "443", "protocol": "TCP"}], "serverNames": ["a" * 80 + ".example.com"]}
+    )
+    path = "spec.egress[0].toPorts[0].serverNames[0]"
+    assert path in errors and "Envoy's regex limit" in errors[path], errors
 
 
 def test_translation_references_secrets_over_sds(pem: dict[str, str]) -> None:

@@ -311,7 +311,7 @@ def authority_regexes(tls: PortTLS | None) -> tuple[str, ...]:
     through the interception)."""
     if tls is None or tls.terminating is None or not tls.server_names:
         return ()
-    return tuple(f"{servernames.regex(n)}(?::[0-9]+)?" for n in tls.server_names)
+    return tuple(servernames.authority_regex(n) for n in tls.server_names)
 
 
 def chain_matcher(tls: PortTLS, ok: bool) -> matcher_pb2.Matcher | None:
@@ -327,13 +327,17 @@ def chain_matcher(tls: PortTLS, ok: bool) -> matcher_pb2.Matcher | None:
         predicate.value_match.exact = "0"  # never: a connection's destination port is not 0
         matcher.matcher_list.matchers[0].on_match.action.CopyFrom(_action())
         return matcher
-    field = matcher.matcher_list.matchers.add()
-    predicate = field.predicate.single_predicate
-    predicate.input.name = "sni"
-    predicate.input.typed_config.CopyFrom(_pack(network_inputs_pb2.ServerNameInput()))
-    regex = "|".join(f"(?:{servernames.regex(n)})" for n in tls.server_names)
-    predicate.value_match.safe_regex.CopyFrom(
-        regex_pb2.RegexMatcher(regex=regex, google_re2=regex_pb2.RegexMatcher.GoogleRE2())
-    )
-    field.on_match.action.CopyFrom(_action())
+    # one matcher per name, tried in order (the first that matches wins): one regex joining every name
+    # would pass Envoy's RE2 program-size limit with a few names, and a NACK freezes the node's config
+    for name in tls.server_names:
+        field = matcher.matcher_list.matchers.add()
+        predicate = field.predicate.single_predicate
+        predicate.input.name = "sni"
+        predicate.input.typed_config.CopyFrom(_pack(network_inputs_pb2.ServerNameInput()))
+        predicate.value_match.safe_regex.CopyFrom(
+            regex_pb2.RegexMatcher(
+                regex=servernames.regex(name), google_re2=regex_pb2.RegexMatcher.GoogleRE2()
+            )
+        )
+        field.on_match.action.CopyFrom(_action())
     return matcher
