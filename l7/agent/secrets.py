@@ -19,7 +19,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import ssl
 from pathlib import Path
+
+from l7xds.tls import CERT_KINDS, KEY_KINDS, PROBLEM_ITEM, pem_problem
 
 log = logging.getLogger("l7gate.agent.secrets")
 SecretKey = tuple[str, str]  # (namespace, name)
@@ -61,8 +64,43 @@ def load_tls_secrets(directory: Path) -> dict[SecretKey, dict[str, str]]:
                     log.error(
                         "secret %s/%s item %s unreadable: %s", namespace.name, secret.name, item.name, exc
                     )
+            problem = keypair_problem(secret / CERT_ITEM, secret / KEY_ITEM) if _pem_pair(items) else None
+            if problem:
+                log.error(
+                    "secret %s/%s: %s (the ports using it refuse connections)",
+                    namespace.name,
+                    secret.name,
+                    problem,
+                )
+                items = {k: v for k, v in items.items() if k not in PAIR} | {PROBLEM_ITEM: problem}
             out[(namespace.name, secret.name)] = items
     return out
+
+
+CERT_ITEM, KEY_ITEM = "tls.crt", "tls.key"
+PAIR = frozenset({CERT_ITEM, KEY_ITEM})
+
+
+def _pem_pair(items: dict[str, str]) -> bool:
+    """Both items present and PEM of the right kinds (else the per-item problem is the one reported)."""
+    return (
+        items.keys() >= PAIR
+        and pem_problem(items[CERT_ITEM], CERT_KINDS) is None
+        and pem_problem(items[KEY_ITEM], KEY_KINDS) is None
+    )
+
+
+def keypair_problem(cert: Path, key: Path) -> str | None:
+    """Why ``cert`` and ``key`` are not a certificate and its private key (OpenSSL, as Envoy loads them),
+    or None. Envoy refuses a mismatched pair with a NACK, which holds back every later change of the
+    node's Envoy: the agent finds out first and fails the ports using it closed instead."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key, password=b"")  # an encrypted key fails too: Envoy has no password
+    except (ssl.SSLError, OSError) as exc:
+        why = getattr(exc, "reason", None) or exc
+        return f"{CERT_ITEM} and {KEY_ITEM} are not a certificate and its key ({why})"
+    return None
 
 
 def _read(out: dict[SecretKey, str], key: SecretKey, path: Path) -> None:

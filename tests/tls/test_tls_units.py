@@ -216,6 +216,33 @@ def test_merge_of_members() -> None:
         tl.merge([INTERCEPT, a])
 
 
+def test_certificate_and_key_that_are_not_a_pair_fail_closed_before_envoy(
+    pem: dict[str, str], tmp_path: Path
+) -> None:
+    """Envoy would NACK a mismatched pair (holding back every later change of the node): the agent's
+    secret loading finds it, and the port refuses connections with the problem in its status."""
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-out", str(other / "k")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    good, bad = tmp_path / "s" / "default" / "good", tmp_path / "s" / "default" / "bad"
+    for d, key in ((good, pem["tls.key"]), (bad, (other / "k").read_text())):
+        d.mkdir(parents=True)
+        (d / "tls.crt").write_text(pem["tls.crt"])
+        (d / "tls.key").write_text(key)
+    secrets = load_tls_secrets(tmp_path / "s")
+    assert secrets[("default", "good")].keys() == {"tls.crt", "tls.key"}
+    assert set(secrets[("default", "bad")]) == {tl.PROBLEM_ITEM}
+    ref = tl.TLSRef("default", "bad")
+    [(item, problem)] = tl.secret_problems(ref, secrets, terminating=True)
+    assert item == "" and "not a certificate and its key" in problem
+    assert not tl.usable(tl.PortTLS((), ref, None), secrets)
+    assert tl.usable(tl.PortTLS((), tl.TLSRef("default", "good"), None), secrets)
+
+
 def test_agent_reads_secret_directories_beside_values(tmp_path: Path) -> None:
     (tmp_path / "default" / "srv").mkdir(parents=True)
     (tmp_path / "default" / "srv" / "tls.crt").write_text("C")

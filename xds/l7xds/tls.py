@@ -147,6 +147,7 @@ def pem_problem(text: str, kinds: tuple[str, ...]) -> str | None:
 
 
 CERT_KINDS = ("CERTIFICATE",)
+PROBLEM_ITEM = "!problem"  # set by the agent's secret loading (l7.agent.secrets): why a secret is unusable
 KEY_KINDS = ("PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY")
 
 
@@ -155,6 +156,8 @@ def secret_problems(ref: TLSRef, secrets: TLSSecrets, *, terminating: bool) -> l
     items = secrets.get((ref.namespace, ref.name))
     if items is None:
         return [("", f"secret {ref.where} not found")]
+    if PROBLEM_ITEM in items:  # the agent found it unusable as a whole (a certificate and key not a pair)
+        return [("", f"secret {ref.where}: {items[PROBLEM_ITEM]}")]
     needed = (
         [(ref.certificate, CERT_KINDS), (ref.private_key, KEY_KINDS)]
         if terminating
