@@ -73,11 +73,18 @@ def load_tls_secrets(directory: Path) -> dict[SecretKey, dict[str, str]]:
                     problem,
                 )
                 items = {k: v for k, v in items.items() if k not in PAIR} | {PROBLEM_ITEM: problem}
+            ca = items.get(CA_ITEM)
+            ca_problem = trust_problem(ca) if ca is not None and pem_problem(ca, CERT_KINDS) is None else None
+            if ca_problem:
+                log.error("secret %s/%s: %s", namespace.name, secret.name, ca_problem)
+                items = {k: v for k, v in items.items() if k != CA_ITEM} | {
+                    f"{PROBLEM_ITEM}:{CA_ITEM}": ca_problem
+                }
             out[(namespace.name, secret.name)] = items
     return out
 
 
-CERT_ITEM, KEY_ITEM = "tls.crt", "tls.key"
+CERT_ITEM, KEY_ITEM, CA_ITEM = "tls.crt", "tls.key", "ca.crt"
 PAIR = frozenset({CERT_ITEM, KEY_ITEM})
 
 
@@ -88,6 +95,16 @@ def _pem_pair(items: dict[str, str]) -> bool:
         and pem_problem(items[CERT_ITEM], CERT_KINDS) is None
         and pem_problem(items[KEY_ITEM], KEY_KINDS) is None
     )
+
+
+def trust_problem(pem: str) -> str | None:
+    """Why ``pem`` is not a set of CA certificates OpenSSL (and so Envoy) can load, or None."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem)
+    except (ssl.SSLError, ValueError) as exc:
+        why = getattr(exc, "reason", None) or exc
+        return f"{CA_ITEM} is not a CA certificate OpenSSL can load ({why})"
+    return None
 
 
 def keypair_problem(cert: Path, key: Path) -> str | None:

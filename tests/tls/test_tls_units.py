@@ -241,6 +241,15 @@ def test_certificate_and_key_that_are_not_a_pair_fail_closed_before_envoy(
     assert item == "" and "not a certificate and its key" in problem
     assert not tl.usable(tl.PortTLS((), ref, None), secrets)
     assert tl.usable(tl.PortTLS((), tl.TLSRef("default", "good"), None), secrets)
+    # a CA that is PEM but not a certificate OpenSSL loads: the item is reported, the upstream fails closed
+    ca = tmp_path / "s" / "default" / "ca"
+    ca.mkdir()
+    der = base64.b64encode(b"\x30\x03\x02\x01\x01").decode()
+    (ca / "ca.crt").write_text(f"-----BEGIN CERTIFICATE-----\n{der}\n-----END CERTIFICATE-----\n")
+    secrets = load_tls_secrets(tmp_path / "s")
+    [(item, problem)] = tl.secret_problems(tl.TLSRef("default", "ca"), secrets, terminating=False)
+    assert item == "ca.crt" and "not a CA certificate" in problem
+    assert not tl.usable(tl.PortTLS((), None, tl.TLSRef("default", "ca")), secrets)
 
 
 def test_agent_reads_secret_directories_beside_values(tmp_path: Path) -> None:

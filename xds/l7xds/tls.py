@@ -168,7 +168,9 @@ def secret_problems(ref: TLSRef, secrets: TLSSecrets, *, terminating: bool) -> l
     out = []
     for item, kinds in needed:
         text = items.get(item)
-        problem = f"item {item!r} missing" if text is None else pem_problem(text, kinds)
+        problem = items.get(f"{PROBLEM_ITEM}:{item}")  # the agent could not load the item (OpenSSL)
+        if problem is None:
+            problem = f"item {item!r} missing" if text is None else pem_problem(text, kinds)
         if problem:
             out.append((item, f"secret {ref.where}: {problem}"))
     return out
