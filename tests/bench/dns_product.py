@@ -40,7 +40,7 @@ from typing import Any
 import yaml
 
 from tests.bench.common import Figure, Options, sh
-from tests.bench.dns_proxy import RATE, latency, max_qps
+from tests.bench.dns_proxy import RATE, dnsperf_argv, latency, max_qps
 
 NAME = "dns_product"
 NAMES = 100
@@ -283,27 +283,7 @@ def _overload(
     rss = [_rss_kb(pid)]
     with tempfile.TemporaryFile("w+") as output:  # dnsperf prints a line per lost query: not a pipe
         proc = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                netns,
-                "dnsperf",
-                "-s",
-                server,
-                "-d",
-                datafile,
-                "-l",
-                str(seconds),
-                "-c",
-                "4",
-                "-t",
-                "2",
-                "-Q",
-                str(rate),
-                "-q",
-                "1000",
-            ],
+            dnsperf_argv(netns, datafile, seconds, "-Q", str(rate), "-q", "1000", server=server),
             stdout=output,
             stderr=subprocess.STDOUT,
             text=True,

@@ -153,26 +153,14 @@ def _start_workers(router: str, count: int) -> list[subprocess.Popen[str]]:
 # --- dnsperf ----------------------------------------------------------------------------------------
 
 
+def dnsperf_argv(client: str, datafile: str, seconds: int, *extra: str, server: str = SERVER) -> list[str]:
+    """dnsperf in netns ``client`` (4 clients, 2 s query timeout) against ``server``."""
+    argv = ["ip", "netns", "exec", client, "dnsperf", "-s", server, "-d", datafile, "-l", str(seconds)]
+    return [*argv, "-c", "4", "-t", "2", *extra]
+
+
 def _dnsperf(client: str, datafile: str, seconds: int, *extra: str, server: str = SERVER) -> str:
-    return sh(
-        "ip",
-        "netns",
-        "exec",
-        client,
-        "dnsperf",
-        "-s",
-        server,
-        "-d",
-        datafile,
-        "-l",
-        str(seconds),
-        "-c",
-        "4",
-        "-t",
-        "2",
-        *extra,
-        timeout=seconds + 30,
-    )
+    return sh(*dnsperf_argv(client, datafile, seconds, *extra, server=server), timeout=seconds + 30)
 
 
 def max_qps(client: str, datafile: str, seconds: int, server: str = SERVER) -> dict[str, float]:
